@@ -1,0 +1,1 @@
+"""HDF5/NeXus → kerchunk reference maps (the parsers)."""

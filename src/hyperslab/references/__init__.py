@@ -1,0 +1,1 @@
+"""Reference maps (kerchunk format) and, later, the snapshot-versioned repository."""
