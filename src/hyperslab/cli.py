@@ -1,0 +1,294 @@
+"""The ``hyperslab`` command.
+
+Every command prints a human summary by default and one JSON document with
+``--json`` (errors included: ``{"ok": false, "error": {"code": ..., ...}}``).
+Exit statuses are stable (see ``hyperslab --help``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any, NoReturn
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from hyperslab import __version__
+from hyperslab.errors import BadInputError, HyperslabError, VerificationError, redact
+
+EXIT_HELP = """
+Exit statuses: 0 ok · 1 internal error · 2 bad input (not HDF5, unsupported, unsafe name,
+config) · 3 not found (incl. broken links) · 4 access denied · 5 conflict · 6 corrupt /
+format version · 7 transient (retry) · 8 verification failed.
+"""
+
+app = typer.Typer(
+    name="hyperslab",
+    help="HDF5/NeXus files as virtual Zarr: reference maps, verified bit for bit.\n" + EXIT_HELP,
+    no_args_is_help=True,
+    add_completion=False,
+    rich_markup_mode="rich",
+    pretty_exceptions_enable=False,
+)
+err = Console(stderr=True)
+out = Console()
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document instead of text.")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
+
+
+def _fail(exc: HyperslabError, as_json: bool) -> NoReturn:
+    if as_json:
+        print(json.dumps({"ok": False, "error": exc.to_json()}))
+    else:
+        err.print(f"[bold red]error[/] [dim]({exc.code})[/]: {exc.message}", highlight=False)
+    raise typer.Exit(exc.exit_status)
+
+
+@contextmanager
+def _errors(as_json: bool) -> Iterator[None]:
+    try:
+        yield
+    except HyperslabError as exc:
+        _fail(exc, as_json)
+    except KeyboardInterrupt:
+        err.print("interrupted")
+        raise typer.Exit(130) from None
+    except (typer.Exit, typer.Abort):
+        raise
+    except Exception as exc:
+        if os.environ.get("HYPERSLAB_DEBUG"):
+            raise
+        wrapped = HyperslabError(f"internal error: {type(exc).__name__}: {redact(str(exc))} "
+                                 "(set HYPERSLAB_DEBUG=1 for a traceback)")
+        _fail(wrapped, as_json)
+
+
+def _progress(enabled: bool) -> Progress:
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[item]}", style="dim"),
+        TimeElapsedColumn(),
+        console=err,
+        disable=not enabled,
+        transient=True,
+    )
+
+
+def _show_progress(as_json: bool, quiet: bool) -> bool:
+    return not (as_json or quiet) and err.is_terminal
+
+
+def _version(value: bool) -> None:
+    if value:
+        out.print(f"hyperslab {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                          help="Show the version and exit.")] = False,
+) -> None:
+    """hyperslab: reference maps over HDF5/NeXus, verified bit for bit."""
+
+
+# ---------------------------------------------------------------- refs
+@app.command()
+def refs(
+    sources: Annotated[list[str], typer.Argument(help="HDF5/NeXus files, directories (searched "
+                                                      "recursively) or fsspec URLs.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Map to write: OUT.json, OUT.parquet "
+                                         "(a directory), or, for several sources without --combine, "
+                                         "a directory that receives one map per source.")],
+    fmt: Annotated[str | None, typer.Option("--format", help="json or parquet (default: from the name; "
+                                            f"otherwise Parquet from 100k refs).")] = None,
+    new_dim: Annotated[str | None, typer.Option("--combine-new-dim", help="Combine all sources into one "
+                                                "map, stacking arrays along a new leading axis of this name.")] = None,
+    concat_dim: Annotated[int | None, typer.Option("--combine-dim", help="Combine all sources into one "
+                                                   "map, concatenating arrays along this existing axis.")] = None,
+    inline_threshold: Annotated[int, typer.Option(help="Chunks smaller than this many bytes are "
+                                                  "copied into the map.")] = 500,
+    allow_broken_links: Annotated[bool, typer.Option(help="Report dangling soft/external links "
+                                                     "instead of failing the file.")] = False,
+    fail_fast: Annotated[bool, typer.Option(help="Stop at the first bad file (default: convert "
+                                            "the rest and report the bad ones).")] = False,
+    as_json: JsonOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Write kerchunk reference maps that expose HDF5 chunks in place as Zarr.
+
+    The map names each source by its absolute path (or URL) and carries any
+    materialised data inline, so plain fsspec + zarr can read it. Every dataset
+    is either referenced in place (virtual) or materialised with the reason given.
+
+    Examples:
+
+      hyperslab refs scan_0001.nxs -o scan_0001.json
+
+      hyperslab refs /data/run42/ -o maps/            # one map per file
+
+      hyperslab refs frames_*.h5 --combine-dim 0 -o run.parquet
+    """
+    from hyperslab.convert.api import build_refmap, combine_refmaps, expand_sources
+    from hyperslab.convert.hdf5 import ConvertOptions
+    from hyperslab.references.refmap import choose_format, write_refmap
+
+    with _errors(as_json):
+        if fmt not in (None, "json", "parquet"):
+            raise BadInputError(f"--format must be json or parquet, not {fmt!r}")
+        if new_dim is not None and concat_dim is not None:
+            raise BadInputError("give at most one of --combine-new-dim and --combine-dim")
+        files = expand_sources(sources)
+        options = ConvertOptions(inline_threshold=inline_threshold, allow_broken_links=allow_broken_links)
+        combine = new_dim is not None or concat_dim is not None
+        many = len(files) > 1 and not combine
+        if many and output.suffix in (".json",):
+            raise BadInputError(f"{len(files)} sources without --combine need a directory for -o, "
+                                f"not {output}")
+        if many:
+            stems = [Path(f).stem for f in files]
+            dupes = sorted({s for s in stems if stems.count(s) > 1})
+            if dupes:
+                raise BadInputError(f"several sources share the name {dupes[0]!r}; convert them separately")
+        done: list[tuple[str, Any]] = []
+        failed: list[tuple[str, HyperslabError]] = []
+        written: list[dict[str, Any]] = []
+        with _progress(_show_progress(as_json, quiet)) as prog:
+            task = prog.add_task("scanning", total=len(files), item="")
+            for f in files:
+                prog.update(task, item=Path(f).name)
+                try:
+                    res = build_refmap(f, options=options)
+                except HyperslabError as exc:
+                    failed.append((f, exc))
+                    if not as_json:
+                        err.print(f"[red]✗[/] {f}: {exc.message} [dim]({exc.code})[/]", highlight=False)
+                    if fail_fast or (combine and len(files) > 1):
+                        break
+                    continue
+                finally:
+                    prog.advance(task)
+                if many:
+                    target = output / (Path(f).stem + "." + (fmt or choose_format("", res.refmap.n_refs)))
+                    write_refmap(res.refmap, target, fmt)  # type: ignore[arg-type]
+                    written.append({"source": f, "refs": str(target), **res.to_json()})
+                done.append((f, res))
+        if done and not many:
+            result = done[0][1] if not combine else combine_refmaps(
+                [r for _, r in done], dim=concat_dim, new_dim=new_dim)
+            path = write_refmap(result.refmap, output, fmt)  # type: ignore[arg-type]
+            written.append({"refs": str(path), **result.to_json()})
+        if as_json:
+            print(json.dumps({"ok": not failed, "written": written,
+                              "failed": [{"source": f, **e.to_json()} for f, e in failed]}, default=str))
+        else:
+            for w in written:
+                _print_refs_summary(w)
+            if failed:
+                err.print(f"[red]{len(failed)} of {len(files)} source(s) failed[/]")
+        if failed:
+            raise typer.Exit(failed[0][1].exit_status)
+
+
+def _print_refs_summary(w: dict[str, Any]) -> None:
+    counts = w["counts"]
+    parts = [f"{counts.get(k, 0)} {k}" for k in ("virtual", "materialised", "mixed", "empty") if counts.get(k)]
+    out.print(f"[green]✓[/] wrote {w['refs']}: {w['arrays']} arrays ({', '.join(parts)})", highlight=False)
+    for f in w["files"]:
+        for d in f["datasets"]:
+            if d["reason"]:
+                out.print(f"    [yellow]materialised[/] {d['path']}: {d['reason']}", highlight=False)
+        for warning in f["warnings"]:
+            out.print(f"    [yellow]warning[/] {warning}", highlight=False)
+
+
+# -------------------------------------------------------------- verify
+@app.command()
+def verify(
+    source: Annotated[str, typer.Argument(help="The HDF5/NeXus file the map was made from.")],
+    refs_path: Annotated[Path, typer.Argument(metavar="REFS", help="Reference map (JSON or Parquet).")],
+    as_json: JsonOpt = False,
+    quiet: QuietOpt = False,
+    show_all: Annotated[bool, typer.Option("--all", help="List every array, not only failures.")] = False,
+) -> None:
+    """Read every array through REFS (fsspec + zarr) and compare it bit for bit with h5py.
+
+    Exit status 0 only if every array matches and every dataset of SOURCE is in
+    the map; 8 otherwise.
+    """
+    from hyperslab.convert.verify import verify as run_verify
+
+    with _errors(as_json):
+        with _progress(_show_progress(as_json, quiet)) as prog:
+            task = prog.add_task("verifying", total=None, item="")
+
+            def tick(path: str, i: int, n: int) -> None:
+                prog.update(task, total=n, completed=i, item=path)
+
+            report = run_verify(source, refs_path, progress=tick)
+        if as_json:
+            print(json.dumps(report.to_json(), default=str))
+        else:
+            table = Table(title=f"{refs_path} vs {source}", show_lines=False)
+            for col in ("array", "storage", "result"):
+                table.add_column(col)
+            for a in report.arrays:
+                if show_all or not a.ok:
+                    table.add_row(a.path or "/", a.storage,
+                                  "[green]bit-exact[/]" if a.ok else f"[red]MISMATCH[/] {a.detail}")
+            for m in report.missing:
+                table.add_row(m, "-", "[red]MISSING from map[/]")
+            if table.row_count:
+                out.print(table)
+            c = report.counts
+            pct = 100.0 * c["bit_exact"] / c["arrays"] if c["arrays"] else 100.0
+            colour = "green" if report.ok else "red"
+            out.print(f"[{colour}]{c['bit_exact']}/{c['arrays']} arrays bit-exact ({pct:.1f}%)[/]: "
+                      f"{c['virtual']} virtual, {c['materialised']} materialised, {c['empty']} empty; "
+                      f"{c['missing']} missing; {report.seconds:.2f} s", highlight=False)
+        if not report.ok:
+            if not as_json:
+                raise VerificationError(f"{refs_path} does not reproduce {source} bit for bit")
+            raise typer.Exit(VerificationError.exit_status)
+
+
+# -------------------------------------------------------------- sample
+@app.command()
+def sample(
+    directory: Annotated[Path, typer.Argument(help="Where to write the sample NeXus files.")],
+    frames: Annotated[int, typer.Option(help="Frames per detector stack.")] = 20,
+    seed: Annotated[int, typer.Option(help="Random seed (same seed, same bytes of data).")] = 0,
+    as_json: JsonOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Write realistic NeXus detector files (Pilatus-like uint32 stacks, gzip and bitshuffle-LZ4)."""
+    from hyperslab.convert.sample import write_samples
+
+    with _errors(as_json):
+        if frames < 1:
+            raise BadInputError("--frames must be at least 1")
+        paths = write_samples(directory, frames=frames, seed=seed, progress=_show_progress(as_json, quiet))
+        if as_json:
+            print(json.dumps({"ok": True, "files": [str(p) for p in paths]}))
+        else:
+            for p in paths:
+                out.print(f"[green]✓[/] {p} ({p.stat().st_size / 1e6:.1f} MB)", highlight=False)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point."""
+    app(args=argv if argv is not None else sys.argv[1:], prog_name="hyperslab")
+
+
+if __name__ == "__main__":
+    main()

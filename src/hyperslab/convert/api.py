@@ -1,0 +1,251 @@
+"""The Python functions behind ``hyperslab refs``: files → reference maps."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from hyperslab import __version__
+from hyperslab.convert.hdf5 import ConvertOptions, FileReport, scan_hdf5
+from hyperslab.convert.nexus import assign_dimensions
+from hyperslab.errors import BadInputError, HyperslabError, NotFoundError
+from hyperslab.references.refmap import ArrayRefs, RefMap
+
+__all__ = [
+    "HDF5_SUFFIXES",
+    "ConversionResult",
+    "build_refmap",
+    "combine_refmaps",
+    "expand_sources",
+    "source_url",
+]
+
+#: file endings picked up when a directory is converted
+HDF5_SUFFIXES = (".h5", ".hdf5", ".hdf", ".nxs", ".nx5", ".nexus", ".nc", ".nc4", ".cxi", ".he5")
+
+#: root attribute holding hyperslab's provenance and the NeXus catalog metadata
+META_ATTR = "hyperslab"
+
+
+@dataclass
+class ConversionResult:
+    refmap: RefMap
+    reports: list[FileReport] = field(default_factory=list)
+
+    @property
+    def counts(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for r in self.reports:
+            for k, v in r.counts.items():
+                out[k] = out.get(k, 0) + v
+        return out
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "sources": self.refmap.sources,
+            "n_refs": self.refmap.n_refs,
+            "arrays": len(self.refmap.arrays),
+            "counts": self.counts,
+            "files": [r.to_json() for r in self.reports],
+        }
+
+
+def source_url(source: str | Path) -> str:
+    """How a standalone map refers to a source: absolute local path, or the URL as given."""
+    s = str(source)
+    if "://" in s and not s.startswith("file://"):
+        return s
+    if s.startswith("file://"):
+        s = s[7:]
+    return os.path.abspath(s)
+
+
+def expand_sources(sources: Iterable[str | Path]) -> list[str]:
+    """Files as given, directories expanded (recursively) to their HDF5-looking files, sorted."""
+    out: list[str] = []
+    for s in sources:
+        p = Path(s)
+        if "://" not in str(s) and p.is_dir():
+            found = sorted(str(f) for f in p.rglob("*") if f.is_file() and f.suffix.lower() in HDF5_SUFFIXES)
+            if not found:
+                raise NotFoundError(f"{p} contains no HDF5 files ({', '.join(HDF5_SUFFIXES)})")
+            out.extend(found)
+        else:
+            out.append(str(s))
+    return out
+
+
+def build_refmap(
+    source: str | Path,
+    *,
+    options: ConvertOptions | None = None,
+    url: str | None = None,
+    url_for: Callable[[str], str] | None = None,
+) -> ConversionResult:
+    """Reference map of one HDF5/NeXus file; HDF5 ``/a/b`` becomes Zarr array ``a/b``.
+
+    ``url`` is how the map names the file (default: its absolute path), ``url_for``
+    maps other files reached through external links.
+    """
+    refmap = RefMap()
+    report = scan_hdf5(source, refmap, url=url or source_url(source), options=options,
+                       url_for=url_for or source_url)
+    assign_dimensions(refmap)
+    refmap.groups[""][META_ATTR] = {
+        "version": __version__,
+        "sources": [{"url": u} for u in refmap.sources],
+        "nexus": report.nexus,
+    }
+    return ConversionResult(refmap, [report])
+
+
+def combine_refmaps(results: Sequence[ConversionResult], *, dim: int | None = None,
+                    new_dim: str | None = None, arrays: Sequence[str] | None = None) -> ConversionResult:
+    """Combine per-file maps (one per scan point or frame block) into one.
+
+    With ``new_dim`` the chosen arrays gain a leading axis of that name (one index per
+    file); with ``dim`` they are concatenated along that existing axis. Every file
+    must hold the chosen arrays with equal dtype, codecs and chunk shape; along a
+    concatenation axis every file but the last must hold a whole number of chunks
+    (otherwise chunk boundaries would not line up and a virtual map is impossible).
+    Arrays not combined are taken from the first file. ``arrays`` defaults to every
+    array that all files have with compatible metadata and more than one element.
+    """
+    if not results:
+        raise BadInputError("nothing to combine")
+    if (dim is None) == (new_dim is None):
+        raise BadInputError("combine needs exactly one of dim= (existing axis) or new_dim=")
+    first = results[0].refmap
+    out = RefMap(groups={k: dict(v) for k, v in first.groups.items()})
+    src_ids: dict[str, int] = {}
+
+    def sid(url: str) -> int:
+        if url not in src_ids:
+            src_ids[url] = len(out.sources)
+            out.sources.append(url)
+        return src_ids[url]
+
+    names = list(arrays) if arrays is not None else [
+        p for p, a in first.arrays.items()
+        if all(p in r.refmap.arrays and _compatible(a, r.refmap.arrays[p], dim) for r in results[1:])
+        and int(np.prod(a.zarray["shape"] or [1])) > 1
+    ]
+    for p in names:
+        for r in results:
+            if p not in r.refmap.arrays:
+                raise BadInputError(f"cannot combine: {r.refmap.sources[:1]} has no array {p!r}")
+    for path, arr in first.arrays.items():
+        if path in names:
+            out.arrays[path] = _combine_one([r.refmap for r in results], path, dim, new_dim, sid)
+        else:
+            out.arrays[path] = _remap(arr, first.sources, sid)
+    assign_dimensions(out)
+    meta = dict(out.groups[""].get(META_ATTR, {}))
+    meta["sources"] = [{"url": u} for u in out.sources]
+    meta["combined"] = {"arrays": names, "dim": dim, "new_dim": new_dim, "files": len(results)}
+    out.groups[""][META_ATTR] = meta
+    return ConversionResult(out, [rep for r in results for rep in r.reports])
+
+
+def _compatible(a: ArrayRefs, b: ArrayRefs, dim: int | None) -> bool:
+    za, zb = a.zarray, b.zarray
+    same = all(za[k] == zb[k] for k in ("dtype", "chunks", "filters", "compressor", "fill_value"))
+    if not same or len(za["shape"]) != len(zb["shape"]):
+        return False
+    if dim is None:
+        return bool(za["shape"] == zb["shape"])
+    return all(x == y for i, (x, y) in enumerate(zip(za["shape"], zb["shape"], strict=True)) if i != dim)
+
+
+def _remap(arr: ArrayRefs, sources: list[str], sid: Callable[[str], int]) -> ArrayRefs:
+    table = np.array([sid(u) for u in sources], dtype=np.int32) if sources else np.zeros(0, np.int32)
+    return ArrayRefs(path=arr.path, zarray=dict(arr.zarray), attrs=dict(arr.attrs), index=arr.index.copy(),
+                     source=table[arr.source] if arr.source.size else arr.source.copy(),
+                     offset=arr.offset.copy(), length=arr.length.copy(), inline=dict(arr.inline),
+                     reason=arr.reason)
+
+
+def _combine_one(maps: list[RefMap], path: str, dim: int | None, new_dim: str | None,
+                 sid: Callable[[str], int]) -> ArrayRefs:
+    parts = [_remap(m.arrays[path], m.sources, sid) for m in maps]
+    z0 = parts[0].zarray
+    shape, chunks = list(z0["shape"]), list(z0["chunks"])
+    attrs = dict(parts[0].attrs)
+    attrs.pop("_ARRAY_DIMENSIONS", None)
+    if new_dim is not None:
+        out_shape, out_chunks = [len(parts), *shape], [1, *chunks]
+        axis, offsets = 0, list(range(len(parts)))
+    else:
+        assert dim is not None
+        if not 0 <= dim < len(shape):
+            raise BadInputError(f"cannot combine {path!r} along axis {dim}: it has {len(shape)} axes")
+        offsets, total = [], 0
+        for i, p in enumerate(parts):
+            n = p.zarray["shape"][dim]
+            if total % chunks[dim]:
+                raise BadInputError(
+                    f"cannot combine {path!r} along axis {dim}: file {i} starts at {total}, not a multiple "
+                    f"of the chunk length {chunks[dim]}; use a new axis instead")
+            offsets.append(total // chunks[dim])
+            total += n
+        out_shape, out_chunks = list(shape), list(chunks)
+        out_shape[dim] = total
+        axis = dim
+    out = ArrayRefs(path=path, zarray={**z0, "shape": out_shape, "chunks": out_chunks}, attrs=attrs)
+    out_grid = out.grid
+    idx, src, off, ln = [], [], [], []
+    for p, start in zip(parts, offsets, strict=True):
+        g = p.grid
+        if p.index.size:
+            coords = list(np.unravel_index(p.index, g)) if g else [np.zeros(p.index.size, np.int64)]
+            if new_dim is not None:
+                coords = [np.full(p.index.size, start, np.int64), *coords]
+            else:
+                coords[axis] = coords[axis] + start
+            idx.append(np.ravel_multi_index(tuple(coords), out_grid))
+            src.append(p.source)
+            off.append(p.offset)
+            ln.append(p.length)
+        for lin, data in p.inline.items():
+            c = list(np.unravel_index(lin, g)) if g else [0]
+            if new_dim is not None:
+                c = [start, *c]
+            else:
+                c[axis] += start
+            out.inline[int(np.ravel_multi_index(tuple(int(x) for x in c), out_grid))] = data
+        if p.reason:
+            out.reason = p.reason
+    if idx:
+        out.index = np.concatenate(idx).astype(np.int64)
+        out.source = np.concatenate(src).astype(np.int32)
+        out.offset = np.concatenate(off).astype(np.int64)
+        out.length = np.concatenate(ln).astype(np.int64)
+        out.sort()
+    return out
+
+
+def convert_each(sources: Sequence[str], *, options: ConvertOptions | None = None, fail_fast: bool = False,
+                 on_done: Callable[[str, ConversionResult | HyperslabError], None] | None = None,
+                 ) -> tuple[list[tuple[str, ConversionResult]], list[tuple[str, HyperslabError]]]:
+    """Convert files one by one, continuing past bad ones unless ``fail_fast``."""
+    done: list[tuple[str, ConversionResult]] = []
+    failed: list[tuple[str, HyperslabError]] = []
+    for s in sources:
+        try:
+            res = build_refmap(s, options=options)
+        except HyperslabError as exc:
+            failed.append((s, exc))
+            if on_done:
+                on_done(s, exc)
+            if fail_fast:
+                break
+            continue
+        done.append((s, res))
+        if on_done:
+            on_done(s, res)
+    return done, failed
