@@ -121,6 +121,8 @@ def _zarr_native_json(dt: np.dtype) -> Any | None:
 def _is_standard_numeric(tid: h5py.h5t.TypeID) -> bool:
     """True when an integer/float file type has the standard layout numpy assumes."""
     cls = tid.get_class()
+    if not hasattr(tid, "get_precision"):
+        return True  # h5py exposes no bit layout for this class (bitfield): plain bytes
     if cls == h5py.h5t.INTEGER or cls == h5py.h5t.BITFIELD:
         return bool(tid.get_precision() == tid.get_size() * 8 and tid.get_offset() == 0)
     if cls == h5py.h5t.FLOAT:
@@ -164,10 +166,36 @@ def _materialise_reason(tid: h5py.h5t.TypeID) -> str | None:
     return None
 
 
+#: attribute describing an HDF5 type that has no numpy equivalent (H5T_TIME, IEEE quad...)
+RAW_TYPE_ATTR = "hyperslab:hdf5_type"
+
+
+def describe_type(tid: h5py.h5t.TypeID) -> dict[str, Any]:
+    """What we can say about an HDF5 type h5py cannot convert."""
+    names = {getattr(h5py.h5t, n): n for n in ("INTEGER", "FLOAT", "TIME", "STRING", "BITFIELD", "OPAQUE",
+                                                "COMPOUND", "REFERENCE", "ENUM", "VLEN", "ARRAY")}
+    out: dict[str, Any] = {"class": names.get(tid.get_class(), str(tid.get_class())), "size": tid.get_size()}
+    if hasattr(tid, "get_order"):
+        out["order"] = "big" if tid.get_order() == h5py.h5t.ORDER_BE else "little"
+    if hasattr(tid, "get_fields"):
+        out["fields"] = list(tid.get_fields())
+    if tid.get_class() == h5py.h5t.COMPOUND:
+        out["members"] = [{"name": tid.get_member_name(i).decode(errors="replace"),
+                           "offset": tid.get_member_offset(i),
+                           **describe_type(tid.get_member_type(i))} for i in range(tid.get_nmembers())]
+    return out
+
+
 def plan_dtype(dset: h5py.Dataset) -> DtypePlan:
     """Decide how ``dset``'s values are represented in Zarr."""
     tid = dset.id.get_type()
-    h5dt = dset.dtype
+    try:
+        h5dt = dset.dtype
+    except (TypeError, ValueError):
+        # no numpy equivalent: the stored bytes are still exact, so reference them as raw
+        size = tid.get_size()
+        return DtypePlan("void", np.dtype(f"V{size}"), f"|V{size}", np.dtype(f"V{size}"), (), None,
+                         ((RAW_TYPE_ATTR, describe_type(tid)),))
     why = _materialise_reason(tid)
     extra: tuple[int, ...] = ()
     base = h5dt

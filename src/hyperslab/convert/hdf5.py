@@ -169,7 +169,6 @@ class _Scanner:
         self.readers: dict[str, Any] = {}
         self.root_file = os.path.abspath(f.filename)
         self.root_url = url
-        self._visited_groups: set[tuple[str, int]] = set()
 
     # ------------------------------------------------------------ sources
     def source_index(self, filename: str) -> int:
@@ -208,12 +207,15 @@ class _Scanner:
             return f"{self.prefix}/{z}" if z else self.prefix
         return z
 
-    def walk(self, group: h5py.Group, zpath: str) -> None:
-        key = (os.path.abspath(group.file.filename), group.id.__hash__())
-        if key in self._visited_groups:
-            self.refmap.groups.setdefault(zpath, {})["hyperslab:hard_link_of"] = "(already listed)"
+    def walk(self, group: h5py.Group, zpath: str, ancestors: frozenset[tuple[str, int]] = frozenset()) -> None:
+        # a group hard-linked under two names is listed under both (every HDF5 path is a
+        # Zarr path); only a link back to an ancestor, which would never end, is cut
+        key = (os.path.abspath(group.file.filename), hash(group.id))
+        if key in ancestors:
+            self.refmap.groups.setdefault(zpath, {})["hyperslab:cycle_to"] = group.name
+            self.report.warnings.append(f"{zpath}: hard link back to ancestor {group.name} not followed")
             return
-        self._visited_groups.add(key)
+        ancestors = ancestors | {key}
         self.refmap.groups[zpath] = self.attrs_of(group)
         for name in group:
             check_name(name, f"{self.report.source}:{group.name}")
@@ -239,7 +241,7 @@ class _Scanner:
                     self.refmap.groups.setdefault(zpath, {}).setdefault("hyperslab:links", {})[name] = (
                         link.path)
                     continue
-                self.walk(obj, child)
+                self.walk(obj, child, ancestors)
             elif isinstance(obj, h5py.Dataset):
                 self.dataset(obj, child, link)
             # named datatypes are described by the datasets that use them
@@ -278,7 +280,7 @@ class _Scanner:
             reason = reason or "virtual dataset (mapped through h5py)"
         if reason is None and pipeline:
             try:
-                codecs = hdf5_pipeline_to_codecs(pipeline, dset.dtype, tuple(dset.chunks or shape))
+                codecs = hdf5_pipeline_to_codecs(pipeline, plan.h5_dtype, tuple(dset.chunks or shape))
             except UnsupportedFeatureError as exc:
                 reason = exc.message
         if layout == h5py.h5d.COMPACT and reason is None:
@@ -319,7 +321,7 @@ class _Scanner:
         self.refmap.arrays[zpath] = arr
         self.report.datasets.append(DatasetReport(
             path=zpath, status=arr.status, shape=None if null_space else full_shape,
-            dtype=str(dset.dtype), chunks=arr.n_chunks, refs=arr.n_refs,
+            dtype=str(plan.h5_dtype), chunks=arr.n_chunks, refs=arr.n_refs,
             referenced_bytes=arr.referenced_bytes(), inline_bytes=sum(map(len, arr.inline.values())),
             filters=pipeline_summary(pipeline), reason=reason,
         ))

@@ -19,7 +19,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-from hyperslab.convert.dtypes import DTYPE_ATTR, ENCODING_ATTR, attr_to_json, dtype_from_json
+from hyperslab.convert.dtypes import DTYPE_ATTR, ENCODING_ATTR, RAW_TYPE_ATTR, attr_to_json, dtype_from_json
 from hyperslab.convert.hdf5 import MATERIALISED_ATTR, open_hdf5
 from hyperslab.errors import NotFoundError
 from hyperslab.references.refmap import read_refmap
@@ -166,6 +166,8 @@ def _check(f: h5py.File, path: str, z: Any) -> ArrayCheck:
 
 
 def _compare(dset: h5py.Dataset, z: Any, attrs: dict[str, Any], path: str, storage: str) -> ArrayCheck:
+    if RAW_TYPE_ATTR in attrs:
+        return _compare_raw(dset, z, path, storage)
     if dset.shape is None:
         ok = bool(attrs.get("hyperslab:null_dataspace")) and z.shape == (0,)
         return ArrayCheck(path, ok, storage, "" if ok else "null dataspace not marked")
@@ -203,7 +205,7 @@ def _compare_slab(dset: h5py.Dataset, z: Any, sel: tuple[slice, ...], attrs: dic
         got_b = np.ascontiguousarray(got)
         if want_b.dtype != got_b.dtype and want_b.dtype.base != got_b.dtype:
             return ArrayCheck(path, False, storage, f"dtype {got_b.dtype} != {want_b.dtype}")
-        if want_b.tobytes() != got_b.tobytes():
+        if value_bytes(want_b) != value_bytes(got_b):
             bad = _first_difference(want_b, got_b)
             return ArrayCheck(path, False, storage, f"values differ (first at {bad})")
         return ArrayCheck(path, True, storage, "", want_b.nbytes)
@@ -214,6 +216,47 @@ def _compare_slab(dset: h5py.Dataset, z: Any, sel: tuple[slice, ...], attrs: dic
             return ArrayCheck(path, False, storage, f"element {i}: {g!r} != {decode(w)!r}")
     return ArrayCheck(path, True, storage, "", int(sum(len(x) if isinstance(x, bytes | str) else 8
                                                         for x in flat_g)))
+
+
+def value_bytes(a: np.ndarray) -> bytes:
+    """The bytes of every value, field by field: padding between compound members is
+    not data (HDF5 files hold whatever was in memory there; h5py returns zeros)."""
+    if a.dtype.fields is None:
+        return np.ascontiguousarray(a).tobytes()
+    return b"".join(value_bytes(a[name]) for name in a.dtype.names or ())
+
+
+def _compare_raw(dset: h5py.Dataset, z: Any, path: str, storage: str) -> ArrayCheck:
+    """Types h5py cannot convert (H5T_TIME, IEEE quad): compare with the stored bytes."""
+    dcpl = dset.id.get_create_plist()
+    if dcpl.get_nfilters():
+        return ArrayCheck(path, False, storage, "h5py cannot read this type and its storage is filtered: "
+                          "unverifiable")
+    got = np.ascontiguousarray(z[...]).tobytes()
+    layout = dcpl.get_layout()
+    if layout == h5py.h5d.CONTIGUOUS:
+        off = dset.id.get_offset()
+        if off is None:
+            want = b"\0" * len(got)
+        else:
+            with open(dset.file.filename, "rb") as fh:
+                fh.seek(off)
+                want = fh.read(dset.id.get_storage_size())
+    elif layout == h5py.h5d.CHUNKED:
+        itemsize = dset.id.get_type().get_size()
+        full = np.zeros(tuple(dset.shape) + (itemsize,), np.uint8)
+        for idx in range(dset.id.get_num_chunks()):
+            info = dset.id.get_chunk_info(idx)
+            _, raw = dset.id.read_direct_chunk(info.chunk_offset)
+            block = np.frombuffer(raw, np.uint8).reshape(tuple(dset.chunks) + (itemsize,))
+            sel = tuple(slice(o, min(o + c, s)) for o, c, s in zip(info.chunk_offset, dset.chunks, dset.shape,
+                                                                 strict=True))
+            full[sel] = block[tuple(slice(0, x.stop - x.start) for x in sel)]
+        want = full.tobytes()
+    else:
+        return ArrayCheck(path, False, storage, "h5py cannot read this type in a compact layout: unverifiable")
+    ok = want == got
+    return ArrayCheck(path, ok, storage, "" if ok else "stored bytes differ", len(got))
 
 
 def _decoder(encoding: str, attrs: dict[str, Any], f: h5py.File) -> Callable[[Any], Any]:
