@@ -255,7 +255,8 @@ def verify(
             colour = "green" if report.ok else "red"
             out.print(f"[{colour}]{c['bit_exact']}/{c['arrays']} arrays bit-exact ({pct:.1f}%)[/]: "
                       f"{c['virtual']} virtual, {c['materialised']} materialised, {c['empty']} empty; "
-                      f"{c['missing']} missing; {report.seconds:.2f} s", highlight=False)
+                      f"{c['missing']} missing, {c['unverifiable']} unverifiable; {report.seconds:.2f} s",
+                      highlight=False)
         if not report.ok:
             if not as_json:
                 raise VerificationError(f"{refs_path} does not reproduce {source} bit for bit")

@@ -28,6 +28,9 @@ Environment overrides (applied after the file): ``HYPERSLAB_CACHE_DIR``,
 (``<NAME>`` is the site name upper-cased with ``-`` as ``_``). A ``_URL`` variable for
 an unknown name defines a new site.
 
+A site ``url`` that is a relative directory, and a relative cache ``dir``, are taken
+relative to the file that names them.
+
 Credentials are never read from the file: they come from the standard AWS chain
 (``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY``, ``AWS_PROFILE``, instance roles).
 A site table holding something that looks like a credential is refused.
@@ -256,6 +259,13 @@ def _build(raw: dict[str, Any], path: Path | None, env: Mapping[str, str]) -> Co
     for name, f in fields.items():
         if "url" not in f:
             raise ConfigError(f"{where}: site {name!r} has no url", file=str(path), site=name)
+        if (
+            path is not None
+            and "://" not in f["url"]
+            and not Path(f["url"]).expanduser().is_absolute()
+        ):
+            # Relative directory sites are relative to the file that names them.
+            f["url"] = str(path.parent / f["url"])
         sites[name] = SiteConfig(name=name, **f)
 
     seen: set[str] = set()

@@ -391,6 +391,11 @@ class FileSite(Site):
     for CAS, hashing the small current object). Because the lock lives next to the
     objects, sites rooted at different levels of one tree share it. ``put_if_absent``
     is a hard link of a finished temp file (atomic across processes, also on NFS).
+
+    As with any directory tree, a key cannot be an object and a prefix of other
+    objects at once (``a`` and ``a/b``); directories are not pruned on delete (the
+    lock file lives in them), so ``a`` stays unusable as an object after ``a/b`` is
+    deleted. Such writes raise BadInputError. hyperslab's own layout never needs both.
     """
 
     def __init__(self, root: Path | str, *, fsync: bool = True) -> None:
@@ -678,6 +683,28 @@ def _client_error(exc: BaseException) -> Any | None:
     return None
 
 
+_loader_lock = threading.Lock()
+_loader: list[Any] = []
+
+
+def _aio_session(profile: str | None) -> Any:
+    """A fresh botocore session (own credentials) sharing the service-model loader.
+
+    Loading the S3 service model JSON costs 0.1-0.3 s per session; it is immutable
+    package data, so every session may share one loader. Nothing else is shared.
+    """
+    import aiobotocore.session
+    import botocore.loaders
+
+    with _loader_lock:
+        if not _loader:
+            _loader.append(botocore.loaders.create_loader())
+        loader = _loader[0]
+    session = aiobotocore.session.AioSession(profile=profile)
+    session.register_component("data_loader", loader)
+    return session
+
+
 class S3Site(Site):
     """An S3-compatible bucket prefix via s3fs, with its own ``S3FileSystem`` (no global cache).
 
@@ -715,7 +742,11 @@ class S3Site(Site):
         self._cas = cas
         self._max_concurrency = max(1, max_concurrency)
         kwargs = dict(options or {})
-        secrets = sorted(_S3_CREDENTIAL_OPTIONS & set(kwargs))
+        nested = kwargs.get("client_kwargs") or {}
+        secrets = sorted(
+            (_S3_CREDENTIAL_OPTIONS & set(kwargs))
+            | {k for k in nested if str(k).lower().startswith("aws_")}
+        )
         if secrets:
             raise ConfigError(
                 f"S3 site options must not carry credentials ({', '.join(secrets)}); "
@@ -728,6 +759,8 @@ class S3Site(Site):
         if profile:
             kwargs["profile"] = profile
         kwargs.setdefault("use_listings_cache", False)
+        if "session" not in kwargs:
+            kwargs["session"] = _aio_session(kwargs.pop("profile", None))
         self._fs = s3fs.S3FileSystem(
             skip_instance_cache=True,
             anon=anon,

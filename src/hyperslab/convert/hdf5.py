@@ -435,8 +435,13 @@ class _Scanner:
             sel = tuple(slice(c * k, min((c + 1) * k, s)) for c, k, s in zip(coords, chunks, shape, strict=True))
         else:
             sel = ()
-        values = dset[sel[:h5ndim]] if h5ndim else dset[()]
-        values = np.asarray(values)
+        try:
+            values = np.asarray(dset[sel[:h5ndim]] if h5ndim else dset[()])
+        except (OSError, TypeError, ValueError) as exc:
+            why = arr.reason or "cannot be referenced in place"
+            raise UnsupportedFeatureError(
+                f"{self.report.source}:{dset.name}: {why}, and h5py cannot read it to materialise "
+                f"it either ({exc})", dataset=dset.name) from exc
         block = encode_block(values, plan, tuple(chunks), arr.zarray, dset.file)
         if block is not None:
             arr.inline[lin] = block

@@ -115,7 +115,7 @@ class _DetectorModel:
         mask[self.dead_y, self.dead_x] |= PIXEL_MASK_DEAD
         mask[self.gap_rows, :] = PIXEL_MASK_GAP
         self.pixel_mask = mask
-        self.spots_per_block = max(8, height * width // 2_500)
+        self.spots_per_block = max(8, height * width // 800)
         self._spot_cache: dict[int, _Spots] = {}
 
     def _spots(self, block: int) -> _Spots:
@@ -133,7 +133,7 @@ class _DetectorModel:
             x=rng.integers(margin, max(margin + 1, width - margin), n),
             frame=block * _SPOT_BLOCK + rng.uniform(0, _SPOT_BLOCK, n),
             frame_width=rng.uniform(0.6, 2.0, n),
-            intensity=rng.pareto(1.5, n) * 60.0 + 20.0,
+            intensity=np.minimum(rng.pareto(1.2, n) * 80.0 + 30.0, 5.0e5),
             sigma=rng.uniform(0.7, 1.6, n),
         )
         return spots
@@ -511,7 +511,13 @@ def _write_multi(directory: Path, *, seed: int, shape: tuple[int, int], advance:
         mean = _nx_group(entry, "mean", "NXdata")
         mean.attrs["signal"] = "intensity"
         mean.attrs["axes"] = ["y_pixel_offset", "x_pixel_offset"]
-        mean.create_dataset("intensity", data=stack.astype(np.float32).mean(axis=0))
+        mean.create_dataset(
+            "intensity",
+            data=stack.astype(np.float32).mean(axis=0),
+            chunks=True,
+            compression="gzip",
+            shuffle=True,
+        )
         mean["y_pixel_offset"] = entry["data/y_pixel_offset"]
         mean["x_pixel_offset"] = entry["data/x_pixel_offset"]
         process = _nx_group(entry, "process", "NXprocess")

@@ -1,0 +1,162 @@
+"""The `hyperslab` command: exit statuses, --json, bad input leaves nothing behind."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from hyperslab.cli import app
+
+runner = CliRunner()
+
+
+def run(*args: str) -> tuple[int, str]:
+    res = runner.invoke(app, list(args), catch_exceptions=False)
+    return res.exit_code, res.stdout
+
+
+def good_file(path: Path) -> Path:
+    with h5py.File(path, "w") as f:
+        f.create_dataset("entry/data", data=np.arange(100, dtype="<i4").reshape(10, 10), chunks=(5, 5),
+                         compression="gzip")
+        f["entry/title"] = "a title"
+    return path
+
+
+def test_refs_and_verify_round_trip(tmp_path: Path) -> None:
+    src = good_file(tmp_path / "a.h5")
+    code, out = run("refs", str(src), "-o", str(tmp_path / "a.json"), "--json")
+    assert code == 0, out
+    doc = json.loads(out)
+    assert doc["ok"] and doc["written"][0]["counts"] == {"virtual": 1, "materialised": 1}
+    code, out = run("verify", str(src), str(tmp_path / "a.json"), "--json")
+    assert code == 0, out
+    assert json.loads(out)["counts"]["bit_exact"] == 2
+
+
+def test_entry_point_runs_as_a_process(tmp_path: Path) -> None:
+    exe = shutil.which("hyperslab", path=str(Path(sys.executable).parent))
+    assert exe, "console script not installed"
+    res = subprocess.run([exe, "--help"], capture_output=True, text=True, check=False)
+    assert res.returncode == 0 and "Exit statuses" in res.stdout
+    res = subprocess.run([exe, "refs", str(tmp_path / "missing.h5"), "-o", str(tmp_path / "m.json")],
+                         capture_output=True, text=True, check=False)
+    assert res.returncode == 3 and "does not exist" in res.stderr
+
+
+@pytest.mark.parametrize(
+    ("content", "code", "err_code"),
+    [
+        (b"", 2, "not_hdf5"),
+        (b"this is a text file, not HDF5\n" * 10, 2, "not_hdf5"),
+    ],
+)
+def test_not_hdf5(tmp_path: Path, content: bytes, code: int, err_code: str) -> None:
+    bad = tmp_path / "bad.h5"
+    bad.write_bytes(content)
+    rc, out = run("refs", str(bad), "-o", str(tmp_path / "o.json"), "--json")
+    assert rc == code
+    assert json.loads(out)["failed"][0]["code"] == err_code
+    assert not (tmp_path / "o.json").exists()
+
+
+def test_truncated_file(tmp_path: Path) -> None:
+    src = good_file(tmp_path / "a.h5")
+    data = src.read_bytes()
+    for cut in (len(data) // 2, 2048, 600):
+        trunc = tmp_path / f"t{cut}.h5"
+        trunc.write_bytes(data[:cut])
+        rc, out = run("refs", str(trunc), "-o", str(tmp_path / "o.json"), "--json")
+        assert rc == 2, out
+        assert json.loads(out)["failed"][0]["code"] == "not_hdf5"
+        assert not (tmp_path / "o.json").exists()
+
+
+def test_permission_denied(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    src = good_file(tmp_path / "a.h5")
+    if os.geteuid() != 0:
+        src.chmod(0)
+    else:  # root reads everything: simulate what a normal user gets
+        real = os.access
+        monkeypatch.setattr(os, "access", lambda p, m: False if str(p) == str(src) else real(p, m))
+    rc, out = run("refs", str(src), "-o", str(tmp_path / "o.json"), "--json")
+    assert rc == 4
+    assert json.loads(out)["failed"][0]["code"] == "access_denied"
+
+
+def test_dangling_external_link(tmp_path: Path) -> None:
+    with h5py.File(tmp_path / "d.h5", "w") as f:
+        f["x"] = np.arange(3)
+        f["ext"] = h5py.ExternalLink("gone.h5", "/data")
+    rc, out = run("refs", str(tmp_path / "d.h5"), "-o", str(tmp_path / "o.json"), "--json")
+    assert rc == 3
+    err = json.loads(out)["failed"][0]
+    assert err["code"] == "broken_link" and "gone.h5" in err["message"]
+    assert not (tmp_path / "o.json").exists()
+    # explicitly allowed: the link is reported, the rest converted
+    rc, out = run("refs", str(tmp_path / "d.h5"), "-o", str(tmp_path / "o.json"), "--json",
+                  "--allow-broken-links")
+    assert rc == 0
+    files = json.loads(out)["written"][0]["files"][0]
+    assert files["links"][0]["status"] == "broken"
+
+
+@pytest.mark.parametrize("name", [b"..", b".zarray", b"a\x01b", b"a\\b"])
+def test_unsafe_names(tmp_path: Path, name: bytes) -> None:
+    with h5py.File(tmp_path / "n.h5", "w") as f:
+        f["x"] = 1
+        f.id.links.create_soft(name, b"/x")
+    rc, out = run("refs", str(tmp_path / "n.h5"), "-o", str(tmp_path / "o.json"), "--json")
+    assert rc == 2
+    assert json.loads(out)["failed"][0]["code"] == "unsafe_name"
+    assert not (tmp_path / "o.json").exists()
+
+
+def test_directory_continues_past_bad_files(tmp_path: Path) -> None:
+    d = tmp_path / "in"
+    d.mkdir()
+    good_file(d / "a.h5")
+    good_file(d / "c.h5")
+    (d / "b.h5").write_bytes(b"garbage")
+    rc, out = run("refs", str(d), "-o", str(tmp_path / "maps"), "--json")
+    assert rc == 2
+    doc = json.loads(out)
+    assert [Path(w["source"]).name for w in doc["written"]] == ["a.h5", "c.h5"]
+    assert [Path(f["source"]).name for f in doc["failed"]] == ["b.h5"]
+    assert sorted(p.name for p in (tmp_path / "maps").iterdir()) == ["a.json", "c.json"]
+    rc, out = run("refs", str(d), "-o", str(tmp_path / "maps2"), "--json", "--fail-fast")
+    assert rc == 2
+    assert [Path(w["source"]).name for w in json.loads(out)["written"]] == ["a.h5"]
+
+
+def test_verify_detects_a_wrong_map(tmp_path: Path) -> None:
+    src = good_file(tmp_path / "a.h5")
+    run("refs", str(src), "-o", str(tmp_path / "a.json"))
+    doc = json.loads((tmp_path / "a.json").read_text())
+    # point one chunk at the wrong bytes (the next chunk's): decodes fine, wrong values
+    keys = sorted(k for k in doc["refs"] if k.startswith("entry/data/") and not k.endswith((".zarray", ".zattrs")))
+    doc["refs"][keys[0]] = doc["refs"][keys[1]]
+    (tmp_path / "a.json").write_text(json.dumps(doc))
+    rc, out = run("verify", str(src), str(tmp_path / "a.json"), "--json")
+    assert rc == 8
+    rep = json.loads(out)
+    assert not rep["ok"] and rep["counts"]["bit_exact"] == 1
+
+
+def test_bad_options(tmp_path: Path) -> None:
+    src = good_file(tmp_path / "a.h5")
+    rc, _ = run("refs", str(src), "-o", str(tmp_path / "x"), "--format", "xml")
+    assert rc == 2
+    rc, _ = run("refs", str(src), str(src), "-o", str(tmp_path / "x.json"))
+    assert rc == 2
+    rc, _ = run("sample", str(tmp_path / "s"), "--frames", "0")
+    assert rc == 2
