@@ -26,7 +26,9 @@ def main() -> None:
     signal = ds.attrs.get("signal", next(iter(ds.data_vars)))
     frame = ds[signal][0, 100:164, 200:264].values
     dt = time.perf_counter() - t0
-    print(f"\n64x64 region of frame 0: sum={int(frame.sum())} max={int(frame.max())} ({dt:.2f} s incl. open)")
+    print(
+        f"\n64x64 region of frame 0: sum={int(frame.sum())} max={int(frame.max())} ({dt:.2f} s incl. open)"
+    )
 
 
 if __name__ == "__main__":

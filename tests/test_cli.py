@@ -26,8 +26,12 @@ def run(*args: str) -> tuple[int, str]:
 
 def good_file(path: Path) -> Path:
     with h5py.File(path, "w") as f:
-        f.create_dataset("entry/data", data=np.arange(100, dtype="<i4").reshape(10, 10), chunks=(5, 5),
-                         compression="gzip")
+        f.create_dataset(
+            "entry/data",
+            data=np.arange(100, dtype="<i4").reshape(10, 10),
+            chunks=(5, 5),
+            compression="gzip",
+        )
         f["entry/title"] = "a title"
     return path
 
@@ -48,8 +52,12 @@ def test_entry_point_runs_as_a_process(tmp_path: Path) -> None:
     assert exe, "console script not installed"
     res = subprocess.run([exe, "--help"], capture_output=True, text=True, check=False)
     assert res.returncode == 0 and "Exit statuses" in res.stdout
-    res = subprocess.run([exe, "refs", str(tmp_path / "missing.h5"), "-o", str(tmp_path / "m.json")],
-                         capture_output=True, text=True, check=False)
+    res = subprocess.run(
+        [exe, "refs", str(tmp_path / "missing.h5"), "-o", str(tmp_path / "m.json")],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert res.returncode == 3 and "does not exist" in res.stderr
 
 
@@ -103,8 +111,14 @@ def test_dangling_external_link(tmp_path: Path) -> None:
     assert err["code"] == "broken_link" and "gone.h5" in err["message"]
     assert not (tmp_path / "o.json").exists()
     # explicitly allowed: the link is reported, the rest converted
-    rc, out = run("refs", str(tmp_path / "d.h5"), "-o", str(tmp_path / "o.json"), "--json",
-                  "--allow-broken-links")
+    rc, out = run(
+        "refs",
+        str(tmp_path / "d.h5"),
+        "-o",
+        str(tmp_path / "o.json"),
+        "--json",
+        "--allow-broken-links",
+    )
     assert rc == 0
     files = json.loads(out)["written"][0]["files"][0]
     assert files["links"][0]["status"] == "broken"
@@ -143,7 +157,11 @@ def test_verify_detects_a_wrong_map(tmp_path: Path) -> None:
     run("refs", str(src), "-o", str(tmp_path / "a.json"))
     doc = json.loads((tmp_path / "a.json").read_text())
     # point one chunk at the wrong bytes (the next chunk's): decodes fine, wrong values
-    keys = sorted(k for k in doc["refs"] if k.startswith("entry/data/") and not k.endswith((".zarray", ".zattrs")))
+    keys = sorted(
+        k
+        for k in doc["refs"]
+        if k.startswith("entry/data/") and not k.endswith((".zarray", ".zattrs"))
+    )
     doc["refs"][keys[0]] = doc["refs"][keys[1]]
     (tmp_path / "a.json").write_text(json.dumps(doc))
     rc, out = run("verify", str(src), str(tmp_path / "a.json"), "--json")

@@ -100,12 +100,14 @@ def test_unsafe_examples_are_unsafe() -> None:
             validate_key(key)
 
 
+@settings(max_examples=60)
 @given(unsafe_key())
 def test_unsafe_key_strategy_is_always_rejected(key: str) -> None:
     with pytest.raises(UnsafeNameError):
         validate_key(key)
 
 
+@settings(max_examples=60)
 @given(safe_key)
 def test_safe_keys_are_accepted(key: str) -> None:
     assert validate_key(key) == key
@@ -357,7 +359,7 @@ class SiteContract:
         self._assert_rejected(site, key)
 
     @settings(
-        max_examples=60,
+        max_examples=40,
         deadline=None,
         suppress_health_check=[
             HealthCheck.function_scoped_fixture,
@@ -389,7 +391,7 @@ class SiteContract:
                 call()
 
     @settings(
-        max_examples=15,
+        max_examples=8,
         deadline=None,
         suppress_health_check=[
             HealthCheck.function_scoped_fixture,
@@ -528,8 +530,8 @@ class TestMemorySite(SiteContract):
 class TestS3Site(SiteContract):
     # moto copies whole bodies around per request: keep the heavy tests light.
     atomic_sizes = (256 << 10, 768 << 10)
-    atomic_rounds = 10
-    cas_threads, cas_increments = 3, 4
+    atomic_rounds = 6
+    cas_threads, cas_increments = 3, 3
 
     @pytest.fixture
     def site_factory(self, s3_bucket: S3Bucket) -> Iterator[SiteFactory]:

@@ -66,8 +66,10 @@ def _errors(as_json: bool) -> Iterator[None]:
     except Exception as exc:
         if os.environ.get("HYPERSLAB_DEBUG"):
             raise
-        wrapped = HyperslabError(f"internal error: {type(exc).__name__}: {redact(str(exc))} "
-                                 "(set HYPERSLAB_DEBUG=1 for a traceback)")
+        wrapped = HyperslabError(
+            f"internal error: {type(exc).__name__}: {redact(str(exc))} "
+            "(set HYPERSLAB_DEBUG=1 for a traceback)"
+        )
         _fail(wrapped, as_json)
 
 
@@ -96,8 +98,12 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def _main(
-    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
-                                          help="Show the version and exit.")] = False,
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_version, is_eager=True, help="Show the version and exit."
+        ),
+    ] = False,
 ) -> None:
     """hyperslab: reference maps over HDF5/NeXus, verified bit for bit."""
 
@@ -105,23 +111,54 @@ def _main(
 # ---------------------------------------------------------------- refs
 @app.command()
 def refs(
-    sources: Annotated[list[str], typer.Argument(help="HDF5/NeXus files, directories (searched "
-                                                      "recursively) or fsspec URLs.")],
-    output: Annotated[Path, typer.Option("--output", "-o", help="Map to write: OUT.json, OUT.parquet "
-                                         "(a directory), or, for several sources without --combine, "
-                                         "a directory that receives one map per source.")],
-    fmt: Annotated[str | None, typer.Option("--format", help="json or parquet (default: from the name; "
-                                            f"otherwise Parquet from 100k refs).")] = None,
-    new_dim: Annotated[str | None, typer.Option("--combine-new-dim", help="Combine all sources into one "
-                                                "map, stacking arrays along a new leading axis of this name.")] = None,
-    concat_dim: Annotated[int | None, typer.Option("--combine-dim", help="Combine all sources into one "
-                                                   "map, concatenating arrays along this existing axis.")] = None,
-    inline_threshold: Annotated[int, typer.Option(help="Chunks smaller than this many bytes are "
-                                                  "copied into the map.")] = 500,
-    allow_broken_links: Annotated[bool, typer.Option(help="Report dangling soft/external links "
-                                                     "instead of failing the file.")] = False,
-    fail_fast: Annotated[bool, typer.Option(help="Stop at the first bad file (default: convert "
-                                            "the rest and report the bad ones).")] = False,
+    sources: Annotated[
+        list[str],
+        typer.Argument(help="HDF5/NeXus files, directories (searched recursively) or fsspec URLs."),
+    ],
+    output: Annotated[
+        Path,
+        typer.Option(
+            "--output",
+            "-o",
+            help="Map to write: OUT.json, OUT.parquet "
+            "(a directory), or, for several sources without --combine, "
+            "a directory that receives one map per source.",
+        ),
+    ],
+    fmt: Annotated[
+        str | None,
+        typer.Option(
+            "--format",
+            help="json or parquet (default: from the name; otherwise Parquet from 100k refs).",
+        ),
+    ] = None,
+    new_dim: Annotated[
+        str | None,
+        typer.Option(
+            "--combine-new-dim",
+            help="Combine all sources into one "
+            "map, stacking arrays along a new leading axis of this name.",
+        ),
+    ] = None,
+    concat_dim: Annotated[
+        int | None,
+        typer.Option(
+            "--combine-dim",
+            help="Combine all sources into one map, concatenating arrays along this existing axis.",
+        ),
+    ] = None,
+    inline_threshold: Annotated[
+        int, typer.Option(help="Chunks smaller than this many bytes are copied into the map.")
+    ] = 500,
+    allow_broken_links: Annotated[
+        bool, typer.Option(help="Report dangling soft/external links instead of failing the file.")
+    ] = False,
+    fail_fast: Annotated[
+        bool,
+        typer.Option(
+            help="Stop at the first bad file (default: convert the rest and report the bad ones)."
+        ),
+    ] = False,
     as_json: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
@@ -149,17 +186,22 @@ def refs(
         if new_dim is not None and concat_dim is not None:
             raise BadInputError("give at most one of --combine-new-dim and --combine-dim")
         files = expand_sources(sources)
-        options = ConvertOptions(inline_threshold=inline_threshold, allow_broken_links=allow_broken_links)
+        options = ConvertOptions(
+            inline_threshold=inline_threshold, allow_broken_links=allow_broken_links
+        )
         combine = new_dim is not None or concat_dim is not None
         many = len(files) > 1 and not combine
         if many and output.suffix in (".json",):
-            raise BadInputError(f"{len(files)} sources without --combine need a directory for -o, "
-                                f"not {output}")
+            raise BadInputError(
+                f"{len(files)} sources without --combine need a directory for -o, not {output}"
+            )
         if many:
             stems = [Path(f).stem for f in files]
             dupes = sorted({s for s in stems if stems.count(s) > 1})
             if dupes:
-                raise BadInputError(f"several sources share the name {dupes[0]!r}; convert them separately")
+                raise BadInputError(
+                    f"several sources share the name {dupes[0]!r}; convert them separately"
+                )
         done: list[tuple[str, Any]] = []
         failed: list[tuple[str, HyperslabError]] = []
         written: list[dict[str, Any]] = []
@@ -172,25 +214,40 @@ def refs(
                 except HyperslabError as exc:
                     failed.append((f, exc))
                     if not as_json:
-                        err.print(f"[red]✗[/] {f}: {exc.message} [dim]({exc.code})[/]", highlight=False)
+                        err.print(
+                            f"[red]✗[/] {f}: {exc.message} [dim]({exc.code})[/]", highlight=False
+                        )
                     if fail_fast or (combine and len(files) > 1):
                         break
                     continue
                 finally:
                     prog.advance(task)
                 if many:
-                    target = output / (Path(f).stem + "." + (fmt or choose_format("", res.refmap.n_refs)))
+                    target = output / (
+                        Path(f).stem + "." + (fmt or choose_format("", res.refmap.n_refs))
+                    )
                     write_refmap(res.refmap, target, fmt)  # type: ignore[arg-type]
                     written.append({"source": f, "refs": str(target), **res.to_json()})
                 done.append((f, res))
         if done and not many:
-            result = done[0][1] if not combine else combine_refmaps(
-                [r for _, r in done], dim=concat_dim, new_dim=new_dim)
+            result = (
+                done[0][1]
+                if not combine
+                else combine_refmaps([r for _, r in done], dim=concat_dim, new_dim=new_dim)
+            )
             path = write_refmap(result.refmap, output, fmt)  # type: ignore[arg-type]
             written.append({"refs": str(path), **result.to_json()})
         if as_json:
-            print(json.dumps({"ok": not failed, "written": written,
-                              "failed": [{"source": f, **e.to_json()} for f, e in failed]}, default=str))
+            print(
+                json.dumps(
+                    {
+                        "ok": not failed,
+                        "written": written,
+                        "failed": [{"source": f, **e.to_json()} for f, e in failed],
+                    },
+                    default=str,
+                )
+            )
         else:
             for w in written:
                 _print_refs_summary(w)
@@ -202,12 +259,20 @@ def refs(
 
 def _print_refs_summary(w: dict[str, Any]) -> None:
     counts = w["counts"]
-    parts = [f"{counts.get(k, 0)} {k}" for k in ("virtual", "materialised", "mixed", "empty") if counts.get(k)]
-    out.print(f"[green]✓[/] wrote {w['refs']}: {w['arrays']} arrays ({', '.join(parts)})", highlight=False)
+    parts = [
+        f"{counts.get(k, 0)} {k}"
+        for k in ("virtual", "materialised", "mixed", "empty")
+        if counts.get(k)
+    ]
+    out.print(
+        f"[green]✓[/] wrote {w['refs']}: {w['arrays']} arrays ({', '.join(parts)})", highlight=False
+    )
     for f in w["files"]:
         for d in f["datasets"]:
             if d["reason"]:
-                out.print(f"    [yellow]materialised[/] {d['path']}: {d['reason']}", highlight=False)
+                out.print(
+                    f"    [yellow]materialised[/] {d['path']}: {d['reason']}", highlight=False
+                )
         for warning in f["warnings"]:
             out.print(f"    [yellow]warning[/] {warning}", highlight=False)
 
@@ -216,10 +281,14 @@ def _print_refs_summary(w: dict[str, Any]) -> None:
 @app.command()
 def verify(
     source: Annotated[str, typer.Argument(help="The HDF5/NeXus file the map was made from.")],
-    refs_path: Annotated[Path, typer.Argument(metavar="REFS", help="Reference map (JSON or Parquet).")],
+    refs_path: Annotated[
+        Path, typer.Argument(metavar="REFS", help="Reference map (JSON or Parquet).")
+    ],
     as_json: JsonOpt = False,
     quiet: QuietOpt = False,
-    show_all: Annotated[bool, typer.Option("--all", help="List every array, not only failures.")] = False,
+    show_all: Annotated[
+        bool, typer.Option("--all", help="List every array, not only failures.")
+    ] = False,
 ) -> None:
     """Read every array through REFS (fsspec + zarr) and compare it bit for bit with h5py.
 
@@ -244,8 +313,11 @@ def verify(
                 table.add_column(col)
             for a in report.arrays:
                 if show_all or not a.ok:
-                    table.add_row(a.path or "/", a.storage,
-                                  "[green]bit-exact[/]" if a.ok else f"[red]MISMATCH[/] {a.detail}")
+                    table.add_row(
+                        a.path or "/",
+                        a.storage,
+                        "[green]bit-exact[/]" if a.ok else f"[red]MISMATCH[/] {a.detail}",
+                    )
             for m in report.missing:
                 table.add_row(m, "-", "[red]MISSING from map[/]")
             if table.row_count:
@@ -253,10 +325,12 @@ def verify(
             c = report.counts
             pct = 100.0 * c["bit_exact"] / c["arrays"] if c["arrays"] else 100.0
             colour = "green" if report.ok else "red"
-            out.print(f"[{colour}]{c['bit_exact']}/{c['arrays']} arrays bit-exact ({pct:.1f}%)[/]: "
-                      f"{c['virtual']} virtual, {c['materialised']} materialised, {c['empty']} empty; "
-                      f"{c['missing']} missing, {c['unverifiable']} unverifiable; {report.seconds:.2f} s",
-                      highlight=False)
+            out.print(
+                f"[{colour}]{c['bit_exact']}/{c['arrays']} arrays bit-exact ({pct:.1f}%)[/]: "
+                f"{c['virtual']} virtual, {c['materialised']} materialised, {c['empty']} empty; "
+                f"{c['missing']} missing, {c['unverifiable']} unverifiable; {report.seconds:.2f} s",
+                highlight=False,
+            )
         if not report.ok:
             if not as_json:
                 raise VerificationError(f"{refs_path} does not reproduce {source} bit for bit")
@@ -278,7 +352,9 @@ def sample(
     with _errors(as_json):
         if frames < 1:
             raise BadInputError("--frames must be at least 1")
-        paths = write_samples(directory, frames=frames, seed=seed, progress=_show_progress(as_json, quiet))
+        paths = write_samples(
+            directory, frames=frames, seed=seed, progress=_show_progress(as_json, quiet)
+        )
         if as_json:
             print(json.dumps({"ok": True, "files": [str(p) for p in paths]}))
         else:

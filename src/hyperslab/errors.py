@@ -63,7 +63,11 @@ class HyperslabError(Exception):
 
     def to_json(self) -> dict[str, Any]:
         """The shape of an error in ``--json`` output."""
-        out: dict[str, Any] = {"code": self.code, "error": type(self).__name__, "message": self.message}
+        out: dict[str, Any] = {
+            "code": self.code,
+            "error": type(self).__name__,
+            "message": self.message,
+        }
         if self.details:
             out["details"] = self.details
         return out
@@ -130,7 +134,9 @@ _SECRET_KV = re.compile(
     r"[\"']?\s*[:=]\s*[\"']?)([^\s\"',}&]+)"
 )
 _URL_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)([^/@\s:]+):([^/@\s]+)@")
-_SIGNED_QUERY = re.compile(r"(?i)([?&](?:X-Amz-Signature|X-Amz-Credential|X-Amz-Security-Token|Signature|AWSAccessKeyId)=)[^&\s]+")
+_SIGNED_QUERY = re.compile(
+    r"(?i)([?&](?:X-Amz-Signature|X-Amz-Credential|X-Amz-Security-Token|Signature|AWSAccessKeyId)=)[^&\s]+"
+)
 
 
 def redact(text: str) -> str:

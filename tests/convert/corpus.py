@@ -52,11 +52,12 @@ file                                features
                                     into it, ``default`` chain, scalar vlen ``title``; a legacy
                                     NXdata (``signal=1``/``axes="y:x"`` on the dataset) and
                                     fixed-length ``NX_class`` attributes as older writers made.
-``corpus_latest.h5``                ``libver=("v110", "v114")``, paged file space (4 KiB pages); the five
-                                    chunk indexes: single chunk, implicit (early allocation),
-                                    fixed array, extensible array, v2 B-tree; dense attribute
-                                    storage (40 attributes and one of 100 KB); creation-order
-                                    tracked group.
+``corpus_latest.h5``                ``libver=("v110", "v114")``: the five chunk indexes (single
+                                    chunk, implicit = early allocation, fixed array, extensible
+                                    array, v2 B-tree); dense attribute storage (40 attributes and
+                                    one of 100 KB); creation-order tracked group.
+``corpus_paged.h5``                 paged file-space aggregation (4 KiB pages, as ``h5repack -S
+                                    PAGE`` makes for cloud reads); chunked and contiguous data.
 ``corpus_userblock.h5``             512-byte user block (chunk addresses are file offsets that
                                     include it); chunked gzip and contiguous datasets.
 ``corpus_efile.h5``, ``.raw``       contiguous dataset whose raw data live in an external file
@@ -74,6 +75,7 @@ cannot create them).
 from __future__ import annotations
 
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -94,6 +96,7 @@ CORPUS_FILES = (
     "corpus_dangling.h5",
     "corpus_nexus.nxs",
     "corpus_latest.h5",
+    "corpus_paged.h5",
     "corpus_userblock.h5",
     "corpus_efile.h5",
     "corpus_efile.raw",
@@ -533,7 +536,7 @@ def _virtual_dataset(
     name: str,
     shape: tuple[int, ...],
     dtype: str,
-    mappings: list[tuple[_Block, str, str, tuple[int, ...], _Block]],
+    mappings: Sequence[tuple[_Block, str, str, tuple[int, ...], _Block]],
     fillvalue: float | None = None,
 ) -> None:
     """A VDS; each mapping is (virtual block, file, dataset, source shape, source block).
@@ -688,7 +691,7 @@ def _write_latest(path: Path) -> None:
     values = rng.integers(0, 100, (24, 24), dtype="<i4")
     # v110 is the oldest format with these indexes; capping at v114 keeps the file
     # readable by HDF5 1.10+ rather than 2.0 only.
-    with h5py.File(path, "w", libver=("v110", "v114"), fs_strategy="page", fs_page_size=4096) as f:
+    with h5py.File(path, "w", libver=("v110", "v114")) as f:
         index = f.create_group("chunk_index")
         index.create_dataset("single_chunk", data=values, chunks=values.shape, compression="gzip")
         early = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
@@ -709,6 +712,22 @@ def _write_latest(path: Path) -> None:
         for name in ("zulu", "alpha", "mike"):
             ordered.create_dataset(name, data=np.array([ord(name[0])]))
             ordered.attrs[name] = name
+
+
+def _write_paged(path: Path) -> None:
+    # Default format bounds: with a v110 lower bound, HDF5 2.0 stamps the root
+    # group of a paged file with its creation time whatever the property lists say.
+    rng = _rng(path.name)
+    with h5py.File(path, "w", fs_strategy="page", fs_page_size=4096) as f:
+        f.create_dataset(
+            "chunked",
+            data=rng.integers(0, 1000, (64, 64), dtype="<i4"),
+            chunks=(16, 16),
+            compression="gzip",
+            shuffle=True,
+        )
+        f.create_dataset("contiguous", data=rng.normal(size=(30, 20)))
+        f.create_group("group").attrs["NX_class"] = "NXcollection"
 
 
 def _write_userblock(path: Path) -> None:
@@ -751,6 +770,7 @@ def build_corpus(directory: Path) -> list[Path]:
     _write_dangling(directory / "corpus_dangling.h5")
     _write_nexus(directory / "corpus_nexus.nxs")
     _write_latest(directory / "corpus_latest.h5")
+    _write_paged(directory / "corpus_paged.h5")
     _write_userblock(directory / "corpus_userblock.h5")
     _write_efile(directory / "corpus_efile.h5", directory / "corpus_efile.raw")
     _write_cycle(directory / "corpus_cycle.h5")

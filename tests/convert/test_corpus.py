@@ -425,9 +425,9 @@ def test_nexus(corpus: dict[str, Path]) -> None:
 
 def test_new_format_features(corpus: dict[str, Path]) -> None:
     with h5py.File(corpus["corpus_latest.h5"], "r") as f:
-        fcpl = f.id.get_create_plist()
-        assert fcpl.get_file_space_strategy()[0] == h5py.h5f.FSPACE_STRATEGY_PAGE
-        assert fcpl.get_file_space_page_size() == 4096
+        assert f.id.get_create_plist().get_file_space_strategy()[0] != (
+            h5py.h5f.FSPACE_STRATEGY_PAGE
+        )
         index = f["chunk_index"]
         # The chunk index HDF5 picks follows from these properties.
         assert index["single_chunk"].chunks == index["single_chunk"].shape
@@ -441,6 +441,15 @@ def test_new_format_features(corpus: dict[str, Path]) -> None:
         assert f["dense_attributes"].attrs["large"].nbytes == 102_400
         assert list(f["creation_order"]) == ["zulu", "alpha", "mike"]
         assert list(f["creation_order"].attrs) == ["zulu", "alpha", "mike"]
+
+
+def test_paged_file_space(corpus: dict[str, Path]) -> None:
+    with h5py.File(corpus["corpus_paged.h5"], "r") as f:
+        fcpl = f.id.get_create_plist()
+        assert fcpl.get_file_space_strategy()[0] == h5py.h5f.FSPACE_STRATEGY_PAGE
+        assert fcpl.get_file_space_page_size() == 4096
+        assert f["chunked"].id.get_num_chunks() == 16
+        assert corpus["corpus_paged.h5"].stat().st_size % 4096 == 0
 
 
 def test_userblock_offsets_are_file_offsets(corpus: dict[str, Path]) -> None:

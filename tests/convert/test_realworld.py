@@ -23,8 +23,12 @@ from hyperslab.references.refmap import write_refmap
 
 def _package_files() -> list[Path]:
     found: list[Path] = []
-    for pkg, pattern in [("tables", "tests/*.h5"), ("tables", "nodes/tests/*.h5"),
-                         ("h5py", "tests/data_files/*.h5"), ("xarray", "tests/data/*.nc")]:
+    for pkg, pattern in [
+        ("tables", "tests/*.h5"),
+        ("tables", "nodes/tests/*.h5"),
+        ("h5py", "tests/data_files/*.h5"),
+        ("xarray", "tests/data/*.nc"),
+    ]:
         spec = importlib.util.find_spec(pkg)
         if spec is None or spec.origin is None:
             continue
@@ -71,10 +75,14 @@ def _check_lzo(path: Path, refs: Path, checks: list) -> None:
 
     from hyperslab.convert.verify import open_refs_store
 
-    assert checks and all(a.unverifiable and not a.ok for a in checks), [(a.path, a.detail) for a in checks]
+    assert checks and all(a.unverifiable and not a.ok for a in checks), [
+        (a.path, a.detail) for a in checks
+    ]
     store, paths = open_refs_store(refs)
     for p in paths:
-        values = zarr.open_array(store, path=p, mode="r", zarr_format=2)[...]  # raises on a bad checksum
+        values = zarr.open_array(store, path=p, mode="r", zarr_format=2)[
+            ...
+        ]  # raises on a bad checksum
         n = values.shape[0]
         assert (values["var3"] == 100.0 - np.arange(n)).all()
         assert (values["var1"] == b"    ").all()

@@ -15,8 +15,16 @@ from hyperslab.references.refmap import ArrayRefs, RefMap, choose_format, read_r
 
 
 def _zarray(shape: list[int], chunks: list[int]) -> dict:
-    return {"zarr_format": 2, "shape": shape, "chunks": chunks, "dtype": "<u2", "compressor": None,
-            "fill_value": None, "filters": None, "order": "C"}
+    return {
+        "zarr_format": 2,
+        "shape": shape,
+        "chunks": chunks,
+        "dtype": "<u2",
+        "compressor": None,
+        "fill_value": None,
+        "filters": None,
+        "order": "C",
+    }
 
 
 @st.composite
@@ -24,7 +32,9 @@ def refmaps(draw: st.DrawFn) -> RefMap:
     ndim = draw(st.integers(0, 3))
     shape = draw(st.lists(st.integers(1, 9), min_size=ndim, max_size=ndim))
     chunks = [draw(st.integers(1, s)) for s in shape]
-    arr = ArrayRefs(path="g/a", zarray=_zarray(shape, chunks), attrs={"units": "counts", "x": [1.5, None]})
+    arr = ArrayRefs(
+        path="g/a", zarray=_zarray(shape, chunks), attrs={"units": "counts", "x": [1.5, None]}
+    )
     n = arr.n_chunks
     chosen = draw(st.lists(st.integers(0, n - 1), unique=True, max_size=n))
     split = draw(st.integers(0, len(chosen)))
@@ -35,7 +45,9 @@ def refmaps(draw: st.DrawFn) -> RefMap:
     arr.offset = np.array([draw(st.integers(0, 2**40)) for _ in refd], np.int64)
     arr.length = np.array([draw(st.integers(1, 2**24)) for _ in refd], np.int64)
     arr.inline = {i: draw(st.binary(max_size=40)) for i in inl}
-    m = RefMap(sources=[f"/data/file {i}.h5" for i in range(nsrc)], groups={"": {"t": "é"}, "g": {}})
+    m = RefMap(
+        sources=[f"/data/file {i}.h5" for i in range(nsrc)], groups={"": {"t": "é"}, "g": {}}
+    )
     m.arrays["g/a"] = arr
     return m
 
@@ -45,7 +57,11 @@ def _canonical(m: RefMap) -> dict:
     out = {}
     for p, a in m.arrays.items():
         for i in range(a.index.size):
-            out[(p, int(a.index[i]))] = (m.sources[int(a.source[i])], int(a.offset[i]), int(a.length[i]))
+            out[(p, int(a.index[i]))] = (
+                m.sources[int(a.source[i])],
+                int(a.offset[i]),
+                int(a.length[i]),
+            )
         for i, b in a.inline.items():
             out[(p, i)] = b
     return {"chunks": out, "meta": dict(m.metadata_items())}
@@ -105,11 +121,34 @@ def test_parquet_refuses_to_replace_a_foreign_directory(tmp_path: Path) -> None:
     [
         ({"version": 7, "refs": {}}, FormatVersionError),
         ({"version": 1, "refs": {"a/0": ["x", 0, 1]}}, CorruptError),  # chunk without .zarray
-        ({"version": 1, "refs": {"a/.zarray": json.dumps(_zarray([4], [2])), "a/9": "base64:AA=="}}, CorruptError),
-        ({"version": 1, "refs": {"a/.zarray": json.dumps(_zarray([4], [2])), "a/0": "base64:!!"}}, CorruptError),
-        ({"version": 1, "refs": {"a/.zarray": json.dumps(_zarray([4], [2])), "a/0": ["{{u}}", 0, 1]}}, CorruptError),
-        ({"version": 1, "refs": {"a/.zarray": json.dumps({**_zarray([4], [2]), "zarr_format": 3})}},
-         FormatVersionError),
+        (
+            {
+                "version": 1,
+                "refs": {"a/.zarray": json.dumps(_zarray([4], [2])), "a/9": "base64:AA=="},
+            },
+            CorruptError,
+        ),
+        (
+            {
+                "version": 1,
+                "refs": {"a/.zarray": json.dumps(_zarray([4], [2])), "a/0": "base64:!!"},
+            },
+            CorruptError,
+        ),
+        (
+            {
+                "version": 1,
+                "refs": {"a/.zarray": json.dumps(_zarray([4], [2])), "a/0": ["{{u}}", 0, 1]},
+            },
+            CorruptError,
+        ),
+        (
+            {
+                "version": 1,
+                "refs": {"a/.zarray": json.dumps({**_zarray([4], [2]), "zarr_format": 3})},
+            },
+            FormatVersionError,
+        ),
         ([1, 2], CorruptError),
     ],
 )

@@ -71,7 +71,9 @@ def expand_sources(sources: Iterable[str | Path]) -> list[str]:
     for s in sources:
         p = Path(s)
         if "://" not in str(s) and p.is_dir():
-            found = sorted(str(f) for f in p.rglob("*") if f.is_file() and f.suffix.lower() in HDF5_SUFFIXES)
+            found = sorted(
+                str(f) for f in p.rglob("*") if f.is_file() and f.suffix.lower() in HDF5_SUFFIXES
+            )
             if not found:
                 raise NotFoundError(f"{p} contains no HDF5 files ({', '.join(HDF5_SUFFIXES)})")
             out.extend(found)
@@ -93,8 +95,13 @@ def build_refmap(
     maps other files reached through external links.
     """
     refmap = RefMap()
-    report = scan_hdf5(source, refmap, url=url or source_url(source), options=options,
-                       url_for=url_for or source_url)
+    report = scan_hdf5(
+        source,
+        refmap,
+        url=url or source_url(source),
+        options=options,
+        url_for=url_for or source_url,
+    )
     assign_dimensions(refmap)
     refmap.groups[""][META_ATTR] = {
         "version": __version__,
@@ -104,8 +111,13 @@ def build_refmap(
     return ConversionResult(refmap, [report])
 
 
-def combine_refmaps(results: Sequence[ConversionResult], *, dim: int | None = None,
-                    new_dim: str | None = None, arrays: Sequence[str] | None = None) -> ConversionResult:
+def combine_refmaps(
+    results: Sequence[ConversionResult],
+    *,
+    dim: int | None = None,
+    new_dim: str | None = None,
+    arrays: Sequence[str] | None = None,
+) -> ConversionResult:
     """Combine per-file maps (one per scan point or frame block) into one.
 
     With ``new_dim`` the chosen arrays gain a leading axis of that name (one index per
@@ -130,11 +142,19 @@ def combine_refmaps(results: Sequence[ConversionResult], *, dim: int | None = No
             out.sources.append(url)
         return src_ids[url]
 
-    names = list(arrays) if arrays is not None else [
-        p for p, a in first.arrays.items()
-        if all(p in r.refmap.arrays and _compatible(a, r.refmap.arrays[p], dim) for r in results[1:])
-        and int(np.prod(a.zarray["shape"] or [1])) > 1
-    ]
+    names = (
+        list(arrays)
+        if arrays is not None
+        else [
+            p
+            for p, a in first.arrays.items()
+            if all(
+                p in r.refmap.arrays and _compatible(a, r.refmap.arrays[p], dim)
+                for r in results[1:]
+            )
+            and int(np.prod(a.zarray["shape"] or [1])) > 1
+        ]
+    )
     for p in names:
         for r in results:
             if p not in r.refmap.arrays:
@@ -159,19 +179,31 @@ def _compatible(a: ArrayRefs, b: ArrayRefs, dim: int | None) -> bool:
         return False
     if dim is None:
         return bool(za["shape"] == zb["shape"])
-    return all(x == y for i, (x, y) in enumerate(zip(za["shape"], zb["shape"], strict=True)) if i != dim)
+    return all(
+        x == y for i, (x, y) in enumerate(zip(za["shape"], zb["shape"], strict=True)) if i != dim
+    )
 
 
 def _remap(arr: ArrayRefs, sources: list[str], sid: Callable[[str], int]) -> ArrayRefs:
-    table = np.array([sid(u) for u in sources], dtype=np.int32) if sources else np.zeros(0, np.int32)
-    return ArrayRefs(path=arr.path, zarray=dict(arr.zarray), attrs=dict(arr.attrs), index=arr.index.copy(),
-                     source=table[arr.source] if arr.source.size else arr.source.copy(),
-                     offset=arr.offset.copy(), length=arr.length.copy(), inline=dict(arr.inline),
-                     reason=arr.reason)
+    table = (
+        np.array([sid(u) for u in sources], dtype=np.int32) if sources else np.zeros(0, np.int32)
+    )
+    return ArrayRefs(
+        path=arr.path,
+        zarray=dict(arr.zarray),
+        attrs=dict(arr.attrs),
+        index=arr.index.copy(),
+        source=table[arr.source] if arr.source.size else arr.source.copy(),
+        offset=arr.offset.copy(),
+        length=arr.length.copy(),
+        inline=dict(arr.inline),
+        reason=arr.reason,
+    )
 
 
-def _combine_one(maps: list[RefMap], path: str, dim: int | None, new_dim: str | None,
-                 sid: Callable[[str], int]) -> ArrayRefs:
+def _combine_one(
+    maps: list[RefMap], path: str, dim: int | None, new_dim: str | None, sid: Callable[[str], int]
+) -> ArrayRefs:
     parts = [_remap(m.arrays[path], m.sources, sid) for m in maps]
     z0 = parts[0].zarray
     shape, chunks = list(z0["shape"]), list(z0["chunks"])
@@ -183,14 +215,17 @@ def _combine_one(maps: list[RefMap], path: str, dim: int | None, new_dim: str | 
     else:
         assert dim is not None
         if not 0 <= dim < len(shape):
-            raise BadInputError(f"cannot combine {path!r} along axis {dim}: it has {len(shape)} axes")
+            raise BadInputError(
+                f"cannot combine {path!r} along axis {dim}: it has {len(shape)} axes"
+            )
         offsets, total = [], 0
         for i, p in enumerate(parts):
             n = p.zarray["shape"][dim]
             if total % chunks[dim]:
                 raise BadInputError(
                     f"cannot combine {path!r} along axis {dim}: file {i} starts at {total}, not a multiple "
-                    f"of the chunk length {chunks[dim]}; use a new axis instead")
+                    f"of the chunk length {chunks[dim]}; use a new axis instead"
+                )
             offsets.append(total // chunks[dim])
             total += n
         out_shape, out_chunks = list(shape), list(chunks)
@@ -212,7 +247,7 @@ def _combine_one(maps: list[RefMap], path: str, dim: int | None, new_dim: str | 
             off.append(p.offset)
             ln.append(p.length)
         for lin, data in p.inline.items():
-            c = list(np.unravel_index(lin, g)) if g else [0]
+            c: list[int] = [int(x) for x in np.unravel_index(lin, g)] if g else [0]
             if new_dim is not None:
                 c = [start, *c]
             else:
@@ -229,9 +264,13 @@ def _combine_one(maps: list[RefMap], path: str, dim: int | None, new_dim: str | 
     return out
 
 
-def convert_each(sources: Sequence[str], *, options: ConvertOptions | None = None, fail_fast: bool = False,
-                 on_done: Callable[[str, ConversionResult | HyperslabError], None] | None = None,
-                 ) -> tuple[list[tuple[str, ConversionResult]], list[tuple[str, HyperslabError]]]:
+def convert_each(
+    sources: Sequence[str],
+    *,
+    options: ConvertOptions | None = None,
+    fail_fast: bool = False,
+    on_done: Callable[[str, ConversionResult | HyperslabError], None] | None = None,
+) -> tuple[list[tuple[str, ConversionResult]], list[tuple[str, HyperslabError]]]:
     """Convert files one by one, continuing past bad ones unless ``fail_fast``."""
     done: list[tuple[str, ConversionResult]] = []
     failed: list[tuple[str, HyperslabError]] = []

@@ -152,7 +152,9 @@ def _materialise_reason(tid: h5py.h5t.TypeID) -> str | None:
         return "variable-length sequences live in the HDF5 global heap"
     if cls == h5py.h5t.REFERENCE:
         return "object/region references are file addresses"
-    if cls in (h5py.h5t.INTEGER, h5py.h5t.FLOAT, h5py.h5t.BITFIELD) and not _is_standard_numeric(tid):
+    if cls in (h5py.h5t.INTEGER, h5py.h5t.FLOAT, h5py.h5t.BITFIELD) and not _is_standard_numeric(
+        tid
+    ):
         return "non-standard numeric bit layout"
     if cls == h5py.h5t.ENUM:
         return _materialise_reason(tid.get_super())
@@ -172,17 +174,39 @@ RAW_TYPE_ATTR = "hyperslab:hdf5_type"
 
 def describe_type(tid: h5py.h5t.TypeID) -> dict[str, Any]:
     """What we can say about an HDF5 type h5py cannot convert."""
-    names = {getattr(h5py.h5t, n): n for n in ("INTEGER", "FLOAT", "TIME", "STRING", "BITFIELD", "OPAQUE",
-                                                "COMPOUND", "REFERENCE", "ENUM", "VLEN", "ARRAY")}
-    out: dict[str, Any] = {"class": names.get(tid.get_class(), str(tid.get_class())), "size": tid.get_size()}
+    names = {
+        getattr(h5py.h5t, n): n
+        for n in (
+            "INTEGER",
+            "FLOAT",
+            "TIME",
+            "STRING",
+            "BITFIELD",
+            "OPAQUE",
+            "COMPOUND",
+            "REFERENCE",
+            "ENUM",
+            "VLEN",
+            "ARRAY",
+        )
+    }
+    out: dict[str, Any] = {
+        "class": names.get(tid.get_class(), str(tid.get_class())),
+        "size": tid.get_size(),
+    }
     if hasattr(tid, "get_order"):
         out["order"] = "big" if tid.get_order() == h5py.h5t.ORDER_BE else "little"
     if hasattr(tid, "get_fields"):
         out["fields"] = list(tid.get_fields())
     if tid.get_class() == h5py.h5t.COMPOUND:
-        out["members"] = [{"name": tid.get_member_name(i).decode(errors="replace"),
-                           "offset": tid.get_member_offset(i),
-                           **describe_type(tid.get_member_type(i))} for i in range(tid.get_nmembers())]
+        out["members"] = [
+            {
+                "name": tid.get_member_name(i).decode(errors="replace"),
+                "offset": tid.get_member_offset(i),
+                **describe_type(tid.get_member_type(i)),
+            }
+            for i in range(tid.get_nmembers())
+        ]
     return out
 
 
@@ -194,8 +218,15 @@ def plan_dtype(dset: h5py.Dataset) -> DtypePlan:
     except (TypeError, ValueError):
         # no numpy equivalent: the stored bytes are still exact, so reference them as raw
         size = tid.get_size()
-        return DtypePlan("void", np.dtype(f"V{size}"), f"|V{size}", np.dtype(f"V{size}"), (), None,
-                         ((RAW_TYPE_ATTR, describe_type(tid)),))
+        return DtypePlan(
+            "void",
+            np.dtype(f"V{size}"),
+            f"|V{size}",
+            np.dtype(f"V{size}"),
+            (),
+            None,
+            ((RAW_TYPE_ATTR, describe_type(tid)),),
+        )
     why = _materialise_reason(tid)
     extra: tuple[int, ...] = ()
     base = h5dt
@@ -205,8 +236,15 @@ def plan_dtype(dset: h5py.Dataset) -> DtypePlan:
         return _plan_object(dset, tid, h5dt, why or "variable-length data")
     if why is not None and base.fields is not None:
         # fixed-size compound with a member h5py converts (space-padded string...): values via h5py
-        return DtypePlan("void", np.dtype(f"V{base.itemsize}"), f"|V{base.itemsize}", h5dt, extra, why,
-                         ((DTYPE_ATTR, dtype_to_json(base)),))
+        return DtypePlan(
+            "void",
+            np.dtype(f"V{base.itemsize}"),
+            f"|V{base.itemsize}",
+            h5dt,
+            extra,
+            why,
+            ((DTYPE_ATTR, dtype_to_json(base)),),
+        )
     native = _zarr_native_json(base)
     if native is not None:
         return DtypePlan("native", base, native, h5dt, extra, why)
@@ -233,12 +271,26 @@ def _plan_object(dset: h5py.Dataset, tid: h5py.h5t.TypeID, h5dt: np.dtype, why: 
     ref = h5py.check_ref_dtype(h5dt)
     if ref is not None:
         kind = "region" if ref is h5py.RegionReference else "object"
-        return DtypePlan("reference", obj, "|O", h5dt, (), why,
-                         ((ENCODING_ATTR, "reference-path"), ("hyperslab:reference", kind)))
+        return DtypePlan(
+            "reference",
+            obj,
+            "|O",
+            h5dt,
+            (),
+            why,
+            ((ENCODING_ATTR, "reference-path"), ("hyperslab:reference", kind)),
+        )
     vlen = h5py.check_vlen_dtype(h5dt)
     if vlen is not None and not vlen.hasobject:
-        return DtypePlan("vlen-array", obj, "|O", h5dt, (), why,
-                         ((ENCODING_ATTR, "vlen-array-bytes"), (DTYPE_ATTR, dtype_to_json(vlen))))
+        return DtypePlan(
+            "vlen-array",
+            obj,
+            "|O",
+            h5dt,
+            (),
+            why,
+            ((ENCODING_ATTR, "vlen-array-bytes"), (DTYPE_ATTR, dtype_to_json(vlen))),
+        )
     # compounds with vlen members, vlen of vlen ...: one JSON document per element
     return DtypePlan("json", obj, "|O", h5dt, (), why, ((ENCODING_ATTR, "json"),))
 
@@ -252,7 +304,9 @@ def fill_value_json(value: Any, plan: DtypePlan) -> Any:
     if value is None:
         return None
     try:
-        raw_bytes = np.asarray(value, dtype=plan.h5_dtype.base if plan.h5_dtype.subdtype else plan.h5_dtype)
+        raw_bytes = np.asarray(
+            value, dtype=plan.h5_dtype.base if plan.h5_dtype.subdtype else plan.h5_dtype
+        )
         if not any(raw_bytes.tobytes()):
             # all-zero fill == zarr's default; null keeps xarray from masking real zeros as NaN
             return None
@@ -260,7 +314,9 @@ def fill_value_json(value: Any, plan: DtypePlan) -> Any:
         pass
     arr = np.asarray(value)
     if plan.kind == "void" or dt.fields is not None or dt.kind in "SV":
-        raw = np.asarray(value, dtype=plan.h5_dtype.base if plan.h5_dtype.subdtype else plan.h5_dtype)
+        raw = np.asarray(
+            value, dtype=plan.h5_dtype.base if plan.h5_dtype.subdtype else plan.h5_dtype
+        )
         return base64.b64encode(raw.tobytes()[: dt.itemsize].ljust(dt.itemsize, b"\0")).decode()
     if dt.kind == "b":
         return bool(arr)
@@ -313,9 +369,11 @@ def attr_to_json(value: Any) -> Any:
     if isinstance(value, np.ndarray):
         if value.ndim == 0:
             return attr_to_json(value[()])
-        return [attr_to_json(v) for v in value.tolist()] if value.dtype.kind not in "OVS" else [
-            attr_to_json(v) for v in value
-        ]
+        return (
+            [attr_to_json(v) for v in value.tolist()]
+            if value.dtype.kind not in "OVS"
+            else [attr_to_json(v) for v in value]
+        )
     if isinstance(value, list | tuple):
         return [attr_to_json(v) for v in value]
     return str(value)

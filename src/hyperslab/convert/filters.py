@@ -12,6 +12,10 @@ One pipeline does not cover every chunk: HDF5 skips an *optional* filter that fa
 on a chunk (LZF or Blosc on incompressible data, for instance) and records that in the
 chunk's ``filter_mask``. Such a chunk must be materialised (read through h5py and
 re-encoded); see :func:`chunk_pipeline_ok`.
+
+Not detectable here: a dataset created with ``H5D_CHUNK_DONT_FILTER_PARTIAL_CHUNKS``
+stores its partial edge chunks unfiltered, and h5py offers no way to query that
+option; the converter's verification step is what catches it.
 """
 
 from __future__ import annotations

@@ -28,8 +28,8 @@ import numpy as np
 
 from hyperslab.convert import dtypes as dt_
 from hyperslab.convert.dtypes import DtypePlan, attr_to_json, fill_value_json, plan_dtype
-from hyperslab.convert.nexus import DIMS, nexus_metadata, scale_dimensions
 from hyperslab.convert.filters import hdf5_pipeline_to_codecs, pipeline_summary, read_pipeline
+from hyperslab.convert.nexus import DIMS, nexus_metadata, scale_dimensions
 from hyperslab.errors import (
     AccessDeniedError,
     BadInputError,
@@ -44,12 +44,27 @@ from hyperslab.references.refmap import ArrayRefs, RefMap
 #: attribute naming why an array's chunks (some or all) are carried in the map
 MATERIALISED_ATTR = "hyperslab:materialised"
 
-__all__ = ["MATERIALISED_ATTR", "BrokenLinkError", "ConvertOptions", "DatasetReport", "FileReport", "scan_hdf5"]
+__all__ = [
+    "MATERIALISED_ATTR",
+    "BrokenLinkError",
+    "ConvertOptions",
+    "DatasetReport",
+    "FileReport",
+    "scan_hdf5",
+]
 
 #: HDF5 attributes that describe HDF5/netCDF plumbing, not data (dimension scales are
 #: expressed through ``_ARRAY_DIMENSIONS`` instead)
-_SKIP_ATTRS = {"DIMENSION_LIST", "REFERENCE_LIST", "CLASS", "NAME", "_Netcdf4Dimid",
-               "_Netcdf4Coordinates", "_nc3_strict", "_NCProperties"}
+_SKIP_ATTRS = {
+    "DIMENSION_LIST",
+    "REFERENCE_LIST",
+    "CLASS",
+    "NAME",
+    "_Netcdf4Dimid",
+    "_Netcdf4Coordinates",
+    "_nc3_strict",
+    "_NCProperties",
+}
 _CONTROL = re.compile(r"[\x00-\x1f\x7f\\]")
 
 
@@ -119,8 +134,10 @@ class FileReport:
 def check_name(name: str, where: str) -> str:
     """A single HDF5 link name, safe as a Zarr key segment and a path segment."""
     if name in ("", ".", "..") or _CONTROL.search(name) or name.startswith(".z") or "/" in name:
-        raise UnsafeNameError(f"{where}: HDF5 name {name!r} cannot be used as a Zarr key "
-                              "(empty, '.', '..', control characters, '/', '\\' or a '.z' prefix)")
+        raise UnsafeNameError(
+            f"{where}: HDF5 name {name!r} cannot be used as a Zarr key "
+            "(empty, '.', '..', control characters, '/', '\\' or a '.z' prefix)"
+        )
     return name
 
 
@@ -153,12 +170,22 @@ def open_hdf5(source: str | Path) -> h5py.File:
     except FileNotFoundError as exc:
         raise NotFoundError(f"{path} does not exist") from exc
     except OSError as exc:
-        raise NotHDF5Error(f"{path} cannot be opened as HDF5 (truncated or corrupt?): {exc}") from exc
+        raise NotHDF5Error(
+            f"{path} cannot be opened as HDF5 (truncated or corrupt?): {exc}"
+        ) from exc
 
 
 class _Scanner:
-    def __init__(self, f: h5py.File, url: str, refmap: RefMap, options: ConvertOptions,
-                 prefix: str, report: FileReport, url_for: Callable[[str], str]) -> None:
+    def __init__(
+        self,
+        f: h5py.File,
+        url: str,
+        refmap: RefMap,
+        options: ConvertOptions,
+        prefix: str,
+        report: FileReport,
+        url_for: Callable[[str], str],
+    ) -> None:
         self.f = f
         self.refmap = refmap
         self.options = options
@@ -190,7 +217,9 @@ class _Scanner:
         fh.seek(offset)
         data = fh.read(length)
         if len(data) != length:
-            raise NotHDF5Error(f"{filename} is truncated: chunk at {offset}+{length} is past the end")
+            raise NotHDF5Error(
+                f"{filename} is truncated: chunk at {offset}+{length} is past the end"
+            )
         return bytes(data)
 
     def close(self) -> None:
@@ -207,13 +236,17 @@ class _Scanner:
             return f"{self.prefix}/{z}" if z else self.prefix
         return z
 
-    def walk(self, group: h5py.Group, zpath: str, ancestors: frozenset[tuple[str, int]] = frozenset()) -> None:
+    def walk(
+        self, group: h5py.Group, zpath: str, ancestors: frozenset[tuple[str, int]] = frozenset()
+    ) -> None:
         # a group hard-linked under two names is listed under both (every HDF5 path is a
         # Zarr path); only a link back to an ancestor, which would never end, is cut
         key = (os.path.abspath(group.file.filename), hash(group.id))
         if key in ancestors:
             self.refmap.groups.setdefault(zpath, {})["hyperslab:cycle_to"] = group.name
-            self.report.warnings.append(f"{zpath}: hard link back to ancestor {group.name} not followed")
+            self.report.warnings.append(
+                f"{zpath}: hard link back to ancestor {group.name} not followed"
+            )
             return
         ancestors = ancestors | {key}
         self.refmap.groups[zpath] = self.attrs_of(group)
@@ -228,18 +261,31 @@ class _Scanner:
                 msg = f"{group.name.rstrip('/')}/{name}: {type(link).__name__} to {target} is broken ({exc})"
                 if not self.options.allow_broken_links:
                     raise BrokenLinkError(f"{self.report.source}: {msg}") from exc
-                self.report.links.append({"path": child, "kind": type(link).__name__, "target": target,
-                                          "status": "broken"})
+                self.report.links.append(
+                    {
+                        "path": child,
+                        "kind": type(link).__name__,
+                        "target": target,
+                        "status": "broken",
+                    }
+                )
                 self.report.warnings.append(msg)
                 continue
             if not isinstance(link, h5py.HardLink):
-                self.report.links.append({"path": child, "kind": type(link).__name__,
-                                          "target": _link_target(link), "status": "resolved"})
+                self.report.links.append(
+                    {
+                        "path": child,
+                        "kind": type(link).__name__,
+                        "target": _link_target(link),
+                        "status": "resolved",
+                    }
+                )
             if isinstance(obj, h5py.Group):
                 if isinstance(link, h5py.SoftLink):
                     # don't duplicate subtrees (and never loop): record where it points
-                    self.refmap.groups.setdefault(zpath, {}).setdefault("hyperslab:links", {})[name] = (
-                        link.path)
+                    self.refmap.groups.setdefault(zpath, {}).setdefault("hyperslab:links", {})[
+                        name
+                    ] = link.path
                     continue
                 self.walk(obj, child, ancestors)
             elif isinstance(obj, h5py.Dataset):
@@ -255,7 +301,9 @@ class _Scanner:
                 out[name] = attr_to_json(obj.attrs[name])
             except Exception as exc:  # an unreadable attribute must not lose the data
                 out[name] = None
-                self.report.warnings.append(f"{obj.name}: attribute {name!r} unreadable ({exc}); stored as null")
+                self.report.warnings.append(
+                    f"{obj.name}: attribute {name!r} unreadable ({exc}); stored as null"
+                )
         return out
 
     # ------------------------------------------------------------ datasets
@@ -280,7 +328,9 @@ class _Scanner:
             reason = reason or "virtual dataset (mapped through h5py)"
         if reason is None and pipeline:
             try:
-                codecs = hdf5_pipeline_to_codecs(pipeline, plan.h5_dtype, tuple(dset.chunks or shape))
+                codecs = hdf5_pipeline_to_codecs(
+                    pipeline, plan.h5_dtype, tuple(dset.chunks or shape)
+                )
             except UnsupportedFeatureError as exc:
                 reason = exc.message
         if layout == h5py.h5d.COMPACT and reason is None:
@@ -319,12 +369,20 @@ class _Scanner:
         if arr.reason is not None:
             arr.attrs[MATERIALISED_ATTR] = arr.reason
         self.refmap.arrays[zpath] = arr
-        self.report.datasets.append(DatasetReport(
-            path=zpath, status=arr.status, shape=None if null_space else full_shape,
-            dtype=str(plan.h5_dtype), chunks=arr.n_chunks, refs=arr.n_refs,
-            referenced_bytes=arr.referenced_bytes(), inline_bytes=sum(map(len, arr.inline.values())),
-            filters=pipeline_summary(pipeline), reason=reason,
-        ))
+        self.report.datasets.append(
+            DatasetReport(
+                path=zpath,
+                status=arr.status,
+                shape=None if null_space else full_shape,
+                dtype=str(plan.h5_dtype),
+                chunks=arr.n_chunks,
+                refs=arr.n_refs,
+                referenced_bytes=arr.referenced_bytes(),
+                inline_bytes=sum(map(len, arr.inline.values())),
+                filters=pipeline_summary(pipeline),
+                reason=reason,
+            )
+        )
 
     def chunked(self, dset: h5py.Dataset, arr: ArrayRefs) -> None:
         offs: list[tuple[int, ...]] = []
@@ -359,7 +417,9 @@ class _Scanner:
             arr.reason = f"{int((~keep).sum())} chunk(s) skipped an optional filter (filter_mask)"
         small = keep & (size < self.options.inline_threshold)
         for i in np.nonzero(small)[0]:
-            arr.inline[int(lin[i])] = self.read_range(dset.file.filename, int(addr[i]), int(size[i]))
+            arr.inline[int(lin[i])] = self.read_range(
+                dset.file.filename, int(addr[i]), int(size[i])
+            )
         ref = keep & ~small
         arr.index, arr.offset, arr.length = lin[ref], addr[ref], size[ref]
         arr.source = np.full(arr.index.size, src, np.int32)
@@ -374,8 +434,9 @@ class _Scanner:
         per = nbytes // n
         src = self.source_index(dset.file.filename)
         if per * n != nbytes:
-            raise UnsupportedFeatureError(f"{dset.name}: contiguous storage size {nbytes} is not a multiple "
-                                          f"of {n} pieces")
+            raise UnsupportedFeatureError(
+                f"{dset.name}: contiguous storage size {nbytes} is not a multiple of {n} pieces"
+            )
         starts = offset + per * np.arange(n, dtype=np.int64)
         if per < self.options.inline_threshold:
             for i in range(n):
@@ -424,15 +485,19 @@ class _Scanner:
         for lin in range(arr.n_chunks):
             self.materialise_one(dset, arr, lin, plan)
 
-    def materialise_one(self, dset: h5py.Dataset, arr: ArrayRefs, lin: int,
-                        plan: DtypePlan | None = None) -> None:
+    def materialise_one(
+        self, dset: h5py.Dataset, arr: ArrayRefs, lin: int, plan: DtypePlan | None = None
+    ) -> None:
         plan = plan or plan_dtype(dset)
         chunks = arr.zarray["chunks"]
         shape = arr.zarray["shape"]
         h5ndim = len(shape) - len(plan.extra_shape)
         if arr.grid:
             coords = np.unravel_index(lin, arr.grid)
-            sel = tuple(slice(c * k, min((c + 1) * k, s)) for c, k, s in zip(coords, chunks, shape, strict=True))
+            sel = tuple(
+                slice(c * k, min((c + 1) * k, s))
+                for c, k, s in zip(coords, chunks, shape, strict=True)
+            )
         else:
             sel = ()
         try:
@@ -441,18 +506,27 @@ class _Scanner:
             why = arr.reason or "cannot be referenced in place"
             raise UnsupportedFeatureError(
                 f"{self.report.source}:{dset.name}: {why}, and h5py cannot read it to materialise "
-                f"it either ({exc})", dataset=dset.name) from exc
+                f"it either ({exc})",
+                dataset=dset.name,
+            ) from exc
         block = encode_block(values, plan, tuple(chunks), arr.zarray, dset.file)
         if block is not None:
             arr.inline[lin] = block
 
 
-def encode_block(values: np.ndarray, plan: DtypePlan, chunks: tuple[int, ...], zarray: dict[str, Any],
-                 h5file: h5py.File | None) -> bytes | None:
+def encode_block(
+    values: np.ndarray,
+    plan: DtypePlan,
+    chunks: tuple[int, ...],
+    zarray: dict[str, Any],
+    h5file: h5py.File | None,
+) -> bytes | None:
     """Encode values as one full Zarr chunk with the array's codecs (None: all fill value)."""
     pad = [(0, c - s) for c, s in zip(chunks, values.shape, strict=True)]
     if plan.kind in ("native", "void"):
-        raw = np.ascontiguousarray(values, dtype=plan.h5_dtype.base if plan.extra_shape else plan.h5_dtype)
+        raw = np.ascontiguousarray(
+            values, dtype=plan.h5_dtype.base if plan.extra_shape else plan.h5_dtype
+        )
         if plan.kind == "void":
             raw = raw.view(plan.zarr_dtype).reshape(raw.shape)
         if any(p[1] for p in pad):
@@ -469,7 +543,8 @@ def encode_block(values: np.ndarray, plan: DtypePlan, chunks: tuple[int, ...], z
         if any(p[1] for p in pad):
             full = np.empty(chunks, dtype=object)
             full[...] = "" if plan.kind in ("vlen-str", "reference", "json") else b""
-            full[tuple(slice(0, s) for s in obj.shape)] = obj
+            sizes: tuple[int, ...] = obj.shape
+            full[tuple(slice(0, n) for n in sizes)] = obj
             obj = full
         data = obj
     for cfg in zarray["filters"] or []:
@@ -506,7 +581,9 @@ def _zarr_fill(zarray: dict[str, Any], dtype: np.dtype) -> Any:
     if isinstance(fv, str):
         return {"NaN": np.nan, "Infinity": np.inf, "-Infinity": -np.inf}[fv]
     if isinstance(fv, list):
-        return complex(*[{"NaN": np.nan, "Infinity": np.inf, "-Infinity": -np.inf}.get(x, x) for x in fv])
+        special: dict[Any, float] = {"NaN": np.nan, "Infinity": np.inf, "-Infinity": -np.inf}
+        re, im = (special[x] if x in special else float(x) for x in fv)
+        return complex(re, im)
     return fv
 
 
@@ -525,8 +602,15 @@ def _link_target(link: Any) -> str:
     return "(hard link)"
 
 
-def scan_hdf5(source: str | Path, refmap: RefMap, *, url: str, options: ConvertOptions | None = None,
-              prefix: str = "", url_for: Callable[[str], str] | None = None) -> FileReport:
+def scan_hdf5(
+    source: str | Path,
+    refmap: RefMap,
+    *,
+    url: str,
+    options: ConvertOptions | None = None,
+    prefix: str = "",
+    url_for: Callable[[str], str] | None = None,
+) -> FileReport:
     """Add one HDF5 file's hierarchy to ``refmap`` (under ``prefix``) and report what was done.
 
     ``url`` is how the map refers to this file; ``url_for(abs_path)`` gives the URL
@@ -542,7 +626,9 @@ def scan_hdf5(source: str | Path, refmap: RefMap, *, url: str, options: ConvertO
         except HyperslabError:
             raise
         except OSError as exc:
-            raise NotHDF5Error(f"{source}: HDF5 error while reading ({exc}); is the file truncated?") from exc
+            raise NotHDF5Error(
+                f"{source}: HDF5 error while reading ({exc}); is the file truncated?"
+            ) from exc
         finally:
             scanner.close()
     return report

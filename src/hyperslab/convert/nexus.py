@@ -141,8 +141,11 @@ def nexus_metadata(f: h5py.File, prefix: str = "") -> dict[str, Any]:
 def _axes(nxdata: h5py.Group) -> list[str]:
     raw = attr_to_json(nxdata.attrs.get("axes")) if "axes" in nxdata.attrs else None
     if isinstance(raw, str):
-        return [a.strip() for a in raw.replace(":", ",").split(",") if a.strip()] if "," in raw or ":" in raw \
+        return (
+            [a.strip() for a in raw.replace(":", ",").split(",") if a.strip()]
+            if "," in raw or ":" in raw
             else [raw]
+        )
     if isinstance(raw, list):
         return [str(a) for a in raw]
     return []
@@ -183,8 +186,13 @@ def assign_dimensions(refmap: RefMap) -> None:
             arr = refmap.arrays[path]
             shape = arr.zarray["shape"]
             dims = arr.attrs.get(DIMS) or nx_dims.get(path)
-            if dims is not None and (len(dims) != len(shape) or any(
-                    d is not None and sizes.get(d, s) != s for d, s in zip(dims, shape, strict=False))):
+            if dims is not None and (
+                len(dims) != len(shape)
+                or any(
+                    d is not None and sizes.get(d, s) != s
+                    for d, s in zip(dims, shape, strict=False)
+                )
+            ):
                 dims = None
             if dims is None or None in dims:
                 if dims is not None:
@@ -224,7 +232,9 @@ def assign_dimensions(refmap: RefMap) -> None:
             arr.attrs[DIMS] = dims
 
 
-def _nxdata_dims(refmap: RefMap, group: str, gattrs: dict[str, Any], paths: list[str]) -> dict[str, list[str]]:
+def _nxdata_dims(
+    refmap: RefMap, group: str, gattrs: dict[str, Any], paths: list[str]
+) -> dict[str, list[str]]:
     """Dimension names for an NXdata group's signal and axis arrays."""
     if gattrs.get("NX_class") != "NXdata":
         return {}

@@ -19,7 +19,13 @@ from typing import Any
 import h5py
 import numpy as np
 
-from hyperslab.convert.dtypes import DTYPE_ATTR, ENCODING_ATTR, RAW_TYPE_ATTR, attr_to_json, dtype_from_json
+from hyperslab.convert.dtypes import (
+    DTYPE_ATTR,
+    ENCODING_ATTR,
+    RAW_TYPE_ATTR,
+    attr_to_json,
+    dtype_from_json,
+)
 from hyperslab.convert.hdf5 import MATERIALISED_ATTR, open_hdf5
 from hyperslab.errors import NotFoundError
 from hyperslab.references.refmap import read_refmap
@@ -60,20 +66,34 @@ class VerifyReport:
 
     @property
     def counts(self) -> dict[str, int]:
-        out = {"arrays": len(self.arrays), "bit_exact": sum(a.ok for a in self.arrays),
-               "virtual": 0, "materialised": 0, "empty": 0, "missing": len(self.missing),
-               "unverifiable": sum(a.unverifiable for a in self.arrays)}
+        out = {
+            "arrays": len(self.arrays),
+            "bit_exact": sum(a.ok for a in self.arrays),
+            "virtual": 0,
+            "materialised": 0,
+            "empty": 0,
+            "missing": len(self.missing),
+            "unverifiable": sum(a.unverifiable for a in self.arrays),
+        }
         for a in self.arrays:
             out[a.storage] = out.get(a.storage, 0) + 1
         return out
 
     def to_json(self) -> dict[str, Any]:
-        return {"source": self.source, "refs": self.refs, "ok": self.ok, "counts": self.counts,
-                "seconds": round(self.seconds, 3), "missing": self.missing,
-                "arrays": [a.to_json() for a in self.arrays]}
+        return {
+            "source": self.source,
+            "refs": self.refs,
+            "ok": self.ok,
+            "counts": self.counts,
+            "seconds": round(self.seconds, 3),
+            "missing": self.missing,
+            "arrays": [a.to_json() for a in self.arrays],
+        }
 
 
-def open_refs_store(refs: str | Path, *, remote_options: dict[str, Any] | None = None) -> tuple[Any, list[str]]:
+def open_refs_store(
+    refs: str | Path, *, remote_options: dict[str, Any] | None = None
+) -> tuple[Any, list[str]]:
     """Open a reference map (JSON file or Parquet directory) with plain fsspec + zarr.
 
     Returns the zarr store and the map's array paths. Arrays are listed from the
@@ -100,13 +120,17 @@ def open_refs_store(refs: str | Path, *, remote_options: dict[str, Any] | None =
     )
     refs_obj = store.fs.references
     keys = refs_obj.zmetadata if isinstance(refs_obj, LazyReferenceMapper) else refs_obj
-    arrays = sorted(k[: -len("/.zarray")] if k != ".zarray" else "" for k in keys
-                    if k == ".zarray" or k.endswith("/.zarray"))
+    arrays = sorted(
+        k[: -len("/.zarray")] if k != ".zarray" else ""
+        for k in keys
+        if k == ".zarray" or k.endswith("/.zarray")
+    )
     return store, arrays
 
 
-def verify(source: str | Path, refs: str | Path, *,
-           progress: Callable[[str, int, int], None] | None = None) -> VerifyReport:
+def verify(
+    source: str | Path, refs: str | Path, *, progress: Callable[[str, int, int], None] | None = None
+) -> VerifyReport:
     """Compare every array of ``refs`` with ``source`` (and every dataset of the source with refs)."""
     import zarr
 
@@ -173,7 +197,9 @@ def _check(f: h5py.File, path: str, z: Any) -> ArrayCheck:
         return ArrayCheck(path, False, storage, f"{type(exc).__name__}: {exc}")
 
 
-def _compare(dset: h5py.Dataset, z: Any, attrs: dict[str, Any], path: str, storage: str) -> ArrayCheck:
+def _compare(
+    dset: h5py.Dataset, z: Any, attrs: dict[str, Any], path: str, storage: str
+) -> ArrayCheck:
     if RAW_TYPE_ATTR in attrs:
         return _compare_raw(dset, z, path, storage)
     if dset.shape is None:
@@ -199,8 +225,16 @@ def _compare(dset: h5py.Dataset, z: Any, attrs: dict[str, Any], path: str, stora
     return ArrayCheck(path, True, storage, "", nbytes)
 
 
-def _compare_slab(dset: h5py.Dataset, z: Any, sel: tuple[slice, ...], attrs: dict[str, Any],
-                  encoding: str | None, path: str, storage: str, _: int) -> ArrayCheck:
+def _compare_slab(
+    dset: h5py.Dataset,
+    z: Any,
+    sel: tuple[slice, ...],
+    attrs: dict[str, Any],
+    encoding: str | None,
+    path: str,
+    storage: str,
+    _: int,
+) -> ArrayCheck:
     want = _read_truth(dset, sel)
     got = z[sel] if sel else z[()]
     got = np.asarray(got)
@@ -221,8 +255,13 @@ def _compare_slab(dset: h5py.Dataset, z: Any, sel: tuple[slice, ...], attrs: dic
     for i, (w, g) in enumerate(zip(flat_w, flat_g, strict=True)):
         if decode(w) != g:
             return ArrayCheck(path, False, storage, f"element {i}: {g!r} != {decode(w)!r}")
-    return ArrayCheck(path, True, storage, "", int(sum(len(x) if isinstance(x, bytes | str) else 8
-                                                        for x in flat_g)))
+    return ArrayCheck(
+        path,
+        True,
+        storage,
+        "",
+        int(sum(len(x) if isinstance(x, bytes | str) else 8 for x in flat_g)),
+    )
 
 
 def _read_truth(dset: h5py.Dataset, sel: tuple[slice, ...]) -> np.ndarray:
@@ -239,8 +278,10 @@ def _read_truth(dset: h5py.Dataset, sel: tuple[slice, ...]) -> np.ndarray:
                 node = tf.get_node(dset.name)
                 data = np.asarray(node[sel[0]] if sel else node.read())
         except Exception:
-            raise Unverifiable(f"neither h5py nor PyTables can read it here ({str(exc)[:120]}); "
-                               "no independent reference to compare with") from None
+            raise Unverifiable(
+                f"neither h5py nor PyTables can read it here ({str(exc)[:120]}); "
+                "no independent reference to compare with"
+            ) from None
         out = np.empty(data.shape, dtype=dset.dtype)
         if dset.dtype.names:
             for name in dset.dtype.names:
@@ -262,8 +303,12 @@ def _compare_raw(dset: h5py.Dataset, z: Any, path: str, storage: str) -> ArrayCh
     """Types h5py cannot convert (H5T_TIME, IEEE quad): compare with the stored bytes."""
     dcpl = dset.id.get_create_plist()
     if dcpl.get_nfilters():
-        return ArrayCheck(path, False, storage, "h5py cannot read this type and its storage is filtered: "
-                          "unverifiable")
+        return ArrayCheck(
+            path,
+            False,
+            storage,
+            "h5py cannot read this type and its storage is filtered: unverifiable",
+        )
     got = np.ascontiguousarray(z[...]).tobytes()
     layout = dcpl.get_layout()
     if layout == h5py.h5d.CONTIGUOUS:
@@ -276,17 +321,21 @@ def _compare_raw(dset: h5py.Dataset, z: Any, path: str, storage: str) -> ArrayCh
                 want = fh.read(dset.id.get_storage_size())
     elif layout == h5py.h5d.CHUNKED:
         itemsize = dset.id.get_type().get_size()
-        full = np.zeros(tuple(dset.shape) + (itemsize,), np.uint8)
+        full = np.zeros((*tuple(dset.shape), itemsize), np.uint8)
         for idx in range(dset.id.get_num_chunks()):
             info = dset.id.get_chunk_info(idx)
             _, raw = dset.id.read_direct_chunk(info.chunk_offset)
-            block = np.frombuffer(raw, np.uint8).reshape(tuple(dset.chunks) + (itemsize,))
-            sel = tuple(slice(o, min(o + c, s)) for o, c, s in zip(info.chunk_offset, dset.chunks, dset.shape,
-                                                                 strict=True))
+            block = np.frombuffer(raw, np.uint8).reshape((*tuple(dset.chunks), itemsize))
+            sel = tuple(
+                slice(o, min(o + c, s))
+                for o, c, s in zip(info.chunk_offset, dset.chunks, dset.shape, strict=True)
+            )
             full[sel] = block[tuple(slice(0, x.stop - x.start) for x in sel)]
         want = full.tobytes()
     else:
-        return ArrayCheck(path, False, storage, "h5py cannot read this type in a compact layout: unverifiable")
+        return ArrayCheck(
+            path, False, storage, "h5py cannot read this type in a compact layout: unverifiable"
+        )
     ok = want == got
     return ArrayCheck(path, ok, storage, "" if ok else "stored bytes differ", len(got))
 

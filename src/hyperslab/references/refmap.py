@@ -171,7 +171,9 @@ class RefMap:
             raise CorruptError("reference map is not a JSON object")
         version = doc.get("version", 0 if "refs" not in doc else 1)
         if version not in (0, 1):
-            raise FormatVersionError(f"kerchunk reference version {version!r} is not supported (1 is)")
+            raise FormatVersionError(
+                f"kerchunk reference version {version!r} is not supported (1 is)"
+            )
         refs = doc.get("refs", doc) if version == 1 else doc
         if not isinstance(refs, Mapping):
             raise CorruptError("reference map has no 'refs' object")
@@ -202,7 +204,9 @@ class RefMap:
                 raise CorruptError(f"reference {key!r} is neither bytes nor [url, offset, length]")
             url = _render(str(val[0]), templates)
             if len(val) == 1:
-                raise BadInputError(f"whole-file reference {key!r} is not supported; give offset and length")
+                raise BadInputError(
+                    f"whole-file reference {key!r} is not supported; give offset and length"
+                )
             sid = source_ids.setdefault(url, len(source_ids))
             per_array.setdefault(path, []).append((lin, sid, int(val[1]), int(val[2])))
         out.sources = list(source_ids)
@@ -289,7 +293,9 @@ class RefMap:
             doc = json.loads((directory / ".zmetadata").read_text())
             meta, record_size = doc["metadata"], int(doc["record_size"])
         except FileNotFoundError as exc:
-            raise NotFoundError(f"{directory} has no .zmetadata: not a Parquet reference map") from exc
+            raise NotFoundError(
+                f"{directory} has no .zmetadata: not a Parquet reference map"
+            ) from exc
         except (ValueError, KeyError, TypeError) as exc:
             raise CorruptError(f"{directory}/.zmetadata is malformed: {exc}") from exc
         out = cls._from_metadata(meta)
@@ -306,7 +312,9 @@ class RefMap:
                 except Exception as exc:
                     raise CorruptError(f"{f} is not a readable Parquet file: {exc}") from exc
                 paths = t.column("path").to_pylist()
-                raws = t.column("raw").to_pylist() if "raw" in t.column_names else [None] * len(paths)
+                raws = (
+                    t.column("raw").to_pylist() if "raw" in t.column_names else [None] * len(paths)
+                )
                 offs = t.column("offset").to_numpy()
                 sizes = t.column("size").to_numpy()
                 base = rec * record_size
@@ -402,7 +410,9 @@ def write_refmap(refmap: RefMap, path: Path, fmt: Literal["json", "parquet"] | N
             refmap.write_parquet(target)
             if path.exists():
                 if not (path / ".zmetadata").exists():
-                    raise BadInputError(f"{path} exists and is not a Parquet reference map; not overwriting")
+                    raise BadInputError(
+                        f"{path} exists and is not a Parquet reference map; not overwriting"
+                    )
                 old = tmp / "old"
                 os.replace(path, old)
             os.replace(target, path)
