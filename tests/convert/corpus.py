@@ -1,9 +1,10 @@
 """A corpus of small HDF5 files covering what an HDF5 → Zarr converter must handle.
 
-``build_corpus(directory)`` writes the files below (about 1 MB in all, well under
-a second). Data come from seeded numpy generators and h5py does not record
-object times, so every build is byte-identical. ``tests/convert/test_corpus.py``
-checks, by reading the files back, that every feature listed here is present.
+``build_corpus(directory)`` writes the files below (about 0.6 MB in all, in a
+fraction of a second). Data come from seeded numpy generators and no object
+carries a modification time, so every build is byte-identical.
+``tests/convert/test_corpus.py`` checks, by reading the files back, that every
+feature listed here is present.
 
 ==================================  ===============================================================
 file                                features
@@ -69,7 +70,8 @@ file                                features
 Not produced: reduced-precision types for the nbit filter (HDF5 2.0 refuses
 "unusual datatypes" unless relaxed integrity checks are set, which h5py does
 not expose), HDF5 time and new-style (``H5R_ref_t``) reference types (h5py
-cannot create them).
+cannot create them), a paged file with a v110+ lower format bound (HDF5 2.0
+then stamps the root group with its creation time, so builds would differ).
 """
 
 from __future__ import annotations

@@ -256,7 +256,7 @@ class _Scanner:
             link = group.get(name, getlink=True)
             try:
                 obj = group[name]
-            except (KeyError, OSError, ValueError) as exc:
+            except (KeyError, OSError, ValueError, RuntimeError) as exc:  # RuntimeError: link loop
                 target = _link_target(link)
                 msg = f"{group.name.rstrip('/')}/{name}: {type(link).__name__} to {target} is broken ({exc})"
                 if not self.options.allow_broken_links:
@@ -335,8 +335,16 @@ class _Scanner:
                 reason = exc.message
         if layout == h5py.h5d.COMPACT and reason is None:
             reason = "compact layout (data lives in the object header)"
+        external = layout == h5py.h5d.CONTIGUOUS and dcpl.get_external_count() > 0
+        ext_chunks = (
+            self.external_chunks(dset, full_shape, plan) if external and reason is None else None
+        )
+        if external and reason is None and ext_chunks is None:
+            reason = "external raw data segments do not hold whole rows"
         if layout == h5py.h5d.CHUNKED and not dset.is_virtual:
             chunks = tuple(dset.chunks) + plan.extra_shape
+        elif ext_chunks is not None:
+            chunks = ext_chunks
         elif reason is None and layout == h5py.h5d.CONTIGUOUS:
             chunks = self.contiguous_chunks(full_shape, plan)
         else:
@@ -364,6 +372,8 @@ class _Scanner:
             self.materialise(dset, arr, plan)
         elif layout == h5py.h5d.CHUNKED:
             self.chunked(dset, arr)
+        elif external:
+            self.external(dset, arr, plan)
         else:
             self.contiguous(dset, arr, plan)
         if arr.reason is not None:
@@ -424,6 +434,55 @@ class _Scanner:
         arr.index, arr.offset, arr.length = lin[ref], addr[ref], size[ref]
         arr.source = np.full(arr.index.size, src, np.int32)
         arr.sort()
+
+    def external(self, dset: h5py.Dataset, arr: ArrayRefs, plan: DtypePlan) -> None:
+        """Contiguous data kept in external raw files (H5Pset_external): reference those."""
+        dcpl = dset.id.get_create_plist()
+        base = os.path.dirname(os.path.abspath(dset.file.filename))
+        row = max(1, math.prod(arr.zarray["shape"][1:]) * plan.zarr_dtype.itemsize)
+        rows_per_chunk = arr.zarray["chunks"][0]
+        idx, src, off, ln = [], [], [], []
+        lin = 0
+        for i in range(dcpl.get_external_count()):
+            name, offset, size = dcpl.get_external(i)
+            path = os.path.join(base, os.fsdecode(name))
+            if not os.path.exists(path):
+                raise BrokenLinkError(
+                    f"{self.report.source}:{dset.name}: external raw data file {path} "
+                    "does not exist"
+                )
+            sid = self.source_index(path)
+            nchunks = size // (row * rows_per_chunk) if size < 2**62 else arr.n_chunks - lin
+            for k in range(nchunks):
+                if lin >= arr.n_chunks:
+                    break
+                idx.append(lin)
+                src.append(sid)
+                off.append(offset + k * row * rows_per_chunk)
+                ln.append(row * rows_per_chunk)
+                lin += 1
+        arr.index = np.array(idx, np.int64)
+        arr.source = np.array(src, np.int32)
+        arr.offset = np.array(off, np.int64)
+        arr.length = np.array(ln, np.int64)
+
+    def external_chunks(
+        self, dset: h5py.Dataset, shape: tuple[int, ...], plan: DtypePlan
+    ) -> tuple[int, ...] | None:
+        """Rows per piece so that every external segment holds whole pieces, or None."""
+        dcpl = dset.id.get_create_plist()
+        row = max(1, math.prod(shape[1:]) * plan.zarr_dtype.itemsize)
+        rows = 0
+        for i in range(dcpl.get_external_count()):
+            _, _, size = dcpl.get_external(i)
+            if size >= 2**62:  # H5F_UNLIMITED: the rest of the data
+                continue
+            if size % row:
+                return None
+            rows = math.gcd(rows, size // row)
+        if not shape or rows == 0:
+            return None
+        return (min(rows, shape[0]), *shape[1:])
 
     def contiguous(self, dset: h5py.Dataset, arr: ArrayRefs, plan: DtypePlan) -> None:
         offset = dset.id.get_offset()

@@ -53,7 +53,7 @@ def _children_of_class(group: h5py.Group, cls: str) -> list[h5py.Group]:
     for name in group:
         try:
             obj = group[name]
-        except (KeyError, OSError):
+        except (KeyError, OSError, RuntimeError):
             continue
         if isinstance(obj, h5py.Group) and _nx_class(obj) == cls:
             out.append(obj)

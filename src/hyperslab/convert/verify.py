@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -162,7 +163,7 @@ def _all_datasets(f: h5py.File) -> set[str]:
             link = g.get(name, getlink=True)
             try:
                 obj = g[name]
-            except (KeyError, OSError, ValueError):
+            except (KeyError, OSError, ValueError, RuntimeError):
                 continue
             p = f"{prefix}/{name}" if prefix else name
             if isinstance(obj, h5py.Dataset):
@@ -186,7 +187,10 @@ def _check(f: h5py.File, path: str, z: Any) -> ArrayCheck:
     attrs = dict(z.attrs)
     storage = _storage(attrs, int(math.prod(z.shape)))
     try:
-        dset = f["/" + path]
+        # external raw files (H5Pset_external) are named relative to the HDF5 file, not our cwd
+        dapl = h5py.h5p.create(h5py.h5p.DATASET_ACCESS)
+        dapl.set_efile_prefix(os.path.dirname(os.path.abspath(f.filename)).encode())
+        dset = h5py.Dataset(h5py.h5d.open(f.id, ("/" + path).encode(), dapl=dapl))
     except KeyError:
         return ArrayCheck(path, False, storage, "no such dataset in the source")
     try:
