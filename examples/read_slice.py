@@ -20,8 +20,7 @@ def main() -> None:
         f"reference://{group}",
         engine="zarr",
         backend_kwargs={"storage_options": {"fo": refs}, "consolidated": False},
-        chunks={},
-    )
+    )  # lazy: only the chunks a selection touches are read (add chunks={} for dask)
     print(ds)
     signal = ds.attrs.get("signal", next(iter(ds.data_vars)))
     frame = ds[signal][0, 100:164, 200:264].values

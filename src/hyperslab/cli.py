@@ -268,11 +268,15 @@ def _print_refs_summary(w: dict[str, Any]) -> None:
         f"[green]✓[/] wrote {w['refs']}: {w['arrays']} arrays ({', '.join(parts)})", highlight=False
     )
     for f in w["files"]:
+        by_reason: dict[str, list[str]] = {}
         for d in f["datasets"]:
             if d["reason"]:
-                out.print(
-                    f"    [yellow]materialised[/] {d['path']}: {d['reason']}", highlight=False
-                )
+                by_reason.setdefault(d["reason"], []).append(d["path"])
+        for reason, paths in by_reason.items():
+            shown = ", ".join(paths[:3]) + (f" and {len(paths) - 3} more" if len(paths) > 3 else "")
+            out.print(
+                f"    [yellow]materialised[/] {len(paths)}: {reason} ({shown})", highlight=False
+            )
         for warning in f["warnings"]:
             out.print(f"    [yellow]warning[/] {warning}", highlight=False)
 
