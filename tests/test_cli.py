@@ -178,3 +178,34 @@ def test_bad_options(tmp_path: Path) -> None:
     assert rc == 2
     rc, _ = run("sample", str(tmp_path / "s"), "--frames", "0")
     assert rc == 2
+
+
+def _unknown_filter_file(path: Path, *, claim_filtered: bool) -> Path:
+    with h5py.File(path, "w") as f:
+        dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
+        dcpl.set_chunk((4,))
+        dcpl.set_filter(40000, h5py.h5z.FLAG_OPTIONAL, (1, 2))
+        sid = h5py.h5s.create_simple((8,))
+        ds = h5py.Dataset(h5py.h5d.create(f.id, b"data", h5py.h5t.NATIVE_INT32, sid, dcpl=dcpl))
+        if claim_filtered:  # a chunk that says filter 40000 was applied: nobody can decode it
+            ds.id.write_direct_chunk((0,), np.arange(4, dtype="<i4").tobytes(), filter_mask=0)
+        else:  # HDF5 skips an unavailable optional filter: readable, but not in place
+            ds[...] = np.arange(8)
+    return path
+
+
+def test_unknown_filter_id(tmp_path: Path) -> None:
+    ok = _unknown_filter_file(tmp_path / "opt.h5", claim_filtered=False)
+    rc, out = run("refs", str(ok), "-o", str(tmp_path / "o.json"), "--json")
+    assert rc == 0
+    ds = json.loads(out)["written"][0]["files"][0]["datasets"][0]
+    assert ds["status"] == "materialised" and "40000" in ds["reason"]
+    rc, _ = run("verify", str(ok), str(tmp_path / "o.json"))
+    assert rc == 0
+
+    bad = _unknown_filter_file(tmp_path / "bad.h5", claim_filtered=True)
+    rc, out = run("refs", str(bad), "-o", str(tmp_path / "b.json"), "--json")
+    assert rc == 2
+    err = json.loads(out)["failed"][0]
+    assert err["code"] == "unsupported" and "40000" in err["message"]
+    assert not (tmp_path / "b.json").exists()
