@@ -30,9 +30,11 @@ demo: install
 	@echo "== 5. read a slice with xarray through the map (plain fsspec + zarr)"
 	$(PY) examples/read_slice.py $(DEMO)/maps/scan_0001_gzip.json
 
+LINT_PATHS := $(wildcard src tests benchmarks examples infra)
+
 lint: install
-	$(VENV)/bin/ruff check src tests benchmarks examples
-	$(VENV)/bin/ruff format --check src tests benchmarks examples
+	$(VENV)/bin/ruff check $(LINT_PATHS)
+	$(VENV)/bin/ruff format --check $(LINT_PATHS)
 	$(VENV)/bin/mypy
 
 test: install lint
