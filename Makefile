@@ -41,7 +41,7 @@ test: install lint
 	$(VENV)/bin/pytest -n 2 -q -p no:cacheprovider
 
 bench: install
-	$(PY) benchmarks/run.py
+	$(PY) benchmarks/refgen.py
 
 clean:
 	rm -rf $(VENV) $(DEMO) bench-data .pytest_cache .mypy_cache .ruff_cache
