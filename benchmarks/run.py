@@ -456,8 +456,10 @@ def render(runs: list[Run], info: dict[str, Any], thresholds: list[int]) -> list
                     ),
                     f"{r.wall_s:.2f}" if r.ok else "—",
                     f"{r.rss_mb:.0f}" if r.ok else "—",
-                    ratio(k.inner.get("total_s"), h.inner.get("total_s")) if both and h else "",
-                    ratio(k.rss_mb, h.rss_mb) if both and h else "",
+                    ratio(k.inner.get("total_s"), h.inner.get("total_s"))
+                    if both and h and k
+                    else "",
+                    ratio(k.rss_mb, h.rss_mb) if both and h and k else "",
                     r.error or "",
                 )
         for fmt in ("JSON", "Parquet"):
