@@ -234,18 +234,10 @@ def plan_dtype(dset: h5py.Dataset) -> DtypePlan:
         base, extra = h5dt.subdtype
     if h5dt.hasobject or tid.get_class() == h5py.h5t.REFERENCE:
         return _plan_object(dset, tid, h5dt, why or "variable-length data")
-    if why is not None and base.fields is not None:
-        # fixed-size compound with a member h5py converts (space-padded string...): values via h5py
-        return DtypePlan(
-            "void",
-            np.dtype(f"V{base.itemsize}"),
-            f"|V{base.itemsize}",
-            h5dt,
-            extra,
-            why,
-            ((DTYPE_ATTR, dtype_to_json(base)),),
-        )
-    native = _zarr_native_json(base)
+    # a fixed-size compound with a member h5py converts (space-padded string...) keeps its
+    # exact layout as a void view; its values are materialised through h5py
+    materialised_compound = why is not None and base.fields is not None
+    native = None if materialised_compound else _zarr_native_json(base)
     if native is not None:
         return DtypePlan("native", base, native, h5dt, extra, why)
     return DtypePlan(

@@ -418,7 +418,9 @@ class _Scanner:
         addr = np.array(addrs, dtype=np.int64)
         size = np.array(sizes, dtype=np.int64)
         mask = np.array(masks, dtype=np.int64)
-        src = self.source_index(dset.file.filename)
+        # h5py builds a new File object on every `dset.file`: look the name up once, not per chunk
+        filename = dset.file.filename
+        src = self.source_index(filename)
         keep = mask == 0
         if not keep.all():
             # a chunk that skipped an optional filter: the array's pipeline doesn't apply
@@ -426,10 +428,10 @@ class _Scanner:
                 self.materialise_one(dset, arr, int(lin[i]))
             arr.reason = f"{int((~keep).sum())} chunk(s) skipped an optional filter (filter_mask)"
         small = keep & (size < self.options.inline_threshold)
-        for i in np.nonzero(small)[0]:
-            arr.inline[int(lin[i])] = self.read_range(
-                dset.file.filename, int(addr[i]), int(size[i])
-            )
+        for i, a, n in zip(
+            lin[small].tolist(), addr[small].tolist(), size[small].tolist(), strict=True
+        ):
+            arr.inline[i] = self.read_range(filename, a, n)
         ref = keep & ~small
         arr.index, arr.offset, arr.length = lin[ref], addr[ref], size[ref]
         arr.source = np.full(arr.index.size, src, np.int32)
@@ -491,7 +493,8 @@ class _Scanner:
         nbytes = dset.id.get_storage_size()
         n = arr.n_chunks
         per = nbytes // n
-        src = self.source_index(dset.file.filename)
+        filename = dset.file.filename
+        src = self.source_index(filename)
         if per * n != nbytes:
             raise UnsupportedFeatureError(
                 f"{dset.name}: contiguous storage size {nbytes} is not a multiple of {n} pieces"
@@ -499,7 +502,7 @@ class _Scanner:
         starts = offset + per * np.arange(n, dtype=np.int64)
         if per < self.options.inline_threshold:
             for i in range(n):
-                arr.inline[i] = self.read_range(dset.file.filename, int(starts[i]), per)
+                arr.inline[i] = self.read_range(filename, int(starts[i]), per)
             return
         arr.index = np.arange(n, dtype=np.int64)
         arr.offset = starts
