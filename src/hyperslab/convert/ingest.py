@@ -1,0 +1,332 @@
+"""``hyperslab ingest``: files → reference maps → one commit in a repository.
+
+For each entry: hash every source (size + sha256; the refmap names sources by
+hash, ``hyperslab-source:<sha256>``, so one map serves every site), build the
+refmap, store it content-addressed, optionally copy the sources into the
+repository's site (verified by re-reading), write the entry record, and finally
+commit all entries in one snapshot. Writes are bottom-up; the branch moves last.
+Re-ingesting unchanged files produces identical objects and no new snapshot.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hyperslab import __version__
+from hyperslab.convert.api import (
+    ConversionResult,
+    build_refmap,
+    combine_refmaps,
+    expand_sources,
+    source_url,
+)
+from hyperslab.convert.hdf5 import ConvertOptions
+from hyperslab.errors import (
+    AccessDeniedError,
+    BadInputError,
+    CorruptError,
+    HyperslabError,
+    NotFoundError,
+)
+from hyperslab.references.catalog import entry_catalog
+from hyperslab.references.format import check_entry_name
+from hyperslab.references.packed import EXTENSIONS, pack_refmap
+from hyperslab.references.refmap import RefMap
+from hyperslab.references.repository import DEFAULT_BRANCH, CommitResult, Repository
+
+__all__ = [
+    "SOURCE_SCHEME",
+    "IngestResult",
+    "SourceChangedError",
+    "hash_file",
+    "ingest",
+    "plan_entries",
+    "source_key",
+]
+
+#: how repository refmaps name a source: by content, resolved per site by readers
+SOURCE_SCHEME = "hyperslab-source:"
+
+
+class SourceChangedError(CorruptError):
+    code = "source_changed"
+
+
+def source_key(sha256: str, name: str) -> str:
+    return f"sources/{sha256}/{name}"
+
+
+def hash_file(path: str | Path, block: int = 8 << 20) -> tuple[str, int]:
+    h = hashlib.sha256()
+    n = 0
+    with open(path, "rb") as f:
+        while data := f.read(block):
+            h.update(data)
+            n += len(data)
+    return h.hexdigest(), n
+
+
+@dataclass
+class EntryPlan:
+    name: str
+    files: list[str]
+
+
+@dataclass
+class IngestResult:
+    commit: CommitResult | None
+    entries: list[dict[str, Any]] = field(default_factory=list)
+    failed: list[tuple[str, HyperslabError]] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "commit": self.commit.to_json() if self.commit else None,
+            "entries": self.entries,
+            "failed": [{"source": s, "error": e.to_json()} for s, e in self.failed],
+        }
+
+
+def plan_entries(sources: Sequence[str], name: str | None, combine: bool) -> list[EntryPlan]:
+    """Entry names: ``--name`` for one file or a combined set; otherwise file stems.
+
+    Several files without combining become ``NAME/<stem>`` (or ``<stem>``); a
+    directory contributes its files under their relative paths (without suffix).
+    """
+    named: list[tuple[str, str]] = []  # (stem-like name, file)
+    for s in sources:
+        p = Path(s)
+        if "://" not in s and p.is_dir():
+            for f in expand_sources([s]):
+                rel = Path(f).relative_to(p).with_suffix("")
+                named.append((rel.as_posix(), f))
+        else:
+            stem = Path(s.rstrip("/").rsplit("/", 1)[-1]).stem
+            named.extend([(stem, s)])
+    if not named:
+        raise BadInputError("no sources to ingest")
+    if combine:
+        return [EntryPlan(check_entry_name(name or named[0][0]), [f for _, f in named])]
+    if name is not None and len(named) == 1:
+        return [EntryPlan(check_entry_name(name), [named[0][1]])]
+    plans: dict[str, EntryPlan] = {}
+    for stem, f in named:
+        n = check_entry_name(f"{name}/{stem}" if name else stem)
+        if n in plans:
+            raise BadInputError(
+                f"two sources would both become entry {n!r} ({plans[n].files[0]} and {f}); "
+                "ingest them separately with --name"
+            )
+        plans[n] = EntryPlan(n, [f])
+    return list(plans.values())
+
+
+class _Sources:
+    """Hashes each file once and remembers how the refmap names it."""
+
+    def __init__(self) -> None:
+        self.by_path: dict[str, dict[str, Any]] = {}
+        self.stat: dict[str, tuple[int, int]] = {}
+
+    def url(self, path: str) -> str:
+        ap = source_url(path)
+        if ap not in self.by_path:
+            if "://" in ap:
+                raise BadInputError(f"ingest reads local files; {ap!r} is a URL")
+            try:
+                st = os.stat(ap)
+                sha, size = hash_file(ap)
+            except FileNotFoundError:
+                raise NotFoundError(f"{ap} does not exist", path=ap) from None
+            except OSError as exc:
+                raise AccessDeniedError(f"cannot read {ap}: {exc.strerror}", path=ap) from exc
+            self.stat[ap] = (st.st_size, st.st_mtime_ns)
+            self.by_path[ap] = {
+                "id": sha,
+                "name": Path(ap).name,
+                "size": size,
+                "origin": ap,
+            }
+        return SOURCE_SCHEME + self.by_path[ap]["id"]
+
+    def check_unchanged(self) -> None:
+        for ap, (size, mtime) in self.stat.items():
+            st = os.stat(ap)
+            if (st.st_size, st.st_mtime_ns) != (size, mtime):
+                raise SourceChangedError(
+                    f"{ap} changed while it was being ingested (size or mtime differ); "
+                    "ingest it once the writer has closed it",
+                    path=ap,
+                )
+
+    def records(self, refmap: RefMap) -> list[dict[str, Any]]:
+        by_id = {r["id"]: r for r in self.by_path.values()}
+        out = []
+        for url in refmap.sources:
+            sha = url[len(SOURCE_SCHEME) :]
+            out.append(dict(by_id[sha]))
+        # sources with no referenced chunk (all materialised) still belong to the entry
+        listed = {r["id"] for r in out}
+        out.extend(dict(r) for r in by_id.values() if r["id"] not in listed)
+        return out
+
+
+def _array_summary(refmap: RefMap) -> dict[str, Any]:
+    out = {}
+    for path, arr in sorted(refmap.arrays.items()):
+        z = arr.zarray
+        codecs = [f.get("id") for f in (z.get("filters") or [])]
+        if z.get("compressor"):
+            codecs.append(z["compressor"].get("id"))
+        s: dict[str, Any] = {
+            "shape": z["shape"],
+            "chunks": z["chunks"],
+            "dtype": z["dtype"],
+            "codecs": codecs,
+            "status": arr.status,
+            "refs": arr.n_refs,
+            "bytes": arr.referenced_bytes() + sum(len(b) for b in arr.inline.values()),
+        }
+        if arr.reason:
+            s["reason"] = arr.reason
+        out[path] = s
+    return out
+
+
+def _upload(repo: Repository, src: dict[str, Any]) -> bool:
+    """Copy a source into the repository's site and verify it; False if already there."""
+    key = source_key(src["id"], src["name"])
+    site = repo.site
+    if site.exists(key) and site.head(key).size == src["size"]:
+        return False
+    site.put_file(key, src["origin"])
+    h = hashlib.sha256()
+    n = 0
+    for block in site.iter_bytes(key):
+        h.update(block)
+        n += len(block)
+    if h.hexdigest() != src["id"] or n != src["size"]:
+        site.delete(key)
+        raise CorruptError(
+            f"uploaded copy of {src['origin']} at {repo.display}/{key} does not match the "
+            "file's sha256; removed it",
+            key=key,
+        )
+    return True
+
+
+def ingest_entry(
+    repo: Repository,
+    plan: EntryPlan,
+    *,
+    options: ConvertOptions | None = None,
+    upload_sources: bool = False,
+    dim: int | None = None,
+    new_dim: str | None = None,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Store one entry's objects; returns ``(tree value, summary for the report)``."""
+    srcs = _Sources()
+    results: list[ConversionResult] = []
+    for f in plan.files:
+        results.append(build_refmap(f, options=options, url=srcs.url(f), url_for=srcs.url))
+    res = combine_refmaps(results, dim=dim, new_dim=new_dim) if len(results) > 1 else results[0]
+    srcs.check_unchanged()
+    refmap = res.refmap
+    data, fmt = pack_refmap(refmap)
+    refmap_id = repo.put_object("refmap", data, EXTENSIONS[fmt])
+    sources = srcs.records(refmap)
+    uploaded = [s["name"] for s in sources if upload_sources and _upload(repo, s)]
+    arrays = _array_summary(refmap)
+    counts = res.counts
+    catalog = entry_catalog(
+        plan.name,
+        refmap.groups.get("", {}),
+        files=[s["name"] for s in sources],
+        n_arrays=len(arrays),
+        n_materialised=sum(1 for a in arrays.values() if a["status"] in ("materialised", "mixed")),
+    )
+    record: dict[str, Any] = {
+        "name": plan.name,
+        "refmap": {"id": refmap_id, "format": fmt, "size": len(data), "refs": refmap.n_refs},
+        "sources": sources,
+        "arrays": arrays,
+        "counts": counts,
+        "catalog": catalog,
+        "converter": f"hyperslab {__version__}",
+    }
+    if len(plan.files) > 1:
+        record["combined"] = {"files": len(plan.files), "dim": dim, "new_dim": new_dim}
+    entry_id = repo.write_json("entry", record)
+    summary = {
+        "name": plan.name,
+        "entry": entry_id,
+        "refmap": refmap_id,
+        "format": fmt,
+        "refs": refmap.n_refs,
+        "arrays": len(arrays),
+        "counts": counts,
+        "sources": [s["name"] for s in sources],
+        "uploaded": uploaded,
+    }
+    return {"id": entry_id, "catalog": catalog}, summary
+
+
+def ingest(
+    repo: Repository,
+    sources: Sequence[str],
+    *,
+    name: str | None = None,
+    branch: str = DEFAULT_BRANCH,
+    message: str | None = None,
+    author: str | None = None,
+    upload_sources: bool = False,
+    options: ConvertOptions | None = None,
+    dim: int | None = None,
+    new_dim: str | None = None,
+    fail_fast: bool = False,
+    on_entry: Callable[[str, dict[str, Any] | HyperslabError], None] | None = None,
+) -> IngestResult:
+    """Convert ``sources`` and commit them to ``branch`` in one snapshot.
+
+    Entries that fail are reported (and skipped) unless ``fail_fast``; if none
+    succeeds the first error is raised and nothing is committed.
+    """
+    combine = dim is not None or new_dim is not None
+    plans = plan_entries(list(sources), name, combine)
+    repo.check_writable()
+    base, _ = repo.branch_head(branch)
+    out = IngestResult(None)
+    changes: dict[str, dict[str, Any] | None] = {}
+    for plan in plans:
+        try:
+            value, summary = ingest_entry(
+                repo,
+                plan,
+                options=options,
+                upload_sources=upload_sources,
+                dim=dim,
+                new_dim=new_dim,
+            )
+        except HyperslabError as exc:
+            out.failed.append((", ".join(plan.files), exc))
+            if on_entry:
+                on_entry(plan.name, exc)
+            if fail_fast:
+                raise
+            continue
+        changes[plan.name] = value
+        out.entries.append(summary)
+        if on_entry:
+            on_entry(plan.name, summary)
+    if not changes:
+        raise out.failed[0][1]
+    names = sorted(changes)
+    msg = message or (
+        f"ingest {names[0]}" if len(names) == 1 else f"ingest {len(names)} entries: {names[0]}, …"
+    )
+    out.commit = repo.commit(changes, branch=branch, message=msg, author=author, base=base)
+    return out

@@ -1,0 +1,364 @@
+"""Repository upkeep: ``fsck`` (is everything reachable present and intact?),
+``gc`` (delete what nothing reaches, after a grace period) and catalog ``search``.
+
+Reachability starts at every branch and tag and follows snapshot parents, the
+entry trees, entry records, their refmaps, uploaded sources and chunk replicas.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from hyperslab.errors import BadInputError, HyperslabError, NotFoundError
+from hyperslab.references.catalog import Query, parse_query
+from hyperslab.references.format import is_object_id, object_key
+from hyperslab.references.packed import EXTENSIONS, unpack_refmap
+from hyperslab.references.repository import (
+    BRANCH_PREFIX,
+    REFRESH_AGE,
+    TAG_PREFIX,
+    Repository,
+)
+
+__all__ = ["FsckReport", "GcReport", "fsck", "gc", "parse_duration", "search"]
+
+Progress = Callable[[str, int], None]
+
+
+@dataclass
+class FsckReport:
+    checked: dict[str, int] = field(default_factory=dict)
+    problems: list[dict[str, Any]] = field(default_factory=list)
+    bytes_checked: int = 0
+
+    @property
+    def clean(self) -> bool:
+        return not self.problems
+
+    def add(self, kind: str, oid: str, problem: str, **details: Any) -> None:
+        self.problems.append({"kind": kind, "id": oid, "problem": problem, **details})
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "clean": self.clean,
+            "checked": self.checked,
+            "bytes_checked": self.bytes_checked,
+            "problems": self.problems,
+        }
+
+
+@dataclass
+class Reachable:
+    snapshots: set[str] = field(default_factory=set)
+    manifests: set[str] = field(default_factory=set)
+    entries: set[str] = field(default_factory=set)
+    refmaps: dict[str, str] = field(default_factory=dict)  # id → extension
+    sources: set[str] = field(default_factory=set)  # keys
+    chunks: set[str] = field(default_factory=set)  # keys
+
+    def keys(self) -> set[str]:
+        out = {object_key("snapshot", s) for s in self.snapshots}
+        out |= {object_key("manifest", m) for m in self.manifests}
+        out |= {object_key("entry", e) for e in self.entries}
+        out |= {object_key("refmap", r, ext) for r, ext in self.refmaps.items()}
+        return out | self.sources | self.chunks
+
+
+def _walk(
+    repo: Repository,
+    report: FsckReport | None,
+    progress: Progress | None = None,
+) -> Reachable:
+    """Mark everything reachable; with ``report``, record what is missing or corrupt."""
+    r = Reachable()
+
+    def bad(kind: str, oid: str, exc: HyperslabError) -> None:
+        if report is None:
+            raise exc
+        problem = "missing" if isinstance(exc, NotFoundError) else "corrupt"
+        report.add(kind, oid, problem, error=exc.message)
+
+    heads: list[str] = []
+    for prefix, what in ((BRANCH_PREFIX, "branch"), (TAG_PREFIX, "tag")):
+        for key in repo.site.list(prefix):
+            try:
+                heads.append(repo._read_ref(key)[0])
+            except HyperslabError as exc:
+                bad(what, key[len(prefix) :], exc)
+    stack = list(heads)
+    while stack:
+        sid = stack.pop()
+        if sid in r.snapshots:
+            continue
+        r.snapshots.add(sid)
+        try:
+            snap = repo.snapshot(sid)
+        except HyperslabError as exc:
+            bad("snapshot", sid, exc)
+            continue
+        if progress:
+            progress("snapshots", 1)
+        stack.extend(snap.parents)
+        _walk_tree(repo, snap.tree, r, bad, progress)
+    return r
+
+
+def _walk_tree(
+    repo: Repository,
+    root: str | None,
+    r: Reachable,
+    bad: Callable[[str, str, HyperslabError], None],
+    progress: Progress | None,
+) -> None:
+    stack = [root] if root else []
+    while stack:
+        oid = stack.pop()
+        if oid in r.manifests:
+            continue  # shared subtree, already walked
+        r.manifests.add(oid)
+        try:
+            node = repo.read_node(oid)
+        except HyperslabError as exc:
+            bad("manifest", oid, exc)
+            continue
+        if node.get("kind") == "inner":
+            stack.extend(c[0] for c in node["children"].values())
+            continue
+        for value in node.get("entries", {}).values():
+            eid = value.get("id")
+            if not isinstance(eid, str) or eid in r.entries:
+                continue
+            r.entries.add(eid)
+            try:
+                rec = repo.read_json("entry", eid)
+            except HyperslabError as exc:
+                bad("entry", eid, exc)
+                continue
+            if progress:
+                progress("entries", 1)
+            rm = rec.get("refmap", {})
+            r.refmaps[rm["id"]] = EXTENSIONS.get(rm.get("format", "json"), ".json")
+            for s in rec.get("sources", []):
+                key = f"sources/{s['id']}/{s['name']}"
+                # only sources this site holds are part of the repository here
+                if key not in r.sources and repo.site.exists(key):
+                    r.sources.add(key)
+            for key in rec.get("chunks", []):
+                r.chunks.add(key)
+
+
+def fsck(
+    repo: Repository, *, verify_sources: bool = True, progress: Progress | None = None
+) -> FsckReport:
+    """Check that every reachable object exists and matches its hash.
+
+    Also parses each refmap and checks it against its entry record (array list and
+    reference counts), and re-hashes uploaded sources unless ``verify_sources`` is
+    False (then only their sizes are checked).
+    """
+    report = FsckReport()
+    try:
+        repo.site.get("repo.json")
+    except HyperslabError as exc:
+        report.add("repository", "repo.json", "missing", error=exc.message)
+    r = _walk(repo, report, progress)
+    report.checked = {
+        "snapshots": len(r.snapshots),
+        "manifests": len(r.manifests),
+        "entries": len(r.entries),
+    }
+    entry_refs: dict[str, dict[str, Any]] = {}
+    for eid in r.entries:
+        try:
+            rec = repo.read_json("entry", eid)
+        except HyperslabError:
+            continue
+        entry_refs.setdefault(rec["refmap"]["id"], rec)
+    for rid, ext in sorted(r.refmaps.items()):
+        try:
+            data = repo.get_object("refmap", rid, ext)
+        except HyperslabError as exc:
+            report.add(
+                "refmap",
+                rid,
+                "missing" if isinstance(exc, NotFoundError) else "corrupt",
+                error=exc.message,
+            )
+            continue
+        report.bytes_checked += len(data)
+        if progress:
+            progress("refmaps", 1)
+        owner = entry_refs.get(rid)
+        try:
+            refmap = unpack_refmap(data, "parquet" if ext == ".parquet" else "json")
+        except HyperslabError as exc:
+            report.add("refmap", rid, "unreadable", error=exc.message)
+            continue
+        if owner is not None:
+            want = set(owner.get("arrays", {}))
+            if set(refmap.arrays) != want:
+                report.add("refmap", rid, "arrays differ from entry record", entry=owner["name"])
+            elif refmap.n_refs != owner["refmap"].get("refs", refmap.n_refs):
+                report.add(
+                    "refmap", rid, "reference count differs from entry record", entry=owner["name"]
+                )
+    report.checked["refmaps"] = len(r.refmaps)
+    sizes: dict[str, int] = {}
+    for eid in r.entries:
+        try:
+            rec = repo.read_json("entry", eid)
+        except HyperslabError:
+            continue
+        for s in rec.get("sources", []):
+            sizes[f"sources/{s['id']}/{s['name']}"] = int(s["size"])
+    for key in sorted(r.sources):
+        sha = key.split("/")[1]
+        try:
+            if verify_sources:
+                h = hashlib.sha256()
+                n = 0
+                for block in repo.site.iter_bytes(key):
+                    h.update(block)
+                    n += len(block)
+                report.bytes_checked += n
+                if h.hexdigest() != sha:
+                    report.add("source", key, "corrupt", error="content does not match sha256")
+                    continue
+            else:
+                n = repo.site.head(key).size
+            if n != sizes.get(key, n):
+                report.add("source", key, "corrupt", error=f"size {n}, expected {sizes[key]}")
+        except HyperslabError as exc:
+            report.add(
+                "source",
+                key,
+                "missing" if isinstance(exc, NotFoundError) else "corrupt",
+                error=exc.message,
+            )
+        if progress:
+            progress("sources", 1)
+    report.checked["sources"] = len(r.sources)
+    for key in sorted(r.chunks):
+        try:
+            data = repo.site.get(key)
+        except HyperslabError as exc:
+            report.add("chunk", key, "missing", error=exc.message)
+            continue
+        report.bytes_checked += len(data)
+        if hashlib.sha256(data).hexdigest() != key.rsplit("/", 1)[-1]:
+            report.add("chunk", key, "corrupt", error="content does not match sha256")
+    report.checked["chunks"] = len(r.chunks)
+    return report
+
+
+# ------------------------------------------------------------------------- gc
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$", re.I)
+_UNITS = {"": 86400, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+#: gc refuses shorter grace periods unless forced: an ingest in flight must finish
+#: within the grace period, and reused old objects are refreshed after REFRESH_AGE
+MIN_GRACE = REFRESH_AGE * 2
+
+
+def parse_duration(text: str) -> timedelta:
+    """``30d``, ``12h``, ``90m``, ``3600s``, ``2w`` (a bare number means days)."""
+    m = _DURATION.match(text or "")
+    if not m:
+        raise BadInputError(f"bad duration {text!r}: use e.g. 7d, 12h, 90m, 2w")
+    return timedelta(seconds=float(m.group(1)) * _UNITS[m.group(2).lower()])
+
+
+@dataclass
+class GcReport:
+    deleted: list[str] = field(default_factory=list)
+    kept_young: int = 0
+    reachable: int = 0
+    bytes_freed: int = 0
+    dry_run: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "dry_run": self.dry_run,
+            "deleted": len(self.deleted),
+            "deleted_keys": self.deleted[:1000],
+            "bytes_freed": self.bytes_freed,
+            "kept_young": self.kept_young,
+            "reachable": self.reachable,
+        }
+
+
+_GC_PREFIXES = ("snapshots/", "manifests/", "entries/", "refmaps/", "sources/", "chunks/")
+
+
+def gc(
+    repo: Repository,
+    *,
+    older_than: timedelta,
+    dry_run: bool = False,
+    force: bool = False,
+    now: datetime | None = None,
+    progress: Progress | None = None,
+) -> GcReport:
+    """Delete objects that no branch or tag reaches and that are older than ``older_than``.
+
+    Objects younger than the grace period survive (they may belong to a commit in
+    flight). Each candidate's age is re-read just before it is deleted.
+    """
+    if older_than < MIN_GRACE and not force:
+        raise BadInputError(
+            f"a grace period under {MIN_GRACE} could delete objects of an ingest in flight; "
+            "pass --force if no one is writing to this repository"
+        )
+    repo.check_writable()
+    report = GcReport(dry_run=dry_run)
+    reachable = _walk(repo, None, progress).keys()
+    report.reachable = len(reachable)
+    cutoff = (now or datetime.now(UTC)) - older_than
+    for prefix in _GC_PREFIXES:
+        for key in repo.site.list(prefix):
+            if key in reachable:
+                continue
+            name = key.rsplit("/", 1)[-1]
+            if prefix != "sources/" and not is_object_id(name.split(".", 1)[0]):
+                continue  # not ours
+            try:
+                info = repo.site.head(key)
+            except NotFoundError:
+                continue
+            if info.mtime > cutoff:
+                report.kept_young += 1
+                continue
+            report.deleted.append(key)
+            report.bytes_freed += info.size
+            if not dry_run:
+                repo.site.delete(key)
+            if progress:
+                progress("deleted", 1)
+    return report
+
+
+# ------------------------------------------------------------------------- search
+
+
+def search(
+    repo: Repository, ref: str, query: str | Query, *, limit: int | None = None
+) -> list[tuple[str, dict[str, Any]]]:
+    """Entries of snapshot ``ref`` whose catalog record matches ``query``, sorted by name."""
+    q = parse_query(query) if isinstance(query, str) else query
+    snap = repo.snapshot(repo.resolve(ref))
+    leaves = list(repo.tree.leaves(snap.tree))
+    hits: list[tuple[str, dict[str, Any]]] = []
+    for node in repo.read_many("manifest", leaves):
+        for name, value in node["entries"].items():
+            cat = value.get("catalog") or {"name": name}
+            if q.matches(cat):
+                hits.append((name, cat))
+    hits.sort(key=lambda h: h[0])
+    if limit is not None:
+        hits = hits[:limit]
+    return hits

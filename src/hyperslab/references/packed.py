@@ -1,0 +1,163 @@
+"""Reference maps as single immutable objects, for the repository's ``refmaps/``.
+
+A loose map on disk may be fsspec's Parquet *directory*; an object store wants
+one object per map so that it can be named by its hash. Two encodings:
+
+* ``json``: the kerchunk version-1 document, compact (small maps).
+* ``parquet``: one Parquet file, rows sorted by ``(array, index)``, columns
+  ``array`` (int32, position in the array list), ``index`` (linear chunk index),
+  ``source`` (int32, -1 for inline bytes), ``offset``, ``length`` (int64) and
+  ``raw`` (binary, inline chunks only). The Zarr metadata, the array list and
+  the sources are JSON in the file's key-value metadata under
+  ``hyperslab.refmap``. Row groups hold at most 100,000 rows and carry min/max
+  statistics, so a reader can fetch the footer and then only the row groups of
+  the chunks it needs (range reads, no whole-map download).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from typing import Any, Literal
+
+import numpy as np
+
+from hyperslab.errors import CorruptError, FormatVersionError
+from hyperslab.references.refmap import PARQUET_THRESHOLD, RefMap
+
+__all__ = ["PACKED_META_KEY", "RefmapFormat", "pack_refmap", "unpack_refmap"]
+
+RefmapFormat = Literal["json", "parquet"]
+PACKED_META_KEY = b"hyperslab.refmap"
+PACKED_VERSION = 1
+ROW_GROUP = 100_000
+EXTENSIONS: dict[str, str] = {"json": ".json", "parquet": ".parquet"}
+
+
+def pack_refmap(refmap: RefMap, fmt: RefmapFormat | None = None) -> tuple[bytes, RefmapFormat]:
+    """Serialise deterministically (the same map always gives the same bytes)."""
+    fmt = fmt or ("parquet" if refmap.n_refs >= PARQUET_THRESHOLD else "json")
+    if fmt == "json":
+        doc = refmap.to_kerchunk()
+        return json.dumps(doc, separators=(",", ":"), allow_nan=True).encode(), "json"
+    return _pack_parquet(refmap), "parquet"
+
+
+def unpack_refmap(data: bytes, fmt: RefmapFormat) -> RefMap:
+    if fmt == "json":
+        try:
+            doc = json.loads(data)
+        except ValueError as exc:
+            raise CorruptError(f"reference map is not valid JSON: {exc}") from exc
+        return RefMap.from_kerchunk(doc)
+    return _unpack_parquet(data)
+
+
+def _pack_parquet(refmap: RefMap) -> bytes:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    paths = sorted(refmap.arrays)
+    cols: dict[str, list[np.ndarray]] = {k: [] for k in ("array", "index", "source", "offset")}
+    lengths: list[np.ndarray] = []
+    raws: list[Any] = []
+    for k, path in enumerate(paths):
+        arr = refmap.arrays[path]
+        inl = sorted(arr.inline.items())
+        n_inl = len(inl)
+        index = np.concatenate([arr.index, np.array([i for i, _ in inl], np.int64)])
+        source = np.concatenate([arr.source, np.full(n_inl, -1, np.int32)])
+        offset = np.concatenate([arr.offset, np.zeros(n_inl, np.int64)])
+        length = np.concatenate([arr.length, np.array([len(b) for _, b in inl], np.int64)])
+        raw: list[bytes | None] = [None] * int(arr.index.size) + [b for _, b in inl]
+        order = np.argsort(index, kind="stable")
+        cols["array"].append(np.full(index.size, k, np.int32))
+        cols["index"].append(index[order])
+        cols["source"].append(source[order].astype(np.int32))
+        cols["offset"].append(offset[order])
+        lengths.append(length[order])
+        if n_inl:
+            raws.extend(raw[i] for i in order.tolist())
+        else:
+            raws.extend(raw)
+
+    def cat(parts: list[np.ndarray], dtype: Any) -> np.ndarray:
+        return np.concatenate(parts).astype(dtype) if parts else np.zeros(0, dtype)
+
+    table = pa.table(
+        {
+            "array": pa.array(cat(cols["array"], np.int32)),
+            "index": pa.array(cat(cols["index"], np.int64)),
+            "source": pa.array(cat(cols["source"], np.int32)),
+            "offset": pa.array(cat(cols["offset"], np.int64)),
+            "length": pa.array(cat(lengths, np.int64)),
+            "raw": pa.array(raws, type=pa.binary()),
+        }
+    )
+    meta = {
+        "format": PACKED_VERSION,
+        "sources": refmap.sources,
+        "arrays": paths,
+        "metadata": dict(refmap.metadata_items()),
+    }
+    table = table.replace_schema_metadata(
+        {PACKED_META_KEY: json.dumps(meta, separators=(",", ":"), allow_nan=True).encode()}
+    )
+    buf = io.BytesIO()
+    pq.write_table(table, buf, compression="zstd", row_group_size=ROW_GROUP, write_statistics=True)
+    return buf.getvalue()
+
+
+def read_packed_meta(schema_metadata: dict[bytes, bytes] | None) -> dict[str, Any]:
+    raw = (schema_metadata or {}).get(PACKED_META_KEY)
+    if raw is None:
+        raise CorruptError("Parquet reference map has no hyperslab.refmap metadata")
+    try:
+        meta = json.loads(raw)
+    except ValueError as exc:
+        raise CorruptError(f"Parquet reference map metadata is not JSON: {exc}") from exc
+    if not isinstance(meta, dict) or not isinstance(meta.get("format"), int):
+        raise CorruptError("Parquet reference map metadata is malformed")
+    if meta["format"] > PACKED_VERSION:
+        raise FormatVersionError(
+            f"packed reference map format {meta['format']} is newer than this hyperslab "
+            f"reads ({PACKED_VERSION}): upgrade hyperslab"
+        )
+    return meta
+
+
+def _unpack_parquet(data: bytes) -> RefMap:
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.read_table(io.BytesIO(data))
+    except Exception as exc:
+        raise CorruptError(f"reference map is not a readable Parquet file: {exc}") from exc
+    meta = read_packed_meta(table.schema.metadata)
+    out = RefMap._from_metadata(meta["metadata"])
+    out.sources = list(meta["sources"])
+    paths: list[str] = list(meta["arrays"])
+    array = table.column("array").to_numpy()
+    index = table.column("index").to_numpy()
+    source = table.column("source").to_numpy()
+    offset = table.column("offset").to_numpy()
+    length = table.column("length").to_numpy()
+    bounds = np.searchsorted(array, np.arange(len(paths) + 1))
+    raw_col = table.column("raw")
+    for k, path in enumerate(paths):
+        arr = out.arrays.get(path)
+        if arr is None:
+            raise CorruptError(f"Parquet reference map lists array {path!r} without metadata")
+        lo, hi = int(bounds[k]), int(bounds[k + 1])
+        src = source[lo:hi]
+        ref = src >= 0
+        arr.index = index[lo:hi][ref].astype(np.int64)
+        arr.source = src[ref].astype(np.int32)
+        arr.offset = offset[lo:hi][ref].astype(np.int64)
+        arr.length = length[lo:hi][ref].astype(np.int64)
+        for j in np.flatnonzero(~ref).tolist():
+            value = raw_col[lo + j].as_py()
+            if value is None:
+                raise CorruptError(f"inline chunk {index[lo + j]} of {path!r} has no bytes")
+            arr.inline[int(index[lo + j])] = value
+    return out

@@ -1,0 +1,707 @@
+"""A snapshot-versioned repository of reference maps at one site prefix.
+
+See :mod:`hyperslab.references.format` for the layout. The commit protocol
+(:meth:`Repository.commit`) writes bottom-up — refmaps, entry records, tree
+nodes, the snapshot — and moves the branch pointer last, by compare-and-swap on
+its etag. A crash anywhere leaves only unreachable objects; a reader following
+a branch always finds a complete snapshot. Two committers racing on one branch:
+the loser re-reads the head and, if the entries it changes were not changed
+meanwhile by someone else, re-applies its changes on top and tries again;
+otherwise it fails with :class:`EntryConflictError`. No update is ever lost.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import getpass
+import json
+import logging
+import os
+import random
+import threading
+import time
+import uuid
+from collections import OrderedDict
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from hyperslab.config import Config
+from hyperslab.errors import (
+    BadInputError,
+    ConflictError,
+    CorruptError,
+    FormatVersionError,
+    HyperslabError,
+    NotFoundError,
+    TransientError,
+)
+from hyperslab.references.format import (
+    FORMAT_NAME,
+    FORMAT_VERSION,
+    Kind,
+    canonical_json,
+    check_entry_name,
+    check_ref_name,
+    is_object_id,
+    kind_dir,
+    object_id,
+    object_key,
+    parse_object,
+)
+from hyperslab.references.tree import EntryTree
+from hyperslab.sites import Site, open_site
+
+__all__ = [
+    "BranchConflictError",
+    "CasUnsupportedError",
+    "CommitResult",
+    "EntryConflictError",
+    "NotARepositoryError",
+    "Repository",
+    "Snapshot",
+]
+
+log = logging.getLogger(__name__)
+
+REPO_KEY = "repo.json"
+BRANCH_PREFIX = "refs/branches/"
+TAG_PREFIX = "refs/tags/"
+DEFAULT_BRANCH = "main"
+#: an existing content-addressed object older than this is rewritten when a new
+#: commit reuses it, so that ``gc`` (whose grace period must exceed it) never
+#: deletes an object that a commit in flight is about to make reachable again
+REFRESH_AGE = timedelta(hours=1)
+#: how often a committer re-applies its changes after losing a branch race
+MAX_COMMIT_ATTEMPTS = 60
+
+
+class NotARepositoryError(NotFoundError):
+    code = "not_a_repository"
+
+
+class CasUnsupportedError(HyperslabError):
+    """The site ignores conditional writes, so concurrent writers could lose updates."""
+
+    code = "cas_unsupported"
+    exit_status = 2
+
+
+class EntryConflictError(ConflictError):
+    """Someone else changed the same entries since this commit's base snapshot."""
+
+    code = "entry_conflict"
+
+
+class BranchConflictError(ConflictError):
+    """A branch is not where the caller expected (exists already, or moved)."""
+
+    code = "branch_conflict"
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def default_author() -> str:
+    env = os.environ.get("HYPERSLAB_AUTHOR")
+    if env:
+        return env
+    try:
+        return getpass.getuser()
+    except Exception:  # no passwd entry (containers)
+        return "unknown"
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    id: str
+    parents: tuple[str, ...]
+    time: str
+    author: str
+    message: str
+    tree: str | None
+    n_entries: int
+    changes: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def short(self) -> str:
+        return self.id[:12]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "parents": list(self.parents),
+            "time": self.time,
+            "author": self.author,
+            "message": self.message,
+            "entries": self.n_entries,
+            "changes": self.changes,
+        }
+
+    @classmethod
+    def from_doc(cls, oid: str, doc: Mapping[str, Any]) -> Snapshot:
+        try:
+            return cls(
+                id=oid,
+                parents=tuple(doc["parents"]),
+                time=str(doc["time"]),
+                author=str(doc["author"]),
+                message=str(doc["message"]),
+                tree=doc["tree"],
+                n_entries=int(doc["entries"]),
+                changes=dict(doc.get("changes") or {}),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise CorruptError(f"snapshot {oid} is malformed: {exc}", snapshot=oid) from exc
+
+
+@dataclass
+class CommitResult:
+    snapshot: Snapshot | None  # None: nothing changed, no snapshot written
+    branch: str
+    attempts: int
+    added: list[str] = field(default_factory=list)
+    modified: list[str] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+    unchanged: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "snapshot": self.snapshot.id if self.snapshot else None,
+            "branch": self.branch,
+            "attempts": self.attempts,
+            "added": self.added,
+            "modified": self.modified,
+            "removed": self.removed,
+            "unchanged": self.unchanged,
+        }
+
+
+class _LRU:
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._d: OrderedDict[str, Any] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: str) -> Any:
+        with self._lock:
+            v = self._d.get(key)
+            if v is not None:
+                self._d.move_to_end(key)
+            return v
+
+    def put(self, key: str, value: Any) -> None:
+        with self._lock:
+            self._d[key] = value
+            self._d.move_to_end(key)
+            while len(self._d) > self.size:
+                self._d.popitem(last=False)
+
+
+class Repository:
+    """A repository at ``site`` (use :meth:`open` or :meth:`init`)."""
+
+    def __init__(self, site: Site, display: str, info: Mapping[str, Any]) -> None:
+        self.site = site
+        self.display = display
+        self.info = dict(info)
+        self.id = str(self.info.get("id", ""))
+        self.single_writer = bool(self.info.get("single_writer", False))
+        self._cache = _LRU(8192)
+        self.tree = EntryTree(self)
+        self._cas_checked = False
+
+    # ------------------------------------------------------------- open/init
+    @staticmethod
+    def _site(spec: str | Site, config: Config | None) -> tuple[Site, str]:
+        if isinstance(spec, Site):
+            return spec, spec.url
+        return open_site(spec, config)
+
+    @classmethod
+    def open(cls, spec: str | Site, *, config: Config | None = None) -> Repository:
+        site, display = cls._site(spec, config)
+        try:
+            raw = site.get(REPO_KEY)
+        except NotFoundError:
+            raise NotARepositoryError(
+                f"{display} is not a hyperslab repository (no {REPO_KEY}); "
+                "create one with `hyperslab init`",
+                repo=display,
+            ) from None
+        info = cls._parse_info(raw, display)
+        return cls(site, display, info)
+
+    @staticmethod
+    def _parse_info(raw: bytes, display: str) -> dict[str, Any]:
+        try:
+            info = json.loads(raw)
+        except ValueError as exc:
+            raise CorruptError(f"{display}/{REPO_KEY} is not valid JSON: {exc}") from exc
+        if not isinstance(info, dict) or info.get("format") != FORMAT_NAME:
+            raise CorruptError(f"{display}/{REPO_KEY} is not a hyperslab repository descriptor")
+        version = info.get("version")
+        if not isinstance(version, int) or version < 1:
+            raise CorruptError(f"{display}/{REPO_KEY} has no valid format version")
+        if version > FORMAT_VERSION:
+            raise FormatVersionError(
+                f"{display} uses repository format {version}; this hyperslab reads up to "
+                f"{FORMAT_VERSION}: upgrade hyperslab",
+                repo=display,
+                version=version,
+            )
+        return info
+
+    @classmethod
+    def init(
+        cls,
+        spec: str | Site,
+        *,
+        config: Config | None = None,
+        single_writer: bool = False,
+        branch: str = DEFAULT_BRANCH,
+        author: str | None = None,
+    ) -> Repository:
+        """Create an empty repository with one branch pointing at an empty snapshot.
+
+        The site is probed for working conditional writes first; one that ignores
+        them is refused unless ``single_writer`` (then only one process may write).
+        """
+        site, display = cls._site(spec, config)
+        check_ref_name(branch)
+        if not single_writer and not site.supports_cas:
+            raise CasUnsupportedError(
+                f"{display} ignores conditional writes (a second create-only PUT succeeded), "
+                "so concurrent writers could overwrite each other's commits; use a server "
+                "with If-None-Match/If-Match support (MinIO, AWS S3) or pass --single-writer "
+                "if only one process will ever write",
+                repo=display,
+            )
+        info = {
+            "format": FORMAT_NAME,
+            "version": FORMAT_VERSION,
+            "id": uuid.uuid4().hex,
+            "created": _now(),
+            "single_writer": single_writer,
+        }
+        if site.exists(REPO_KEY):
+            raise BranchConflictError(
+                f"{display} already holds a repository ({REPO_KEY} exists)", repo=display
+            )
+        repo = cls(site, display, info)
+        # The initial snapshot and the branch first, repo.json last: a crash leaves a
+        # prefix that `init` can be re-run on, never a repository without its branch.
+        snap = repo._write_snapshot(
+            parents=[], tree=None, message="repository created", author=author, changes={}
+        )
+        with contextlib.suppress(ConflictError):  # an earlier interrupted init
+            site.put_if_absent(BRANCH_PREFIX + branch, canonical_json({"snapshot": snap.id}))
+        try:
+            site.put_if_absent(REPO_KEY, json.dumps(info, indent=2).encode())
+        except ConflictError:
+            raise BranchConflictError(
+                f"{display} already holds a repository ({REPO_KEY} exists)", repo=display
+            ) from None
+        repo._cas_checked = True
+        return repo
+
+    def check_writable(self) -> None:
+        """Refuse shared writing to a site without working conditional writes."""
+        if self._cas_checked or self.single_writer:
+            return
+        if not self.site.supports_cas:
+            raise CasUnsupportedError(
+                f"{self.display} ignores conditional writes; this repository was created for "
+                "shared writing, and committing without CAS could lose other writers' updates",
+                repo=self.display,
+            )
+        self._cas_checked = True
+
+    def close(self) -> None:
+        self.site.close()
+
+    def __enter__(self) -> Repository:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------- objects
+    def put_object(self, kind: Kind, data: bytes, ext: str = ".json") -> str:
+        """Store immutable bytes under their sha256; idempotent."""
+        oid = object_id(data)
+        key = object_key(kind, oid, ext)
+        try:
+            info = self.site.head(key)
+        except NotFoundError:
+            info = None
+        if info is None or info.mtime < datetime.now(UTC) - REFRESH_AGE:
+            self.site.put(key, data)
+        return oid
+
+    def get_object(self, kind: Kind, oid: str, ext: str = ".json") -> bytes:
+        key = object_key(kind, oid, ext)
+        try:
+            data = self.site.get(key)
+        except NotFoundError:
+            raise NotFoundError(
+                f"{kind} {oid} is missing from {self.display} ({key})", key=key, object=oid
+            ) from None
+        if object_id(data) != oid:
+            raise CorruptError(
+                f"{kind} {oid} at {self.display} is corrupt: its bytes hash to {object_id(data)}",
+                key=key,
+                object=oid,
+            )
+        return data
+
+    def read_json(self, kind: Kind, oid: str) -> dict[str, Any]:
+        ck = f"{kind}:{oid}"
+        doc = self._cache.get(ck)
+        if doc is None:
+            doc = parse_object(self.get_object(kind, oid), kind, f"{kind} {oid}")
+            self._cache.put(ck, doc)
+        return doc
+
+    def write_json(self, kind: Kind, doc: dict[str, Any]) -> str:
+        doc = {"format": FORMAT_VERSION, "type": kind, **doc}
+        data = canonical_json(doc)
+        oid = self.put_object(kind, data)
+        self._cache.put(f"{kind}:{oid}", json.loads(data))
+        return oid
+
+    def read_many(self, kind: Kind, oids: Sequence[str], workers: int = 16) -> list[dict[str, Any]]:
+        """Several JSON objects, fetched concurrently (order kept)."""
+        if len(oids) <= 1:
+            return [self.read_json(kind, o) for o in oids]
+        with ThreadPoolExecutor(max_workers=min(workers, len(oids))) as pool:
+            return list(pool.map(lambda o: self.read_json(kind, o), oids))
+
+    # NodeStore for the entry tree
+    def read_node(self, oid: str) -> dict[str, Any]:
+        return self.read_json("manifest", oid)
+
+    def write_node(self, doc: dict[str, Any]) -> str:
+        return self.write_json("manifest", doc)
+
+    # ------------------------------------------------------------- snapshots
+    def snapshot(self, oid: str) -> Snapshot:
+        try:
+            doc = self.read_json("snapshot", oid)
+        except NotFoundError:
+            raise NotFoundError(
+                f"snapshot {oid} does not exist in {self.display}", snapshot=oid
+            ) from None
+        return Snapshot.from_doc(oid, doc)
+
+    def _write_snapshot(
+        self,
+        *,
+        parents: Sequence[str],
+        tree: str | None,
+        message: str,
+        author: str | None,
+        changes: Mapping[str, Any],
+    ) -> Snapshot:
+        doc = {
+            "parents": list(parents),
+            "time": _now(),
+            "author": author or default_author(),
+            "message": message,
+            "tree": tree,
+            "entries": self.tree.count(tree),
+            "changes": dict(changes),
+            "repository": self.id,
+        }
+        oid = self.write_json("snapshot", doc)
+        return Snapshot.from_doc(oid, doc)
+
+    # ------------------------------------------------------------- refs
+    def branches(self) -> dict[str, str]:
+        return self._refs(BRANCH_PREFIX)
+
+    def tags(self) -> dict[str, str]:
+        return self._refs(TAG_PREFIX)
+
+    def _refs(self, prefix: str) -> dict[str, str]:
+        out = {}
+        for key in self.site.list(prefix):
+            name = key[len(prefix) :]
+            try:
+                out[name] = self._read_ref(key)[0]
+            except NotFoundError:
+                continue  # deleted while listing
+        return dict(sorted(out.items()))
+
+    def _read_ref(self, key: str) -> tuple[str, str]:
+        """``(snapshot id, etag)`` of a branch or tag object."""
+        info = self.site.head(key)
+        data = self.site.get(key)
+        try:
+            sid = json.loads(data)["snapshot"]
+        except (ValueError, KeyError, TypeError) as exc:
+            raise CorruptError(f"{key} at {self.display} is malformed: {exc}", key=key) from exc
+        if not isinstance(sid, str) or not is_object_id(sid):
+            raise CorruptError(f"{key} at {self.display} does not name a snapshot", key=key)
+        etag = info.etag
+        # the etag must describe the bytes we parsed; re-read if the object moved between
+        if self.site.head(key).etag != etag:
+            return self._read_ref(key)
+        return sid, etag
+
+    def branch_head(self, name: str) -> tuple[str, str]:
+        """``(snapshot id, etag)`` of branch ``name``."""
+        check_ref_name(name)
+        try:
+            return self._read_ref(BRANCH_PREFIX + name)
+        except NotFoundError:
+            raise NotFoundError(
+                f"branch {name!r} does not exist in {self.display}"
+                + (f" (branches: {', '.join(self.branches())})" if self.branches() else ""),
+                branch=name,
+            ) from None
+
+    def resolve(self, ref: str) -> str:
+        """Snapshot id of a branch, tag, snapshot id (or unique prefix >= 6), with ``~N``."""
+        if not isinstance(ref, str) or not ref:
+            raise BadInputError(f"bad reference {ref!r}")
+        base, _, back = ref.partition("~")
+        steps = 0
+        if _:
+            if not back.isdigit():
+                raise BadInputError(f"bad reference {ref!r}: '~' takes a number of steps back")
+            steps = int(back)
+        sid = self._resolve_base(base)
+        for i in range(steps):
+            parents = self.snapshot(sid).parents
+            if not parents:
+                raise NotFoundError(f"{ref!r}: history has only {i + 1} snapshots", ref=ref)
+            sid = parents[0]
+        return sid
+
+    def _resolve_base(self, ref: str) -> str:
+        if is_object_id(ref):
+            self.snapshot(ref)  # must exist
+            return ref
+        for prefix in (BRANCH_PREFIX, TAG_PREFIX):
+            try:
+                check_ref_name(ref)
+                return self._read_ref(prefix + ref)[0]
+            except NotFoundError:
+                continue
+            except BadInputError:
+                break
+        low = ref.lower()
+        if len(low) >= 6 and all(c in "0123456789abcdef" for c in low):
+            d = kind_dir("snapshot") + "/"
+            found = [k[len(d) : -5] for k in self.site.list(d + low)]
+            if len(found) == 1:
+                return found[0]
+            if len(found) > 1:
+                raise BadInputError(f"snapshot prefix {ref!r} is ambiguous ({len(found)} match)")
+        raise NotFoundError(f"{ref!r} is not a branch, tag or snapshot of {self.display}", ref=ref)
+
+    def create_branch(self, name: str, from_ref: str = DEFAULT_BRANCH) -> str:
+        check_ref_name(name)
+        self.check_writable()
+        sid = self.resolve(from_ref)
+        try:
+            self.site.put_if_absent(BRANCH_PREFIX + name, canonical_json({"snapshot": sid}))
+        except ConflictError:
+            raise BranchConflictError(
+                f"branch {name!r} already exists in {self.display}", branch=name
+            ) from None
+        return sid
+
+    def reset_branch(self, name: str, to_ref: str, *, expected: str | None = None) -> str:
+        """Point an existing branch at any snapshot (CAS against its current head)."""
+        check_ref_name(name)
+        self.check_writable()
+        sid = self.resolve(to_ref)
+        head, etag = self.branch_head(name)
+        if expected is not None and head != expected:
+            raise BranchConflictError(
+                f"branch {name!r} is at {head[:12]}, not {expected[:12]}", branch=name
+            )
+        try:
+            self.site.put_if_match(BRANCH_PREFIX + name, canonical_json({"snapshot": sid}), etag)
+        except ConflictError:
+            raise BranchConflictError(f"branch {name!r} moved meanwhile", branch=name) from None
+        return sid
+
+    def delete_branch(self, name: str) -> None:
+        check_ref_name(name)
+        self.branch_head(name)
+        self.site.delete(BRANCH_PREFIX + name)
+
+    def create_tag(self, name: str, ref: str, message: str = "", author: str | None = None) -> str:
+        check_ref_name(name, "tag")
+        self.check_writable()
+        sid = self.resolve(ref)
+        doc = {"snapshot": sid, "time": _now(), "author": author or default_author()}
+        if message:
+            doc["message"] = message
+        try:
+            self.site.put_if_absent(TAG_PREFIX + name, canonical_json(doc))
+        except ConflictError:
+            existing = self._read_ref(TAG_PREFIX + name)[0]
+            raise BranchConflictError(
+                f"tag {name!r} already exists (at {existing[:12]}); tags never move",
+                tag=name,
+                snapshot=existing,
+            ) from None
+        return sid
+
+    # ------------------------------------------------------------- reading
+    def log(self, ref: str = DEFAULT_BRANCH, limit: int | None = None) -> Iterator[Snapshot]:
+        """Snapshots from ``ref`` back along first parents."""
+        sid: str | None = self.resolve(ref)
+        n = 0
+        while sid is not None and (limit is None or n < limit):
+            snap = self.snapshot(sid)
+            yield snap
+            n += 1
+            sid = snap.parents[0] if snap.parents else None
+
+    def entries(self, snapshot: Snapshot | str) -> Iterator[tuple[str, dict[str, Any]]]:
+        snap = snapshot if isinstance(snapshot, Snapshot) else self.snapshot(snapshot)
+        return self.tree.items(snap.tree)
+
+    def entry(self, snapshot: Snapshot | str, name: str) -> dict[str, Any]:
+        """The full entry record of ``name`` in a snapshot."""
+        snap = snapshot if isinstance(snapshot, Snapshot) else self.snapshot(snapshot)
+        value = self.tree.get(snap.tree, name)
+        if value is None:
+            raise NotFoundError(
+                f"entry {name!r} is not in snapshot {snap.short} of {self.display}", entry=name
+            )
+        return self.read_json("entry", value["id"])
+
+    def diff(
+        self, a: str, b: str
+    ) -> dict[str, tuple[dict[str, Any] | None, dict[str, Any] | None]]:
+        """Entries that differ between two refs: ``name → (value in a, value in b)``."""
+        sa, sb = self.snapshot(self.resolve(a)), self.snapshot(self.resolve(b))
+        return dict(sorted(self.tree.diff(sa.tree, sb.tree).items()))
+
+    # ------------------------------------------------------------- commit
+    def commit(
+        self,
+        changes: Mapping[str, dict[str, Any] | None],
+        *,
+        branch: str = DEFAULT_BRANCH,
+        message: str,
+        author: str | None = None,
+        base: str | None = None,
+        max_attempts: int = MAX_COMMIT_ATTEMPTS,
+    ) -> CommitResult:
+        """Apply ``changes`` (entry name → tree value ``{"id", "catalog"}``, None removes).
+
+        ``base`` is the snapshot the caller prepared the changes against (default:
+        the branch head now). If, by the time the pointer moves, others changed one
+        of the same entries differently since ``base``, :class:`EntryConflictError`;
+        if they changed only other entries, the changes are re-applied on the new
+        head and the CAS retried.
+        """
+        for name in changes:
+            check_entry_name(name)
+        self.check_writable()
+        head, etag = self.branch_head(branch)
+        base = base or head
+        pending = dict(changes)
+        rng = random.Random()
+        for attempt in range(1, max_attempts + 1):
+            if head != base:
+                theirs = self.tree.diff(self.snapshot(base).tree, self.snapshot(head).tree)
+                clash = []
+                for name in list(pending):
+                    if name not in theirs:
+                        continue
+                    new = theirs[name][1]
+                    ours = pending[name]
+                    if (new or {}).get("id") == (ours or {}).get("id"):
+                        continue  # they made the very same change
+                    clash.append(name)
+                if clash:
+                    raise EntryConflictError(
+                        f"{len(clash)} entr{'y' if len(clash) == 1 else 'ies'} changed on branch "
+                        f"{branch!r} since snapshot {base[:12]} by another commit: "
+                        + ", ".join(sorted(clash)[:10])
+                        + "; re-run to apply your changes on top of the new head",
+                        branch=branch,
+                        entries=sorted(clash),
+                        base=base,
+                        head=head,
+                    )
+            head_snap = self.snapshot(head)
+            result = CommitResult(None, branch, attempt)
+            effective: dict[str, dict[str, Any] | None] = {}
+            for name, value in pending.items():
+                old = self.tree.get(head_snap.tree, name)
+                if (old or {}).get("id") == (value or {}).get("id"):
+                    result.unchanged.append(name)
+                    continue
+                effective[name] = value
+                if value is None:
+                    result.removed.append(name)
+                elif old is None:
+                    result.added.append(name)
+                else:
+                    result.modified.append(name)
+            if not effective:
+                result.snapshot = None
+                return result
+            tree = self.tree.update(head_snap.tree, effective)
+            snap = self._write_snapshot(
+                parents=[head],
+                tree=tree,
+                message=message,
+                author=author,
+                changes=_summarise(result),
+            )
+            try:
+                self.site.put_if_match(
+                    BRANCH_PREFIX + branch, canonical_json({"snapshot": snap.id}), etag
+                )
+            except ConflictError:
+                # lost the race: look at the new head and try again after a short pause
+                time.sleep(min(1.0, 0.01 * 2 ** min(attempt, 7)) * rng.random())
+                head, etag = self.branch_head(branch)
+                continue
+            result.snapshot = snap
+            return result
+        raise TransientError(
+            f"branch {branch!r} of {self.display} kept moving: gave up after {max_attempts} "
+            "attempts; try again",
+            branch=branch,
+        )
+
+    # ------------------------------------------------------------- walking
+    def reachable_snapshots(self, heads: Iterable[str] | None = None) -> list[str]:
+        """Every snapshot reachable from the given ids (default: all branches and tags)."""
+        if heads is None:
+            heads = [*self.branches().values(), *self.tags().values()]
+        seen: set[str] = set()
+        order: list[str] = []
+        stack = list(heads)
+        while stack:
+            sid = stack.pop()
+            if sid in seen:
+                continue
+            seen.add(sid)
+            order.append(sid)
+            stack.extend(self.snapshot(sid).parents)
+        return order
+
+
+def _summarise(result: CommitResult, cap: int = 100) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for what in ("added", "modified", "removed"):
+        names = sorted(getattr(result, what))
+        if names:
+            out[what] = len(names)
+            out[f"{what}_names"] = names[:cap]
+    return out
