@@ -368,6 +368,8 @@ def sample(
 
 def main(argv: list[str] | None = None) -> None:
     """Console entry point."""
+    import hyperslab.repo_cli  # noqa: F401 - registers the repository commands on `app`
+
     app(args=argv if argv is not None else sys.argv[1:], prog_name="hyperslab")
 
 
