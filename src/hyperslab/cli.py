@@ -366,10 +366,14 @@ def sample(
                 out.print(f"[green]✓[/] {p} ({p.stat().st_size / 1e6:.1f} MB)", highlight=False)
 
 
+# the repository commands live in their own module and register themselves on `app`
+from hyperslab import repo_cli as _repo_cli  # noqa: E402
+
+__all__ = ["_repo_cli", "app", "main"]
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console entry point."""
-    import hyperslab.repo_cli  # noqa: F401 - registers the repository commands on `app`
-
     app(args=argv if argv is not None else sys.argv[1:], prog_name="hyperslab")
 
 

@@ -566,13 +566,16 @@ class Repository:
             n += 1
             sid = snap.parents[0] if snap.parents else None
 
+    def pinned(self, ref: Snapshot | str) -> Snapshot:
+        """The snapshot a branch, tag or id names now (a Snapshot is returned as is)."""
+        return ref if isinstance(ref, Snapshot) else self.snapshot(self.resolve(ref))
+
     def entries(self, snapshot: Snapshot | str) -> Iterator[tuple[str, dict[str, Any]]]:
-        snap = snapshot if isinstance(snapshot, Snapshot) else self.snapshot(snapshot)
-        return self.tree.items(snap.tree)
+        return self.tree.items(self.pinned(snapshot).tree)
 
     def entry(self, snapshot: Snapshot | str, name: str) -> dict[str, Any]:
-        """The full entry record of ``name`` in a snapshot."""
-        snap = snapshot if isinstance(snapshot, Snapshot) else self.snapshot(snapshot)
+        """The full entry record of ``name`` in a snapshot (or branch/tag)."""
+        snap = self.pinned(snapshot)
         value = self.tree.get(snap.tree, name)
         if value is None:
             raise NotFoundError(
