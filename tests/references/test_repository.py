@@ -57,7 +57,7 @@ def _fresh(factory: SiteFactory) -> Repository:
 
 
 def test_init_creates_main_at_empty_snapshot(new_repo_site: SiteFactory) -> None:
-    site, spec = new_repo_site()
+    _site, spec = new_repo_site()
     repo = Repository.init(spec)
     heads = repo.branches()
     assert list(heads) == ["main"]
