@@ -177,9 +177,9 @@ def test_sigkill_ingest_at_random_points(
     sample_dir: Path,
     tmp_path: Path,
 ) -> None:
-    env = dict(os.environ)
-    if backend == "s3":
-        bucket = request.getfixturevalue("s3_bucket")
+    bucket = request.getfixturevalue("s3_bucket") if backend == "s3" else None
+    env = dict(os.environ)  # after the S3 fixture exported its credentials
+    if bucket is not None:
         spec, clean_spec = f"{bucket.url}/crash", f"{bucket.url}/clean"
         env["AWS_ENDPOINT_URL"] = bucket.endpoint.endpoint_url
     else:
