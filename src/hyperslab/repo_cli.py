@@ -116,6 +116,12 @@ def ingest(
     inline_threshold: Annotated[
         int, typer.Option(help="Chunks smaller than this many bytes are copied into the map.")
     ] = 500,
+    fmt: Annotated[
+        str | None,
+        typer.Option(
+            "--format", help="Refmap encoding: json or parquet (default: Parquet from 100k refs)."
+        ),
+    ] = None,
     allow_broken_links: Annotated[
         bool, typer.Option(help="Report dangling links instead of failing the file.")
     ] = False,
@@ -148,6 +154,8 @@ def ingest(
     with _errors(as_json):
         if new_dim is not None and concat_dim is not None:
             raise BadInputError("give at most one of --combine-new-dim and --combine-dim")
+        if fmt not in (None, "json", "parquet"):
+            raise BadInputError(f"--format must be json or parquet, not {fmt!r}")
         r = _open(repo)
         combine = new_dim is not None or concat_dim is not None
         total = len(plan_entries(sources, name, combine))
@@ -174,6 +182,7 @@ def ingest(
                 dim=concat_dim,
                 new_dim=new_dim,
                 fail_fast=fail_fast,
+                refmap_format=fmt,  # type: ignore[arg-type]
                 on_entry=on_entry,
             )
         c = result.commit

@@ -35,7 +35,7 @@ from hyperslab.errors import (
 )
 from hyperslab.references.catalog import entry_catalog
 from hyperslab.references.format import check_entry_name
-from hyperslab.references.packed import EXTENSIONS, pack_refmap
+from hyperslab.references.packed import EXTENSIONS, RefmapFormat, pack_refmap
 from hyperslab.references.refmap import RefMap
 from hyperslab.references.repository import DEFAULT_BRANCH, CommitResult, Repository
 
@@ -227,6 +227,7 @@ def ingest_entry(
     upload_sources: bool = False,
     dim: int | None = None,
     new_dim: str | None = None,
+    refmap_format: RefmapFormat | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Store one entry's objects; returns ``(tree value, summary for the report)``."""
     srcs = _Sources()
@@ -236,7 +237,7 @@ def ingest_entry(
     res = combine_refmaps(results, dim=dim, new_dim=new_dim) if len(results) > 1 else results[0]
     srcs.check_unchanged()
     refmap = res.refmap
-    data, fmt = pack_refmap(refmap)
+    data, fmt = pack_refmap(refmap, refmap_format)
     refmap_id = repo.put_object("refmap", data, EXTENSIONS[fmt])
     sources = srcs.records(refmap)
     uploaded = [s["name"] for s in sources if upload_sources and _upload(repo, s)]
@@ -288,6 +289,7 @@ def ingest(
     dim: int | None = None,
     new_dim: str | None = None,
     fail_fast: bool = False,
+    refmap_format: RefmapFormat | None = None,
     on_entry: Callable[[str, dict[str, Any] | HyperslabError], None] | None = None,
 ) -> IngestResult:
     """Convert ``sources`` and commit them to ``branch`` in one snapshot.
@@ -310,6 +312,7 @@ def ingest(
                 upload_sources=upload_sources,
                 dim=dim,
                 new_dim=new_dim,
+                refmap_format=refmap_format,
             )
         except HyperslabError as exc:
             out.failed.append((", ".join(plan.files), exc))

@@ -1,0 +1,51 @@
+"""Write the golden repository of the current format (run by hand, output committed).
+
+    .venv/bin/python -m tests.references.make_golden
+
+Later versions of hyperslab must keep reading ``golden/v<N>/`` exactly as
+``test_golden.py`` expects. Never regenerate an existing version's directory;
+add a new one when the format changes.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+from hyperslab.convert.ingest import ingest
+from hyperslab.convert.sample import write_samples
+from hyperslab.references.format import FORMAT_VERSION
+from hyperslab.references.repository import Repository
+
+HERE = Path(__file__).parent / "golden"
+SOURCES = Path("/tmp/hyperslab-golden-sources")  # a neutral path: it is recorded as origin
+
+
+def main() -> None:
+    out = HERE / f"v{FORMAT_VERSION}"
+    if out.exists():
+        raise SystemExit(f"{out} exists; golden repositories are never regenerated")
+    shutil.rmtree(SOURCES, ignore_errors=True)
+    paths = write_samples(SOURCES, frames=2, shape=(16, 24), seed=5)
+    os.environ["HYPERSLAB_AUTHOR"] = "golden"
+    repo = Repository.init(str(out))
+    ingest(repo, [str(paths[0])], name="run1/scan_0001", message="first scan")
+    repo.create_tag("v1", "main", "one entry")
+    repo.create_branch("dev", "main")
+    ingest(
+        repo,
+        [str(p) for p in paths[1:3]],
+        name="run1",
+        message="two more",
+        upload_sources=True,
+        refmap_format="parquet",
+    )
+    ingest(repo, [str(paths[1])], name="dev/only", branch="dev", message="on dev")
+    for lock in out.rglob(".hyperslab-lock"):
+        lock.unlink()
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
