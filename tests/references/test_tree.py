@@ -79,6 +79,7 @@ def test_one_change_in_a_large_tree_rewrites_few_nodes() -> None:
     root = tree.build({f"run{i // 100}/scan_{i:05d}": {"id": str(i)} for i in range(20_000)})
     before = store.writes
     root2 = tree.update(root, {"run7/scan_00777": {"id": "new"}})
+    assert root2 is not None
     depth = 0
     node = store.read_node(root2)
     while node["kind"] == "inner":
