@@ -26,8 +26,14 @@ demo: install
 	@echo "== 3. verify every array bit for bit against h5py"
 	$(HS) verify $(DEMO)/beamline/scan_0001_gzip.nxs $(DEMO)/maps/scan_0001_gzip.json
 	$(HS) verify $(DEMO)/beamline/scan_0002_bslz4.nxs $(DEMO)/maps/scan_0002_bslz4.json
-	@echo "== 4. sync to a second site: not built yet (issue 'sync/'), skipped"
-	@echo "== 5. read a slice with xarray through the map (plain fsspec + zarr)"
+	@echo "== 4. commit them to a versioned repository (local directory site), search, check"
+	$(HS) init $(DEMO)/repo
+	$(HS) ingest $(DEMO)/beamline --repo $(DEMO)/repo --name run42 -m "run 42" -q
+	$(HS) log $(DEMO)/repo
+	$(HS) search $(DEMO)/repo 'sample~insulin energy>12'
+	$(HS) fsck $(DEMO)/repo -q
+	@echo "== 5. sync to a second site: not built yet (issue 'sync/'), skipped"
+	@echo "== 6. read a slice with xarray through the map (plain fsspec + zarr)"
 	$(PY) examples/read_slice.py $(DEMO)/maps/scan_0001_gzip.json
 
 LINT_PATHS := $(wildcard src tests benchmarks examples infra)
@@ -42,6 +48,7 @@ test: install lint
 
 bench: install
 	$(PY) benchmarks/refgen.py
+	$(PY) benchmarks/repo.py
 
 clean:
 	rm -rf $(VENV) $(DEMO) bench-data .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,169 @@
+"""Repository scale: one-entry commits and catalog search at 10^5 entries.
+
+    .venv/bin/python benchmarks/repo.py [--entries 100000] [--dir bench-data]
+
+Builds a repository whose snapshot holds N entries with realistic catalog
+records (the ~30 keys a NeXus scan yields), then measures, in the same run:
+
+* a commit that adds or changes ONE entry (entry record + trie path + snapshot +
+  branch CAS): seconds, objects and bytes written, against the naive design of
+  one manifest listing every entry (what a commit would have to rewrite);
+* ``search`` over all N entries: cold (fresh process state, no cache) and warm,
+  for a few typical queries.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from hyperslab.references.format import canonical_json
+from hyperslab.references.maintenance import search
+from hyperslab.references.repository import Repository
+from hyperslab.sites import FileSite
+
+SAMPLES = ["Si", "LaB6 standard", "insulin crystal 7", "lysozyme crystal 3", "CeO2", "Ge"]
+
+
+def catalog(i: int, rng: random.Random) -> dict[str, Any]:
+    run, scan = divmod(i, 1000)
+    return {
+        "name": f"run{run:03d}/scan_{scan:04d}",
+        "files": [f"scan_{scan:04d}.nxs"],
+        "arrays": 40 + i % 25,
+        "materialised": 16,
+        "entry": "entry",
+        "title": f"rotation scan {scan}, 0.1 deg/frame" if i % 3 else f"dark series {scan}",
+        "start_time": f"2026-{1 + i % 12:02d}-{1 + i % 28:02d}T{i % 24:02d}:00:00Z",
+        "end_time": f"2026-{1 + i % 12:02d}-{1 + i % 28:02d}T{i % 24:02d}:05:00Z",
+        "definition": "NXmx",
+        "sample": rng.choice(SAMPLES),
+        "sample_temperature": round(rng.uniform(80, 300), 2),
+        "sample_temperature_units": "K",
+        "instrument": "HYPERSLAB BL-1 protein crystallography",
+        "beamline": "BL-1",
+        "source": "Synthetic Light Source",
+        "detector": "Pilatus 100K-like hybrid pixel detector",
+        "energy": round(rng.uniform(6, 20), 4),
+        "energy_units": "keV",
+        "wavelength": round(rng.uniform(0.6, 2), 4),
+        "wavelength_units": "angstrom",
+        "signal": "data",
+        "signal_shape": [100, 195, 487],
+        "signal_dtype": "uint32",
+        "axes": ["frame_number", "y_pixel_offset", "x_pixel_offset"],
+        "@NX_class": "NXroot",
+        "@creator": "beamline DAQ 4.2",
+        "@file_name": f"scan_{scan:04d}.nxs",
+    }
+
+
+def build(path: Path, n: int) -> tuple[Repository, float]:
+    rng = random.Random(7)
+    shutil.rmtree(path, ignore_errors=True)
+    fast = FileSite(path, fsync=False)  # building the fixture only
+    repo = Repository.init(fast)
+    t0 = time.perf_counter()
+    values = {}
+    for i in range(n):
+        cat = catalog(i, rng)
+        values[cat["name"]] = {"id": f"{i:064x}", "catalog": cat}
+    root = repo.tree.build(values)
+    head = repo.branch_head("main")
+    snap = repo._write_snapshot(
+        parents=[head[0]], tree=root, message=f"{n} entries", author="bench", changes={}
+    )
+    repo.site.put_if_match("refs/branches/main", canonical_json({"snapshot": snap.id}), head[1])
+    return Repository.open(FileSite(path)), time.perf_counter() - t0
+
+
+class CountingSite(FileSite):
+    def __init__(self, root: Path) -> None:
+        super().__init__(root)
+        self.writes = 0
+        self.bytes = 0
+
+    def put(self, key: str, data: bytes) -> None:
+        self.writes += 1
+        self.bytes += len(data)
+        super().put(key, data)
+
+    def put_if_match(self, key: str, data: bytes, expected_etag: str | None) -> str:
+        self.writes += 1
+        self.bytes += len(data)
+        return super().put_if_match(key, data, expected_etag)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--entries", type=int, default=100_000)
+    ap.add_argument("--dir", type=Path, default=Path("bench-data"))
+    args = ap.parse_args(argv)
+    n = args.entries
+    path = args.dir / f"repo_{n}"
+    repo, t_build = build(path, n)
+    leaves = sum(1 for _ in repo.tree.leaves(repo.pinned("main").tree))
+    print(f"built {n} entries in {t_build:.1f} s ({leaves} leaves)")
+
+    # --- one-entry commits
+    rows = []
+    for what, name in (("add", "run999/new_scan"), ("modify", "run050/scan_0500")):
+        site = CountingSite(path)
+        r = Repository.open(site)
+        rec = r.write_json("entry", {"name": name, "bench": time.time()})
+        t0 = time.perf_counter()
+        res = r.commit(
+            {name: {"id": rec, "catalog": catalog(7, random.Random(1)) | {"name": name}}},
+            message=what,
+        )
+        dt = time.perf_counter() - t0
+        assert res.snapshot is not None
+        rows.append((what, dt, site.writes, site.bytes))
+    # naive alternative: one manifest of every entry, rewritten per commit
+    every = {name: v for name, v in repo.entries("main")}
+    t0 = time.perf_counter()
+    blob = canonical_json({"entries": every})
+    naive_site = FileSite(args.dir / "naive")
+    naive_site.put("manifest.json", blob)
+    t_naive = time.perf_counter() - t0
+    print("\none-entry commit in a repository of", n, "entries")
+    print(f"{'':10} {'seconds':>8} {'objects':>8} {'bytes':>12}")
+    for what, dt, w, b in rows:
+        print(f"{what:10} {dt:8.3f} {w:8d} {b:12,d}")
+    print(f"{'naive':10} {t_naive:8.3f} {1:8d} {len(blob):12,d}   (one manifest of all entries)")
+    print(
+        f"ratio naive/hyperslab: {t_naive / rows[0][1]:.1f}x time, "
+        f"{len(blob) / rows[0][3]:.0f}x bytes written"
+    )
+
+    # --- search
+    queries = [
+        "sample=Si energy>10",
+        'title~"*dark*" start_time>=2026-06-01',
+        "sample~insulin energy<8 sample_temperature>250",
+        "name~run042/*",
+    ]
+    print(f"\nsearch over {n} entries (cold = fresh Repository, no cache)")
+    results: dict[str, Any] = {"entries": n, "leaves": leaves, "commit": rows, "search": {}}
+    for q in queries:
+        cold_repo = Repository.open(FileSite(path))
+        t0 = time.perf_counter()
+        hits = search(cold_repo, "main", q)
+        cold = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        search(cold_repo, "main", q)
+        warm = time.perf_counter() - t0
+        print(f"  {q:55} {len(hits):6d} hits  cold {cold:.3f} s  warm {warm:.3f} s")
+        results["search"][q] = {"hits": len(hits), "cold_s": cold, "warm_s": warm}
+    print(json.dumps(results), file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
