@@ -90,6 +90,8 @@ def _walk(
                 heads.append(repo._read_ref(key)[0])
             except HyperslabError as exc:
                 bad(what, key[len(prefix) :], exc)
+    # one listing of sources/ instead of a HEAD request per source of every entry
+    held = set(repo.site.list("sources/"))
     stack = list(heads)
     while stack:
         sid = stack.pop()
@@ -104,7 +106,7 @@ def _walk(
         if progress:
             progress("snapshots", 1)
         stack.extend(snap.parents)
-        _walk_tree(repo, snap.tree, r, bad, progress)
+        _walk_tree(repo, snap.tree, r, bad, progress, held)
     return r
 
 
@@ -114,6 +116,7 @@ def _walk_tree(
     r: Reachable,
     bad: Callable[[str, str, HyperslabError], None],
     progress: Progress | None,
+    held: set[str],
 ) -> None:
     stack = [root] if root else []
     while stack:
@@ -146,7 +149,7 @@ def _walk_tree(
             for s in rec.get("sources", []):
                 key = f"sources/{s['id']}/{s['name']}"
                 # only sources this site holds are part of the repository here
-                if key not in r.sources and repo.site.exists(key):
+                if key in held:
                     r.sources.add(key)
             for key in rec.get("chunks", []):
                 r.chunks.add(key)
