@@ -157,6 +157,18 @@ class SiteContract:
         assert site.get("a/b/c.bin") == payload
         assert site.get("empty") == b""
 
+    def test_put_file_and_iter_bytes(self, site: Site, tmp_path: Path) -> None:
+        src = tmp_path / "big.bin"
+        payload = os.urandom(3 * 1024 * 1024 + 17)
+        src.write_bytes(payload)
+        site.put_file("src/big.bin", src)
+        assert site.head("src/big.bin").size == len(payload)
+        assert b"".join(site.iter_bytes("src/big.bin", block_size=1 << 20)) == payload
+        site.put_file("src/big.bin", src)  # overwrite in place
+        assert site.get("src/big.bin") == payload
+        with pytest.raises(NotFoundError):
+            list(site.iter_bytes("src/none.bin"))
+
     def test_put_overwrites_whole_object(self, site: Site) -> None:
         site.put("k", b"a much longer first value")
         site.put("k", b"short")

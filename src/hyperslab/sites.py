@@ -574,11 +574,12 @@ class FileSite(Site):
         finally:
             os.close(fd)
 
-    def put(self, key: str, data: bytes) -> None:
+    def _replace_with(self, key: str, make_temp: Callable[[Path], Path]) -> None:
+        """Write a finished temp file in the key's directory, then rename it over the key."""
         path = self._path(key)
         tmp: Path | None = None
         try:
-            tmp = self._write_temp(path.parent, data)
+            tmp = make_temp(path.parent)
             with self._locked(path.parent):
                 os.replace(tmp, path)
             tmp = None
@@ -589,26 +590,25 @@ class FileSite(Site):
                 tmp.unlink(missing_ok=True)
         self._sync_dir(path.parent)
 
-    def put_file(self, key: str, path: Path | str) -> None:
-        target = self._path(key)
-        tmp: Path | None = None
+    def put(self, key: str, data: bytes) -> None:
+        self._replace_with(key, lambda directory: self._write_temp(directory, data))
+
+    def _copy_temp(self, directory: Path, source: Path | str) -> Path:
+        directory.mkdir(parents=True, exist_ok=True)
+        tmp = directory / f"{TMP_PREFIX}.{uuid.uuid4().hex}"
         try:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            tmp = target.parent / f"{TMP_PREFIX}.{uuid.uuid4().hex}"
-            with open(path, "rb") as src, open(tmp, "xb") as dst:
+            with open(source, "rb") as src, open(tmp, "xb") as dst:
                 shutil.copyfileobj(src, dst, 8 << 20)
                 dst.flush()
                 if self._fsync:
                     os.fsync(dst.fileno())
-            with self._locked(target.parent):
-                os.replace(tmp, target)
-            tmp = None
-        except OSError as exc:
-            raise self._write_error(exc, key, "write") from exc
-        finally:
-            if tmp is not None:
-                tmp.unlink(missing_ok=True)
-        self._sync_dir(target.parent)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        return tmp
+
+    def put_file(self, key: str, path: Path | str) -> None:
+        self._replace_with(key, lambda directory: self._copy_temp(directory, path))
 
     def iter_bytes(self, key: str, block_size: int = 8 << 20) -> Iterator[bytes]:
         try:
