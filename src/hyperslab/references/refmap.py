@@ -501,19 +501,34 @@ class RefMap:
         if not isinstance(refs, Mapping):
             raise CorruptError("reference map has no 'refs' object")
         templates = {str(k): str(v) for k, v in (doc.get("templates") or {}).items()}
+        # key by key work is done with map/compress/slices (C loops): 10^6 keys are common
+        keys = list(refs)
+        values = list(refs.values())
+        split = [k.rpartition("/") for k in keys]
+        names = list(map(operator.itemgetter(2), split))
+        is_meta = list(map(str.startswith, names, itertools.repeat(".z")))
         meta: dict[str, Any] = {}
-        # chunk keys grouped by array: path -> (chunk names, values)
-        chunks: dict[str, tuple[list[str], list[Any]]] = {}
-        for key, val in refs.items():
-            path, _, name = key.rpartition("/")
-            if name.startswith(".z"):
+        if any(is_meta):
+            for key, val in zip(
+                itertools.compress(keys, is_meta), itertools.compress(values, is_meta), strict=True
+            ):
                 meta[key] = json.loads(val) if isinstance(val, str | bytes) else val
-                continue
-            group = chunks.get(path)
+            is_chunk = list(map(operator.not_, is_meta))
+            split = list(itertools.compress(split, is_chunk))
+            names = list(itertools.compress(names, is_chunk))
+            values = list(itertools.compress(values, is_chunk))
+        paths = list(map(operator.itemgetter(0), split))
+        # chunk keys grouped by array, path -> (chunk names, values), from runs of one path
+        chunks: dict[str, tuple[list[str], list[Any]]] = {}
+        changes = itertools.compress(itertools.count(1), map(operator.ne, paths, paths[1:]))
+        cuts = [0, *changes, len(paths)] if paths else [0]
+        for a, b in itertools.pairwise(cuts):
+            group = chunks.get(paths[a])
             if group is None:
-                group = chunks[path] = ([], [])
-            group[0].append(name)
-            group[1].append(val)
+                chunks[paths[a]] = (names[a:b], values[a:b])
+            else:
+                group[0].extend(names[a:b])
+                group[1].extend(values[a:b])
         out = cls._from_metadata(meta)
         source_ids: dict[str, int] = {}
         rendered: dict[str, int] = {}  # url as written -> source number
@@ -523,47 +538,57 @@ class RefMap:
                 raise CorruptError(
                     f"chunk reference {_join_key(path, names[0])!r} has no array metadata"
                 )
-            lins = _names_to_linear(names, arr.grid, path).tolist()
-            ref_lin: list[int] = []
-            ref_src: list[int] = []
-            ref_off: list[int] = []
-            ref_len: list[int] = []
-            inl_lin: list[int] = []
-            inl_val: list[bytes] = []
-            for lin, val, name in zip(lins, vals, names, strict=True):
-                if isinstance(val, str):
-                    inl_lin.append(lin)
-                    inl_val.append(_decode_inline(val))
-                    continue
-                if isinstance(val, bytes):
-                    inl_lin.append(lin)
-                    inl_val.append(val)
-                    continue
-                key = _join_key(path, name)
-                if not isinstance(val, list) or len(val) not in (1, 3):
+            lins = _names_to_linear(names, arr.grid, path)
+            is_ref = np.fromiter((type(v) is list for v in vals), bool, len(vals))
+            refs_at = np.flatnonzero(is_ref)
+            if refs_at.size:
+                ref_vals = vals if refs_at.size == len(vals) else [vals[i] for i in refs_at]
+                if any(len(v) != 3 for v in ref_vals):
+                    bad = next(i for i in refs_at.tolist() if len(vals[i]) != 3)
+                    key = _join_key(path, names[bad])
+                    if len(vals[bad]) == 1:
+                        _render(str(vals[bad][0]), templates)  # an undefined template first
+                        raise BadInputError(
+                            f"whole-file reference {key!r} is not supported; give offset and length"
+                        )
                     raise CorruptError(
                         f"reference {key!r} is neither bytes nor [url, offset, length]"
                     )
-                u = val[0] if isinstance(val[0], str) else str(val[0])
-                sid = rendered.get(u)
-                if sid is None:
-                    url = _render(u, templates)
-                    sid = rendered[u] = source_ids.setdefault(url, len(source_ids))
-                if len(val) == 1:
-                    raise BadInputError(
-                        f"whole-file reference {key!r} is not supported; give offset and length"
+                urls, offs, lens = (list(map(operator.itemgetter(j), ref_vals)) for j in range(3))
+                for u in dict.fromkeys(map(str, urls)):
+                    if u not in rendered:
+                        url = _render(u, templates)
+                        rendered[u] = source_ids.setdefault(url, len(source_ids))
+                try:
+                    arr.index = lins[refs_at]
+                    arr.source = np.fromiter(
+                        (rendered[u if type(u) is str else str(u)] for u in urls),
+                        np.int32,
+                        len(urls),
                     )
-                ref_lin.append(lin)
-                ref_src.append(sid)
-                ref_off.append(int(val[1]))
-                ref_len.append(int(val[2]))
-            if ref_lin:
-                arr.index = np.array(ref_lin, np.int64)
-                arr.source = np.array(ref_src, np.int32)
-                arr.offset = np.array(ref_off, np.int64)
-                arr.length = np.array(ref_len, np.int64)
+                    arr.offset = np.array(offs, dtype=np.int64)
+                    arr.length = np.array(lens, dtype=np.int64)
+                except (TypeError, ValueError, OverflowError) as exc:
+                    raise CorruptError(
+                        f"array {path!r} has a reference whose offset or length is not an "
+                        f"integer: {exc}"
+                    ) from exc
                 arr.sort()
-            if inl_lin:
+            if refs_at.size < len(vals):
+                inl_lin: list[int] = []
+                inl_val: list[bytes] = []
+                for i in np.flatnonzero(~is_ref).tolist():
+                    val = vals[i]
+                    if isinstance(val, str):
+                        inl_val.append(_decode_inline(val))
+                    elif isinstance(val, bytes):
+                        inl_val.append(val)
+                    else:
+                        raise CorruptError(
+                            f"reference {_join_key(path, names[i])!r} is neither bytes nor "
+                            "[url, offset, length]"
+                        )
+                    inl_lin.append(int(lins[i]))
                 arr.inline = _inline_from_lists(inl_lin, inl_val, path)
         out.sources = list(source_ids)
         return out
@@ -817,10 +842,9 @@ def _names_to_linear(names: list[str], grid: tuple[int, ...], path: str) -> np.n
             if all(n == "0" for n in names):
                 return np.zeros(len(names), np.int64)
         elif len(grid) == 1 or all(n.count(".") == len(grid) - 1 for n in names):
-            if len(grid) == 1:
-                coords = np.array(names, dtype=str).astype(np.int64).reshape(-1, 1)
-            else:
-                coords = np.array([n.split(".") for n in names], dtype=str).astype(np.int64)
+            # int() per part, as the per-key parser does (and faster than numpy's parser)
+            parts = names if len(grid) == 1 else ".".join(names).split(".")
+            coords = np.fromiter(map(int, parts), np.int64, len(parts)).reshape(-1, len(grid))
             if (coords >= 0).all() and (coords < np.array(grid, np.int64)).all():
                 return np.asarray(np.ravel_multi_index(tuple(coords.T), grid), np.int64)
     except (ValueError, OverflowError):
