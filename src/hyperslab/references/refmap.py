@@ -22,7 +22,6 @@ On disk we write kerchunk's formats unchanged, so plain fsspec reads them:
 from __future__ import annotations
 
 import base64
-import io
 import itertools
 import json
 import math
@@ -501,38 +500,24 @@ class RefMap:
         if not isinstance(refs, Mapping):
             raise CorruptError("reference map has no 'refs' object")
         templates = {str(k): str(v) for k, v in (doc.get("templates") or {}).items()}
-        # key by key work is done with map/compress/slices (C loops): 10^6 keys are common
-        keys = list(refs)
-        values = list(refs.values())
-        split = [k.rpartition("/") for k in keys]
-        names = list(map(operator.itemgetter(2), split))
-        is_meta = list(map(str.startswith, names, itertools.repeat(".z")))
         meta: dict[str, Any] = {}
-        if any(is_meta):
-            for key, val in zip(
-                itertools.compress(keys, is_meta), itertools.compress(values, is_meta), strict=True
-            ):
-                meta[key] = json.loads(val) if isinstance(val, str | bytes) else val
-            is_chunk = list(map(operator.not_, is_meta))
-            split = list(itertools.compress(split, is_chunk))
-            names = list(itertools.compress(names, is_chunk))
-            values = list(itertools.compress(values, is_chunk))
-        paths = list(map(operator.itemgetter(0), split))
-        # chunk keys grouped by array, path -> (chunk names, values), from runs of one path
+        # chunk keys grouped by array: path -> (chunk names, values)
         chunks: dict[str, tuple[list[str], list[Any]]] = {}
-        changes = itertools.compress(itertools.count(1), map(operator.ne, paths, paths[1:]))
-        cuts = [0, *changes, len(paths)] if paths else [0]
-        for a, b in itertools.pairwise(cuts):
-            group = chunks.get(paths[a])
+        for key, val in refs.items():
+            path, _, name = key.rpartition("/")
+            if name.startswith(".z"):
+                meta[key] = json.loads(val) if isinstance(val, str | bytes) else val
+                continue
+            group = chunks.get(path)
             if group is None:
-                chunks[paths[a]] = (names[a:b], values[a:b])
-            else:
-                group[0].extend(names[a:b])
-                group[1].extend(values[a:b])
+                group = chunks[path] = ([], [])
+            group[0].append(name)
+            group[1].append(val)
         out = cls._from_metadata(meta)
         source_ids: dict[str, int] = {}
         rendered: dict[str, int] = {}  # url as written -> source number
-        for path, (names, vals) in chunks.items():
+        for path in list(chunks):
+            names, vals = chunks.pop(path)  # dropped array by array: 10^6 keys are common
             arr = out.arrays.get(path)
             if arr is None:
                 raise CorruptError(
@@ -1065,7 +1050,11 @@ def read_refmap(path: Path | str) -> RefMap:
     except FileNotFoundError as exc:
         raise NotFoundError(f"reference map {p} does not exist") from exc
     try:
-        doc = json.load(io.BytesIO(data))
+        # decode first and drop the bytes, so the file is not held twice while parsing
+        text = data.decode(json.detect_encoding(data), "surrogatepass")
+        del data
+        doc = json.loads(text)
+        del text
     except ValueError as exc:
         raise CorruptError(f"reference map {p} is not valid JSON: {exc}") from exc
     return RefMap.from_kerchunk(doc)
