@@ -14,7 +14,9 @@ the floor. Each ``--inline-threshold`` given runs the whole phase once.
 
 Phase 2, opening the maps: fsspec ``reference://`` + ``zarr.open_array``, then read
 the first chunk and one in the middle (checking the values), plus hyperslab's
-own ``read_refmap`` for its two formats.
+own ``read_refmap`` for its two formats. Opening takes about a second, so noise
+from other load is as large as the differences: each map is opened
+``--open-repeats`` times (default 3), round-robin, and the median run is reported.
 
 Ratios are ``kerchunk / hyperslab``: above 1 means hyperslab is faster or smaller.
 """
@@ -125,6 +127,13 @@ try:
 except Exception as exc:
     out["error"] = f"{type(exc).__name__}: {exc}"[:300]
 print(json.dumps(out))
+"""
+
+# Run once, unmeasured, before anything else: the first process to import a package
+# pays for cold caches, and without this whichever contender runs first would too.
+WARM_CHILD = """
+import fsspec, h5py, kerchunk.hdf, pandas, pyarrow.parquet, zarr
+import hyperslab.cli, hyperslab.convert.api, hyperslab.references.refmap
 """
 
 READ_REFMAP_CHILD = """
@@ -315,19 +324,31 @@ def phase_floor(h5: Path, log: Any) -> Run:
     return run
 
 
-def phase_open(out: Path, inline: int, reads: dict[str, Any], log: Any) -> list[Run]:
+def phase_open(
+    out: Path, inline: int, reads: dict[str, Any], log: Any, repeats: int = 1
+) -> list[Run]:
+    """Open every map ``repeats`` times, round-robin, and keep each one's median run."""
+    tries: dict[tuple[str, str], list[Run]] = {}
+    for _ in range(repeats):
+        for tool in ("hyperslab", "kerchunk"):
+            for fmt, suffix in (("JSON", "json"), ("Parquet", "parquet")):
+                target = out / f"{tool}_i{inline}.{suffix}"
+                run = Run("open", tool, fmt, inline)
+                if not target.exists():
+                    run.error = f"{target.name} was not written in phase 1"
+                else:
+                    args = {"map": str(target), "format": suffix, "array": ARRAY, "reads": reads}
+                    measure(run, child(OPEN_CHILD, args))
+                tries.setdefault((tool, fmt), []).append(run)
     runs: list[Run] = []
-    for tool in ("hyperslab", "kerchunk"):
-        for fmt, suffix in (("JSON", "json"), ("Parquet", "parquet")):
-            target = out / f"{tool}_i{inline}.{suffix}"
-            run = Run("open", tool, fmt, inline)
-            if not target.exists():
-                run.error = f"{target.name} was not written in phase 1"
-            else:
-                args = {"map": str(target), "format": suffix, "array": ARRAY, "reads": reads}
-                measure(run, child(OPEN_CHILD, args))
-            runs.append(run)
-            log_run(log, run)
+    for (_tool, _fmt), got in tries.items():
+        ok = sorted((r for r in got if r.ok), key=lambda r: r.inner.get("total_s", 0.0))
+        run = ok[len(ok) // 2] if ok else got[0]
+        if len(got) > 1:
+            run.inner["repeats"] = len(got)
+            run.inner["totals_s"] = [r.inner.get("total_s") for r in got]
+        runs.append(run)
+        log_run(log, run)
     for fmt, suffix in (("JSON", "json"), ("Parquet", "parquet")):
         target = out / f"hyperslab_i{inline}.{suffix}"
         run = Run("read_refmap", "hyperslab", fmt, inline)
@@ -429,7 +450,7 @@ def render(runs: list[Run], info: dict[str, Any], thresholds: list[int]) -> list
 
     t2 = Table(
         title="2. Opening the maps: fsspec reference:// + zarr.open_array, then read the "
-        "first and a middle chunk (fresh process each)",
+        "first and a middle chunk (fresh process each; median of the repeats)",
         box=box.SIMPLE_HEAVY,
     )
     for col in ("inline <", "tool", "map", "open s", "first s", "middle s", "open+reads s"):
@@ -548,6 +569,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workdir", type=Path, default=Path("bench-data"))
     parser.add_argument("--json", type=Path, metavar="OUT", help="also write results here")
     parser.add_argument(
+        "--open-repeats",
+        type=int,
+        default=3,
+        metavar="N",
+        help="open each map N times, round-robin, and report the median run (default 3)",
+    )
+    parser.add_argument(
         "--inline-threshold",
         type=int,
         action="append",
@@ -570,13 +598,14 @@ def main(argv: list[str] | None = None) -> int:
     h5, info = sample_file(workdir, n_chunks, log)
     log(f"input: {h5} ({info['bytes'] / 1e6:.1f} MB, {info['chunks_stored']:,} chunks)")
 
+    spawn([sys.executable, "-c", WARM_CHILD])
     runs: list[Run] = [phase_floor(h5, log)]
     for inline in thresholds:
         log(f"[bold]phase 1, inline threshold {inline}[/]")
         runs += phase_refs(h5, out, inline, log)
     for inline in thresholds:
         log(f"[bold]phase 2, inline threshold {inline}[/]")
-        runs += phase_open(out, inline, info["reads"], log)
+        runs += phase_open(out, inline, info["reads"], log, max(1, args.open_repeats))
 
     stdout = Console(width=max(Console().width, 150))
     for table in render(runs, info, thresholds):
