@@ -5,18 +5,21 @@ Zarr v2 metadata for a hierarchy of groups and arrays, plus, per array, where
 each chunk's encoded bytes live. Chunk references are kept column-wise in numpy
 arrays (linear chunk index, source number, offset, length) rather than as a dict
 of string keys: a 10^6-chunk array costs ~26 MB, not the ~800 MB a dict of
-kerchunk key strings and lists costs, and the Parquet writer needs no per-chunk
-Python work at all.
+kerchunk key strings and lists costs. Inline chunks are columns too
+(:class:`InlineChunks`: index, offsets, one byte buffer), so neither writer does
+per-chunk Python work beyond formatting JSON text.
 
 On disk we write kerchunk's formats unchanged, so plain fsspec reads them:
 
 * JSON, version 1: ``{"version": 1, "templates": {"s0": url}, "refs": {key: value}}``
   where a value is a JSON string of metadata, ``"base64:..."`` inline bytes, or
-  ``["{{s0}}", offset, length]``.
+  ``["{{s0}}", offset, length]``. Maps with :data:`TEMPLATE_LIMIT` or more URL
+  references write ``[url, offset, length]`` and no templates.
 * Parquet (fsspec ``LazyReferenceMapper`` layout): a directory with ``.zmetadata``
   (``{"metadata": {key: json}, "record_size": N}``) and per array
-  ``<array>/refs.<k>.parq`` with columns ``path, offset, size, raw``, one row per
-  chunk in C order of the chunk grid, ``k = linear_index // record_size``.
+  ``<array>/refs.<k>.parq`` with columns ``path`` (dictionary-encoded strings),
+  ``offset, size, raw``, one row per chunk in C order of the chunk grid,
+  ``k = linear_index // record_size``.
 """
 
 from __future__ import annotations
