@@ -387,3 +387,38 @@ def test_cas_repository_refuses_commit_on_site_that_lost_cas() -> None:
 
 def _all_keys(site: Site) -> list[str]:
     return sorted(site.list(""))
+
+
+class _FlakyCasSite(MemorySite):
+    """The branch CAS times out once: before applying the write, or after it."""
+
+    def __init__(self, name: str, applied: bool) -> None:
+        super().__init__(name)
+        self.applied = applied
+        self.armed = False
+
+    def put_if_match(self, key: str, data: bytes, expected_etag: str | None) -> str:
+        if self.armed and key.startswith("refs/branches/"):
+            self.armed = False
+            if self.applied:
+                super().put_if_match(key, data, expected_etag)
+            from hyperslab.errors import TransientError
+
+            raise TransientError("timed out")
+        return super().put_if_match(key, data, expected_etag)
+
+
+@pytest.mark.parametrize("applied", [True, False])
+def test_commit_survives_an_ambiguous_branch_write(applied: bool) -> None:
+    name = f"flaky-{applied}"
+    try:
+        site = _FlakyCasSite(name, applied)
+        repo = Repository.init(site)
+        site.armed = True
+        res = repo.commit({"a": _value(repo, "a", 1)}, message="a")
+        assert res.snapshot is not None
+        log = list(repo.log("main"))
+        assert [s.message for s in log] == ["a", "repository created"]  # exactly once
+        assert log[0].id == res.snapshot.id
+    finally:
+        forget_memory_site(name)

@@ -669,6 +669,15 @@ class Repository:
                 self.site.put_if_match(
                     BRANCH_PREFIX + branch, canonical_json({"snapshot": snap.id}), etag
                 )
+            except TransientError:
+                # The write may or may not have happened (a timeout after the server
+                # applied it): the branch itself says which. Never assume either way.
+                time.sleep(min(1.0, 0.05 * attempt) * (0.5 + rng.random()))
+                head, etag = self.branch_head(branch)
+                if head == snap.id:
+                    result.snapshot = snap
+                    return result
+                continue
             except ConflictError:
                 # lost the race: look at the new head and try again after a short pause
                 time.sleep(min(1.0, 0.01 * 2 ** min(attempt, 7)) * rng.random())
