@@ -36,7 +36,7 @@ from hyperslab.errors import (
 from hyperslab.references.catalog import entry_catalog
 from hyperslab.references.format import check_entry_name
 from hyperslab.references.packed import EXTENSIONS, RefmapFormat, pack_refmap
-from hyperslab.references.refmap import RefMap
+from hyperslab.references.refmap import RefMap, inline_nbytes
 from hyperslab.references.repository import DEFAULT_BRANCH, CommitResult, Repository
 
 __all__ = [
@@ -189,7 +189,7 @@ def _array_summary(refmap: RefMap) -> dict[str, Any]:
             "codecs": codecs,
             "status": arr.status,
             "refs": arr.n_refs,
-            "bytes": arr.referenced_bytes() + sum(len(b) for b in arr.inline.values()),
+            "bytes": arr.referenced_bytes() + inline_nbytes(arr.inline),
         }
         if arr.reason:
             s["reason"] = arr.reason

@@ -23,7 +23,16 @@ from typing import Any, Literal
 import numpy as np
 
 from hyperslab.errors import CorruptError, FormatVersionError
-from hyperslab.references.refmap import PARQUET_THRESHOLD, RefMap
+from hyperslab.references.refmap import (
+    PARQUET_THRESHOLD,
+    InlineChunks,
+    RefMap,
+    _arrow_binary,
+    _arrow_binary_rows,
+    _arrow_primitive,
+    _arrow_validity,
+    inline_columns,
+)
 
 __all__ = ["PACKED_META_KEY", "RefmapFormat", "pack_refmap", "unpack_refmap"]
 
@@ -60,38 +69,44 @@ def _pack_parquet(refmap: RefMap) -> bytes:
     paths = sorted(refmap.arrays)
     cols: dict[str, list[np.ndarray]] = {k: [] for k in ("array", "index", "source", "offset")}
     lengths: list[np.ndarray] = []
-    raws: list[Any] = []
+    raw_rows: list[np.ndarray] = []  # global row of each inline chunk, in row order
+    raw_starts: list[np.ndarray] = []
+    raw_data: list[np.ndarray] = []
+    rows = nbytes = 0
     for k, path in enumerate(paths):
         arr = refmap.arrays[path]
-        inl = sorted(arr.inline.items())
-        n_inl = len(inl)
-        index = np.concatenate([arr.index, np.array([i for i, _ in inl], np.int64)])
-        source = np.concatenate([arr.source, np.full(n_inl, -1, np.int32)])
-        offset = np.concatenate([arr.offset, np.zeros(n_inl, np.int64)])
-        length = np.concatenate([arr.length, np.array([len(b) for _, b in inl], np.int64)])
-        raw: list[bytes | None] = [None] * int(arr.index.size) + [b for _, b in inl]
+        inl_index, inl_offsets, inl_data = inline_columns(arr.inline)
+        n_refs, n_inl = int(arr.index.size), int(inl_index.size)
+        index = np.concatenate([arr.index, inl_index])
+        # stable: inline chunks keep their index order, the order of inl_data
         order = np.argsort(index, kind="stable")
         cols["array"].append(np.full(index.size, k, np.int32))
         cols["index"].append(index[order])
-        cols["source"].append(source[order].astype(np.int32))
-        cols["offset"].append(offset[order])
-        lengths.append(length[order])
-        if n_inl:
-            raws.extend(raw[i] for i in order.tolist())
-        else:
-            raws.extend(raw)
+        cols["source"].append(
+            np.concatenate([arr.source.astype(np.int32), np.full(n_inl, -1, np.int32)])[order]
+        )
+        cols["offset"].append(np.concatenate([arr.offset, np.zeros(n_inl, np.int64)])[order])
+        lengths.append(np.concatenate([arr.length, np.diff(inl_offsets)])[order])
+        raw_rows.append(rows + np.flatnonzero(order >= n_refs))
+        raw_starts.append(inl_offsets[:-1] + nbytes)
+        raw_data.append(inl_data[: int(inl_offsets[-1])])
+        rows += int(index.size)
+        nbytes += int(inl_offsets[-1])
 
     def cat(parts: list[np.ndarray], dtype: Any) -> np.ndarray:
-        return np.concatenate(parts).astype(dtype) if parts else np.zeros(0, dtype)
+        return np.concatenate(parts).astype(dtype, copy=False) if parts else np.zeros(0, dtype)
 
+    raw_offsets = np.concatenate([cat(raw_starts, np.int64), np.array([nbytes], np.int64)])
     table = pa.table(
         {
-            "array": pa.array(cat(cols["array"], np.int32)),
-            "index": pa.array(cat(cols["index"], np.int64)),
-            "source": pa.array(cat(cols["source"], np.int32)),
-            "offset": pa.array(cat(cols["offset"], np.int64)),
-            "length": pa.array(cat(lengths, np.int64)),
-            "raw": pa.array(raws, type=pa.binary()),
+            "array": _arrow_primitive(pa.int32(), cat(cols["array"], np.int32)),
+            "index": _arrow_primitive(pa.int64(), cat(cols["index"], np.int64)),
+            "source": _arrow_primitive(pa.int32(), cat(cols["source"], np.int32)),
+            "offset": _arrow_primitive(pa.int64(), cat(cols["offset"], np.int64)),
+            "length": _arrow_primitive(pa.int64(), cat(lengths, np.int64)),
+            "raw": _arrow_binary(
+                rows, cat(raw_rows, np.int64), raw_offsets, cat(raw_data, np.uint8)
+            ),
         }
     )
     meta = {
@@ -143,7 +158,8 @@ def _unpack_parquet(data: bytes) -> RefMap:
     offset = table.column("offset").to_numpy()
     length = table.column("length").to_numpy()
     bounds = np.searchsorted(array, np.arange(len(paths) + 1))
-    raw_col = table.column("raw")
+    raw_col = table.column("raw").combine_chunks()
+    raw_valid = _arrow_validity(raw_col)
     for k, path in enumerate(paths):
         arr = out.arrays.get(path)
         if arr is None:
@@ -155,9 +171,12 @@ def _unpack_parquet(data: bytes) -> RefMap:
         arr.source = src[ref].astype(np.int32)
         arr.offset = offset[lo:hi][ref].astype(np.int64)
         arr.length = length[lo:hi][ref].astype(np.int64)
-        for j in np.flatnonzero(~ref).tolist():
-            value = raw_col[lo + j].as_py()
-            if value is None:
-                raise CorruptError(f"inline chunk {index[lo + j]} of {path!r} has no bytes")
-            arr.inline[int(index[lo + j])] = value
+        inl = lo + np.flatnonzero(~ref)
+        if inl.size == 0:
+            continue
+        if not raw_valid[inl].all():
+            bad = int(index[inl[~raw_valid[inl]][0]])
+            raise CorruptError(f"inline chunk {bad} of {path!r} has no bytes")
+        offsets, body = _arrow_binary_rows(raw_col, inl)
+        arr.inline = InlineChunks.from_columns(index[inl].astype(np.int64), offsets, body)
     return out

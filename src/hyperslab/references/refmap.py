@@ -984,6 +984,14 @@ def _parquet_rows(
     rsel = np.flatnonzero(rvalid)
     if rsel.size == 0:
         return refs, None
+    out_off, data = _arrow_binary_rows(raw, rsel)
+    return refs, (row0 + rsel, out_off, data)
+
+
+def _arrow_binary_rows(raw: Any, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(offsets, data)`` of the given rows of a binary Arrow array, packed in order."""
+    import pyarrow as pa
+
     odt: np.dtype[Any]
     if pa.types.is_large_binary(raw.type) or pa.types.is_large_string(raw.type):
         odt = np.dtype(np.int64)
@@ -992,15 +1000,15 @@ def _parquet_rows(
     else:
         raise CorruptError(f"the raw column holds {raw.type}, not bytes")
     bufs = raw.buffers()
-    pos = np.frombuffer(bufs[1], odt, count=m + 1, offset=raw.offset * odt.itemsize)
+    pos = np.frombuffer(bufs[1], odt, count=len(raw) + 1, offset=raw.offset * odt.itemsize)
     body = np.frombuffer(bufs[2], np.uint8) if bufs[2] is not None else np.zeros(0, np.uint8)
-    starts = pos[rsel].astype(np.int64)
-    lens = pos[rsel + 1].astype(np.int64) - starts
-    out_off = np.zeros(rsel.size + 1, np.int64)
+    starts = pos[rows].astype(np.int64)
+    lens = pos[rows + 1].astype(np.int64) - starts
+    out_off = np.zeros(rows.size + 1, np.int64)
     np.cumsum(lens, out=out_off[1:])
     data = np.empty(int(out_off[-1]), np.uint8)
     copy_ranges(body, starts, data, out_off[:-1], lens)
-    return refs, (row0 + rsel, out_off, data)
+    return out_off, data
 
 
 def choose_format(path: str | Path, n_refs: int) -> Literal["json", "parquet"]:
