@@ -545,13 +545,18 @@ class FileSite(Site):
             finally:
                 os.close(fd)  # releases the flock
 
-    def _write_temp(self, directory: Path, data: bytes) -> Path:
+    def _write_temp(self, directory: Path, data: bytes | Path | str) -> Path:
+        """A finished (flushed, fsynced) temp file holding ``data`` or a copy of that file."""
         directory.mkdir(parents=True, exist_ok=True)
         tmp = directory / f"{TMP_PREFIX}.{uuid.uuid4().hex}"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         try:
             with os.fdopen(fd, "wb") as f:
-                f.write(data)
+                if isinstance(data, bytes):
+                    f.write(data)
+                else:
+                    with open(data, "rb") as src:
+                        shutil.copyfileobj(src, f, 8 << 20)
                 f.flush()
                 if self._fsync:
                     os.fsync(f.fileno())
@@ -593,22 +598,8 @@ class FileSite(Site):
     def put(self, key: str, data: bytes) -> None:
         self._replace_with(key, lambda directory: self._write_temp(directory, data))
 
-    def _copy_temp(self, directory: Path, source: Path | str) -> Path:
-        directory.mkdir(parents=True, exist_ok=True)
-        tmp = directory / f"{TMP_PREFIX}.{uuid.uuid4().hex}"
-        try:
-            with open(source, "rb") as src, open(tmp, "xb") as dst:
-                shutil.copyfileobj(src, dst, 8 << 20)
-                dst.flush()
-                if self._fsync:
-                    os.fsync(dst.fileno())
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-        return tmp
-
     def put_file(self, key: str, path: Path | str) -> None:
-        self._replace_with(key, lambda directory: self._copy_temp(directory, path))
+        self._replace_with(key, lambda directory: self._write_temp(directory, Path(path)))
 
     def iter_bytes(self, key: str, block_size: int = 8 << 20) -> Iterator[bytes]:
         try:
