@@ -22,7 +22,7 @@ import threading
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -212,7 +212,6 @@ class Repository:
         self.single_writer = bool(self.info.get("single_writer", False))
         self._cache = _LRU(8192)
         self.tree = EntryTree(self)
-        self._cas_checked = False
 
     # ------------------------------------------------------------- open/init
     @staticmethod
@@ -305,20 +304,18 @@ class Repository:
             raise BranchConflictError(
                 f"{display} already holds a repository ({REPO_KEY} exists)", repo=display
             ) from None
-        repo._cas_checked = True
         return repo
 
     def check_writable(self) -> None:
         """Refuse shared writing to a site without working conditional writes."""
-        if self._cas_checked or self.single_writer:
-            return
+        if self.single_writer:
+            return  # S3Site probes once and caches; file and memory sites always have CAS
         if not self.site.supports_cas:
             raise CasUnsupportedError(
                 f"{self.display} ignores conditional writes; this repository was created for "
                 "shared writing, and committing without CAS could lose other writers' updates",
                 repo=self.display,
             )
-        self._cas_checked = True
 
     def close(self) -> None:
         self.site.close()
@@ -458,9 +455,9 @@ class Repository:
         try:
             return self._read_ref(BRANCH_PREFIX + name)
         except NotFoundError:
+            known = ", ".join(self.branches()) or "none"
             raise NotFoundError(
-                f"branch {name!r} does not exist in {self.display}"
-                + (f" (branches: {', '.join(self.branches())})" if self.branches() else ""),
+                f"branch {name!r} does not exist in {self.display} (branches: {known})",
                 branch=name,
             ) from None
 
@@ -514,22 +511,6 @@ class Repository:
             raise BranchConflictError(
                 f"branch {name!r} already exists in {self.display}", branch=name
             ) from None
-        return sid
-
-    def reset_branch(self, name: str, to_ref: str, *, expected: str | None = None) -> str:
-        """Point an existing branch at any snapshot (CAS against its current head)."""
-        check_ref_name(name)
-        self.check_writable()
-        sid = self.resolve(to_ref)
-        head, etag = self.branch_head(name)
-        if expected is not None and head != expected:
-            raise BranchConflictError(
-                f"branch {name!r} is at {head[:12]}, not {expected[:12]}", branch=name
-            )
-        try:
-            self.site.put_if_match(BRANCH_PREFIX + name, canonical_json({"snapshot": sid}), etag)
-        except ConflictError:
-            raise BranchConflictError(f"branch {name!r} moved meanwhile", branch=name) from None
         return sid
 
     def delete_branch(self, name: str) -> None:
@@ -690,23 +671,6 @@ class Repository:
             "attempts; try again",
             branch=branch,
         )
-
-    # ------------------------------------------------------------- walking
-    def reachable_snapshots(self, heads: Iterable[str] | None = None) -> list[str]:
-        """Every snapshot reachable from the given ids (default: all branches and tags)."""
-        if heads is None:
-            heads = [*self.branches().values(), *self.tags().values()]
-        seen: set[str] = set()
-        order: list[str] = []
-        stack = list(heads)
-        while stack:
-            sid = stack.pop()
-            if sid in seen:
-                continue
-            seen.add(sid)
-            order.append(sid)
-            stack.extend(self.snapshot(sid).parents)
-        return order
 
 
 def _summarise(result: CommitResult, cap: int = 100) -> dict[str, Any]:
