@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
 import subprocess
 import sys
@@ -164,6 +165,7 @@ class SiteContract:
         site.put_file("src/big.bin", src)
         assert site.head("src/big.bin").size == len(payload)
         assert b"".join(site.iter_bytes("src/big.bin", block_size=1 << 20)) == payload
+        assert site.sha256("src/big.bin") == (hashlib.sha256(payload).hexdigest(), len(payload))
         site.put_file("src/big.bin", src)  # overwrite in place
         assert site.get("src/big.bin") == payload
         with pytest.raises(NotFoundError):

@@ -199,6 +199,15 @@ class Site(ABC):
         for start in range(0, size, block_size):
             yield self.get_range(key, start, min(block_size, size - start))
 
+    def sha256(self, key: str) -> tuple[str, int]:
+        """``(sha256 hex, size)`` of the object's bytes as the site returns them now."""
+        h = hashlib.sha256()
+        n = 0
+        for block in self.iter_bytes(key):
+            h.update(block)
+            n += len(block)
+        return h.hexdigest(), n
+
     def put_if_absent(self, key: str, data: bytes) -> None:
         """Create ``key``; ConflictError if it already exists."""
         self.put_if_match(key, data, None)

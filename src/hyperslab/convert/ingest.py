@@ -201,15 +201,13 @@ def _upload(repo: Repository, src: dict[str, Any]) -> bool:
     """Copy a source into the repository's site and verify it; False if already there."""
     key = source_key(src["id"], src["name"])
     site = repo.site
-    if site.exists(key) and site.head(key).size == src["size"]:
-        return False
+    try:
+        if site.head(key).size == src["size"]:
+            return False
+    except NotFoundError:
+        pass
     site.put_file(key, src["origin"])
-    h = hashlib.sha256()
-    n = 0
-    for block in site.iter_bytes(key):
-        h.update(block)
-        n += len(block)
-    if h.hexdigest() != src["id"] or n != src["size"]:
+    if site.sha256(key) != (src["id"], src["size"]):
         site.delete(key)
         raise CorruptError(
             f"uploaded copy of {src['origin']} at {repo.display}/{key} does not match the "

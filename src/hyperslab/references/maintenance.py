@@ -60,6 +60,10 @@ class Reachable:
     refmaps: dict[str, str] = field(default_factory=dict)  # id → extension
     sources: set[str] = field(default_factory=set)  # keys
     chunks: set[str] = field(default_factory=set)  # keys
+    #: for fsck, so entry records are read once: refmap id → (entry, arrays, refs)
+    refmap_owner: dict[str, tuple[str, frozenset[str], int | None]] = field(default_factory=dict)
+    #: size each held source must have, by key
+    source_sizes: dict[str, int] = field(default_factory=dict)
 
     def keys(self) -> set[str]:
         out = {object_key("snapshot", s) for s in self.snapshots}
@@ -146,11 +150,15 @@ def _walk_tree(
                 progress("entries", 1)
             rm = rec.get("refmap", {})
             r.refmaps[rm["id"]] = EXTENSIONS.get(rm.get("format", "json"), ".json")
+            r.refmap_owner.setdefault(
+                rm["id"], (rec.get("name", eid), frozenset(rec.get("arrays", {})), rm.get("refs"))
+            )
             for s in rec.get("sources", []):
                 key = f"sources/{s['id']}/{s['name']}"
                 # only sources this site holds are part of the repository here
                 if key in held:
                     r.sources.add(key)
+                    r.source_sizes[key] = int(s["size"])
             for key in rec.get("chunks", []):
                 r.chunks.add(key)
 
@@ -175,13 +183,6 @@ def fsck(
         "manifests": len(r.manifests),
         "entries": len(r.entries),
     }
-    entry_refs: dict[str, dict[str, Any]] = {}
-    for eid in r.entries:
-        try:
-            rec = repo.read_json("entry", eid)
-        except HyperslabError:
-            continue
-        entry_refs.setdefault(rec["refmap"]["id"], rec)
     for rid, ext in sorted(r.refmaps.items()):
         try:
             data = repo.get_object("refmap", rid, ext)
@@ -196,46 +197,34 @@ def fsck(
         report.bytes_checked += len(data)
         if progress:
             progress("refmaps", 1)
-        owner = entry_refs.get(rid)
+        owner = r.refmap_owner.get(rid)
         try:
             refmap = unpack_refmap(data, "parquet" if ext == ".parquet" else "json")
         except HyperslabError as exc:
             report.add("refmap", rid, "unreadable", error=exc.message)
             continue
         if owner is not None:
-            want = set(owner.get("arrays", {}))
-            if set(refmap.arrays) != want:
-                report.add("refmap", rid, "arrays differ from entry record", entry=owner["name"])
-            elif refmap.n_refs != owner["refmap"].get("refs", refmap.n_refs):
-                report.add(
-                    "refmap", rid, "reference count differs from entry record", entry=owner["name"]
-                )
+            name, arrays, refs = owner
+            if set(refmap.arrays) != arrays:
+                report.add("refmap", rid, "arrays differ from entry record", entry=name)
+            elif refs is not None and refmap.n_refs != refs:
+                report.add("refmap", rid, "reference count differs from entry record", entry=name)
     report.checked["refmaps"] = len(r.refmaps)
-    sizes: dict[str, int] = {}
-    for eid in r.entries:
-        try:
-            rec = repo.read_json("entry", eid)
-        except HyperslabError:
-            continue
-        for s in rec.get("sources", []):
-            sizes[f"sources/{s['id']}/{s['name']}"] = int(s["size"])
     for key in sorted(r.sources):
         sha = key.split("/")[1]
         try:
             if verify_sources:
-                h = hashlib.sha256()
-                n = 0
-                for block in repo.site.iter_bytes(key):
-                    h.update(block)
-                    n += len(block)
+                digest, n = repo.site.sha256(key)
                 report.bytes_checked += n
-                if h.hexdigest() != sha:
+                if digest != sha:
                     report.add("source", key, "corrupt", error="content does not match sha256")
                     continue
             else:
                 n = repo.site.head(key).size
-            if n != sizes.get(key, n):
-                report.add("source", key, "corrupt", error=f"size {n}, expected {sizes[key]}")
+            if n != r.source_sizes[key]:
+                report.add(
+                    "source", key, "corrupt", error=f"size {n}, expected {r.source_sizes[key]}"
+                )
         except HyperslabError as exc:
             report.add(
                 "source",
