@@ -364,6 +364,14 @@ def _array_changes(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
 
 
 # ---------------------------------------------------------------- branch / tag
+def _list_refs(what: str, refs: dict[str, str], as_json: bool) -> None:
+    if as_json:
+        _emit({what: refs})
+        return
+    for n, sid in refs.items():
+        out.print(f"{n}  [yellow]{sid[:12]}[/]", highlight=False)
+
+
 @app.command()
 def branch(
     repo: RepoArg,
@@ -380,12 +388,7 @@ def branch(
     with _errors(as_json):
         r = _open(repo)
         if name is None:
-            heads = r.branches()
-            if as_json:
-                _emit({"branches": heads})
-            else:
-                for n, sid in heads.items():
-                    out.print(f"{n}  [yellow]{sid[:12]}[/]", highlight=False)
+            _list_refs("branches", r.branches(), as_json)
             return
         if delete:
             r.delete_branch(name)
@@ -415,12 +418,7 @@ def tag(
     with _errors(as_json):
         r = _open(repo)
         if name is None:
-            tags = r.tags()
-            if as_json:
-                _emit({"tags": tags})
-            else:
-                for n, sid in tags.items():
-                    out.print(f"{n}  [yellow]{sid[:12]}[/]", highlight=False)
+            _list_refs("tags", r.tags(), as_json)
             return
         sid = r.create_tag(name, ref, message)
         if as_json:
