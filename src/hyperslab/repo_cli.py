@@ -456,6 +456,8 @@ def fsck(
             print(json.dumps({"ok": report.clean, **report.to_json()}))
         else:
             counts = ", ".join(f"{v} {k}" for k, v in report.checked.items())
+            for w in report.warnings:
+                err.print(f"[yellow]warning[/]: {w['error']}", highlight=False)
             if report.clean:
                 out.print(f"[green]clean[/]: {counts} ({report.bytes_checked} bytes hashed)")
             else:
@@ -516,8 +518,11 @@ def search(
     ],
     ref: Annotated[str, typer.Option("--ref", help="Branch, tag or snapshot to search.")] = "main",
     limit: Annotated[
-        int | None, typer.Option("--limit", "-n", help="At most this many hits.")
-    ] = None,
+        int,
+        typer.Option(
+            "--limit", "-n", help="Show at most this many matches (0: all); all are counted."
+        ),
+    ] = 100,
     as_json: JsonOpt = False,
 ) -> None:
     """Find entries by catalog metadata.
@@ -534,9 +539,17 @@ def search(
 
     with _errors(as_json):
         r = _open(repo)
-        hits = do_search(r, ref, query, limit=limit)
+        if limit < 0:
+            raise BadInputError(f"--limit must be 0 (all) or more, not {limit}")
+        hits = do_search(r, ref, query, limit=limit or None)
         if as_json:
-            _emit({"query": query, "hits": [{"entry": n, "catalog": c} for n, c in hits]})
+            _emit(
+                {
+                    "query": query,
+                    "total": hits.total,
+                    "hits": [{"entry": n, "catalog": c} for n, c in hits],
+                }
+            )
             return
         t = Table("entry", "title", "sample", "energy", "start_time", box=None)
         for n, c in hits:
@@ -548,4 +561,7 @@ def search(
                 str(c.get("start_time", "")),
             )
         out.print(t)
-        out.print(f"{len(hits)} match(es)")
+        if hits.total > len(hits):
+            out.print(f"{hits.total} matches, {len(hits)} shown (--limit 0 shows all)")
+        else:
+            out.print(f"{hits.total} match(es)")

@@ -292,6 +292,54 @@ def test_search_catalog(new_repo_site: SiteFactory, sample_dir: Path) -> None:
         search(repo, "main", 'title~"unterminated')
 
 
+def test_search_index_is_derived_checked_and_optional(new_repo_site: SiteFactory) -> None:
+    from hyperslab.references.catalog_index import LeafCatalog, catalog_key
+
+    repo = _fresh(new_repo_site)
+    repo.commit({f"e{i}": _value(repo, f"e{i}", i) for i in range(6)}, message="six")
+    want = ["e3", "e4", "e5"]
+    assert [n for n, _ in search(repo, "main", "payload>2")] == want
+    leaf = repo.pinned("main").tree
+    assert leaf is not None and list(repo.site.list("catalogs/")) == [catalog_key(leaf)]
+    assert fsck(repo).clean and fsck(repo).checked["catalogs"] == 1
+
+    def fresh_search(q: str) -> list[str]:  # a new Repository: nothing cached
+        return [n for n, _ in search(Repository.open(repo.site), "main", q)]
+
+    good = repo.site.get(catalog_key(leaf))
+    # unreadable index → search rebuilds from the leaf; fsck names the damage
+    repo.site.put(catalog_key(leaf), good[: len(good) // 2])
+    assert fresh_search("payload>2") == want
+    report = fsck(repo)
+    assert [(p["kind"], p["id"], p["problem"]) for p in report.problems] == [
+        ("catalog", leaf, "corrupt")
+    ]
+    # an intact index that disagrees with its leaf is caught by fsck
+    wrong = LeafCatalog.build(leaf, {"e0": {"name": "e0", "payload": 99}}).to_bytes()
+    repo.site.put(catalog_key(leaf), wrong)
+    assert [p["problem"] for p in fsck(repo).problems] == ["corrupt"]
+    # no index at all (a repository from before indexes): still correct, fsck clean
+    repo.site.delete(catalog_key(leaf))
+    assert fresh_search("payload>2") == want
+    report = fsck(repo)
+    assert report.clean and report.warnings[0]["count"] == 1
+    assert fresh_search("payload>2 -e5") == ["e3", "e4"]
+    repo.site.put(catalog_key(leaf), good)
+
+    # gc: the index of an unreachable leaf goes with it, the live one stays
+    repo.create_branch("tmp")
+    repo.commit({"e0": None}, branch="tmp", message="drop e0")
+    gone = repo.pinned("tmp").tree
+    assert gone is not None and gone != leaf
+    repo.delete_branch("tmp")
+    later = datetime.now(UTC) + timedelta(days=30)
+    dry = gc(repo, older_than=timedelta(days=7), dry_run=True, now=later)
+    assert catalog_key(gone) in dry.deleted and catalog_key(leaf) not in dry.deleted
+    gc(repo, older_than=timedelta(days=7), now=later)
+    assert list(repo.site.list("catalogs/")) == [catalog_key(leaf)]
+    assert fsck(repo).clean and fresh_search("payload<2") == ["e0", "e1"]
+
+
 # ------------------------------------------------------------------ fsck / gc
 
 
@@ -338,7 +386,12 @@ def test_gc_deletes_only_old_unreachable_objects(new_repo_site: SiteFactory) -> 
     done = gc(repo, older_than=parse_duration("7d"), now=future)
     assert sorted(done.deleted) == sorted(dry.deleted)
     # the unreachable snapshot, its tree and the dropped entry record; nothing reachable
-    assert {k.split("/")[0] for k in done.deleted} == {"snapshots", "manifests", "entries"}
+    assert {k.split("/")[0] for k in done.deleted} == {
+        "snapshots",
+        "manifests",
+        "catalogs",  # the dropped tree leaf's search index
+        "entries",
+    }
     assert fsck(Repository.open(repo.site)).clean
     assert [n for n, _ in repo.entries(repo.resolve("main"))] == ["keep"]
 

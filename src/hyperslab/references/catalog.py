@@ -32,13 +32,16 @@ Values with spaces go in double quotes: ``sample="insulin crystal 7"``. A list v
 
 from __future__ import annotations
 
-import fnmatch
 import math
+import operator
 import re
 import shlex
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
+
+import numpy as np
+import pyarrow.compute as pc
 
 from hyperslab.errors import BadInputError
 
@@ -101,6 +104,13 @@ def entry_catalog(
 
 
 # --------------------------------------------------------------------- queries
+#
+# Each term compiles to a small *spec* that can test one Python value (``test``,
+# the reference semantics used on JSON records) and select values of a columnar
+# catalog index in one vectorised pass (``rows``, see catalog_index.py). Both
+# follow the same rules, and a property test holds them together.
+
+_STR_KIND = 0
 
 
 def _num(text: Any) -> float | None:
@@ -110,87 +120,178 @@ def _num(text: Any) -> float | None:
         return float(text)
     try:
         return float(text)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return None
 
 
-def _glob(pattern: str) -> Callable[[str], bool]:
-    pat = pattern.lower()
-    if not any(c in pat for c in "*?["):
-        return lambda s: pat in s
-    rx = re.compile(fnmatch.translate(pat), re.S)
-    return lambda s: rx.match(s) is not None
+def _glob_regex(pattern: str) -> str:
+    """fnmatch-style glob → a regex body that Python's re and RE2 (Arrow) read alike."""
+    out: list[str] = []
+    i, n = 0, len(pattern)
+    while i < n:
+        c = pattern[i]
+        i += 1
+        if c == "*":
+            if not out or out[-1] != ".*":
+                out.append(".*")
+        elif c == "?":
+            out.append(".")
+        elif c == "[":
+            j = i
+            if j < n and pattern[j] == "!":
+                j += 1
+            if j < n and pattern[j] == "]":
+                j += 1
+            while j < n and pattern[j] != "]":
+                j += 1
+            if j >= n:
+                out.append(re.escape(c))
+                continue
+            body, i = pattern[i:j], j + 1
+            negate = body.startswith("!")
+            if negate:
+                body = body[1:]
+            body = "".join("\\" + ch if ch in "\\[]^" else ch for ch in body)
+            out.append(("[^" if negate else "[") + body + "]")
+        else:
+            out.append(re.escape(c))
+    return "".join(out)
 
 
-def _text_glob(pattern: str) -> Callable[[Any], bool]:
-    g = _glob(pattern)
-
-    def test(v: Any) -> bool:
-        return isinstance(v, str) and g(v.lower())
-
-    return test
+def _has_wildcard(pattern: str) -> bool:
+    return any(c in pattern for c in "*?[")
 
 
-def _any_glob(pattern: str) -> Callable[[Any], bool]:
-    g = _glob(pattern)
+@dataclass(frozen=True)
+class _Glob:
+    """Glob (or, without wildcards, substring) match on ``str(value).lower()``."""
 
-    def test(v: Any) -> bool:
-        return g(str(v).lower())
+    pattern: str  # lower-cased
+    text_only: bool  # only text values can match (``=`` with a glob, bare words)
 
-    return test
+    def __post_init__(self) -> None:
+        if _has_wildcard(self.pattern):
+            try:
+                rx = re.compile("(?s:" + _glob_regex(self.pattern) + r")\Z")
+            except re.error as exc:
+                raise QuerySyntaxError(f"bad pattern {self.pattern!r}: {exc}") from None
+            object.__setattr__(self, "_match", lambda s: rx.match(s) is not None)
+        else:
+            pat = self.pattern
+            object.__setattr__(self, "_match", lambda s: pat in s)
+
+    def test(self, v: Any) -> bool:
+        if self.text_only and not isinstance(v, str):
+            return False
+        return bool(self._match(str(v).lower()))  # type: ignore[attr-defined]
+
+    def rows(self, cols: Any) -> Any:
+        pat = self.pattern
+        core = pat.strip("*")
+        if not _has_wildcard(core):  # 'lit', '*lit*', 'lit*', '*lit': no regex needed
+            if not _has_wildcard(pat) or (pat.startswith("*") and pat.endswith("*")):
+                rows = cols.lower_test(lambda a: pc.match_substring(a, core))
+            elif pat.endswith("*"):
+                rows = cols.lower_test(lambda a: pc.starts_with(a, core))
+            else:
+                rows = cols.lower_test(lambda a: pc.ends_with(a, core))
+        else:
+            rx = "^(?s:" + _glob_regex(pat) + r")\z"
+            rows = cols.lower_test(lambda a: pc.match_substring_regex(a, rx))
+        return rows & (cols.kind() == _STR_KIND) if self.text_only else rows
 
 
-def _equal_one(opt: str) -> Callable[[Any], bool]:
-    if any(c in opt for c in "*?["):
-        return _text_glob(opt)
-    n = _num(opt)
-    low = opt.lower()
+@dataclass(frozen=True)
+class _Equal:
+    """``=`` one value: numbers compare as numbers, anything else as lower-case text."""
 
-    def test(v: Any) -> bool:
-        if n is not None and (x := _num(v)) is not None:
-            return x == n
-        return str(v).lower() == low
+    number: float | None
+    low: str
 
-    return test
+    def test(self, v: Any) -> bool:
+        if self.number is not None and (x := _num(v)) is not None:
+            return x == self.number
+        return str(v).lower() == self.low
+
+    def rows(self, cols: Any) -> Any:
+        low = self.low
+        as_text = cols.lower_test(lambda a: pc.equal(a, low))
+        if self.number is None:
+            return as_text
+        valid = cols.num_valid()
+        return (valid & (cols.num() == self.number)) | (~valid & as_text)
 
 
-def _equals(value: str) -> Callable[[Any], bool]:
-    tests = [_equal_one(opt) for opt in value.split("|")]
-    if len(tests) == 1:
-        return tests[0]
-    return lambda v: any(t(v) for t in tests)
+@dataclass(frozen=True)
+class _AnyOf:
+    options: tuple[Any, ...]
+
+    def test(self, v: Any) -> bool:
+        return any(o.test(v) for o in self.options)
+
+    def rows(self, cols: Any) -> Any:
+        out = self.options[0].rows(cols)
+        for o in self.options[1:]:
+            out = out | o.rows(cols)
+        return out
 
 
-def _compare(op: str, value: str) -> Callable[[Any], bool]:
-    n = _num(value)
-    cmp: dict[str, Callable[[Any, Any], bool]] = {
-        ">": lambda a, b: a > b,
-        ">=": lambda a, b: a >= b,
-        "<": lambda a, b: a < b,
-        "<=": lambda a, b: a <= b,
-    }
-    f = cmp[op]
-    if n is not None:
-        return lambda v: (x := _num(v)) is not None and f(x, n)
-    low = value.lower()
-    return lambda v: isinstance(v, str) and f(v.lower(), low)
+_CMP: dict[str, Callable[[Any, Any], Any]] = {
+    ">": operator.gt,
+    ">=": operator.ge,
+    "<": operator.lt,
+    "<=": operator.le,
+}
+_ARROW_CMP = {">": "greater", ">=": "greater_equal", "<": "less", "<=": "less_equal"}
+
+
+@dataclass(frozen=True)
+class _Compare:
+    """Ordering: numeric when the query value is a number, else text (ISO times)."""
+
+    op: str
+    number: float | None
+    low: str
+
+    def test(self, v: Any) -> bool:
+        f = _CMP[self.op]
+        if self.number is not None:
+            return (x := _num(v)) is not None and bool(f(x, self.number))
+        return isinstance(v, str) and bool(f(v.lower(), self.low))
+
+    def rows(self, cols: Any) -> Any:
+        if self.number is not None:
+            with np.errstate(invalid="ignore"):
+                return cols.num_valid() & _CMP[self.op](cols.num(), self.number)
+        fn = getattr(pc, _ARROW_CMP[self.op])
+        low = self.low
+        return cols.lower_test(lambda a: fn(a, low)) & (cols.kind() == _STR_KIND)
+
+
+def _equals(value: str) -> Any:
+    options: list[Any] = []
+    for opt in value.split("|"):
+        if _has_wildcard(opt):
+            options.append(_Glob(opt.lower(), text_only=True))
+        else:
+            options.append(_Equal(_num(opt), opt.lower()))
+    return options[0] if len(options) == 1 else _AnyOf(tuple(options))
 
 
 @dataclass(frozen=True)
 class _Term:
-    key: str | None  # None: a bare word over every value
+    key: str | None  # lower-cased; None: a bare word over every value
     negate: bool
-    test: Callable[[Any], bool]
+    spec: Any  # _Glob | _Equal | _AnyOf | _Compare
     text: str
 
-    def holds(self, record: Mapping[str, Any], lowered: Mapping[str, str]) -> bool:
+    def holds(self, record: Mapping[str, Any], lowered: Mapping[str, list[str]]) -> bool:
         if self.key is None:
-            found = any(_any(self.test, v) for v in record.values())
-            return found != self.negate
-        actual = lowered.get(self.key)
-        if actual is None:
-            return self.negate
-        return _any(self.test, record[actual]) != self.negate
+            values: Iterable[Any] = record.values()
+        else:
+            values = [record[k] for k in lowered.get(self.key, ())]
+        found = any(_any(self.spec.test, v) for v in values)
+        return found != self.negate
 
 
 def _any(test: Callable[[Any], bool], v: Any) -> bool:
@@ -205,7 +306,10 @@ class Query:
     text: str
 
     def matches(self, record: Mapping[str, Any]) -> bool:
-        lowered = {k.lower(): k for k in record}
+        """Does one catalog record match? (Keys compare case-insensitively.)"""
+        lowered: dict[str, list[str]] = {}
+        for k in record:
+            lowered.setdefault(k.lower(), []).append(k)
         return all(t.holds(record, lowered) for t in self.terms)
 
 
@@ -226,17 +330,18 @@ def parse_query(text: str) -> Query:
                     f"bad query term {word!r}: expected KEY OP VALUE with OP one of "
                     + " ".join(_OPS)
                 )
-            terms.append(_Term(None, negate, _text_glob(body), word))
+            terms.append(_Term(None, negate, _Glob(body.lower(), text_only=True), word))
             continue
         key, op, value = m.group("key").lower(), m.group("op"), m.group("value")
         if value == "" and op not in ("=", "!="):
             raise QuerySyntaxError(f"bad query term {word!r}: {op} needs a value")
         negate = op.startswith("!")
+        spec: Any
         if op in ("=", "!="):
-            test = _equals(value)
+            spec = _equals(value)
         elif op in ("~", "!~"):
-            test = _any_glob(value)
+            spec = _Glob(value.lower(), text_only=False)
         else:
-            test = _compare(op, value)
-        terms.append(_Term(key, negate, test, word))
+            spec = _Compare(op, _num(value), value.lower())
+        terms.append(_Term(key, negate, spec, word))
     return Query(tuple(terms), text)

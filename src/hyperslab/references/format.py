@@ -7,6 +7,8 @@ Layout below the repository prefix (format version 1)::
     refs/tags/<name>                {"snapshot": id, ...}     create-only
     snapshots/<id>.json             parents, time, author, message, entry tree root
     manifests/<id>.json             entry-tree nodes (hash trie over entry names)
+    catalogs/<leaf id>.parquet      a leaf's catalog records as a columnar search index
+                                    (derived from the leaf; optional: search falls back)
     entries/<id>.json               one entry: refmap id, sources, array summaries, catalog
     refmaps/<id>.json|.parquet      kerchunk JSON / packed Parquet reference maps
     sources/<sha256>/<file name>    raw HDF5 files copied in with --upload-sources

@@ -38,6 +38,7 @@ from hyperslab.errors import (
     NotFoundError,
     TransientError,
 )
+from hyperslab.references.catalog_index import LeafCatalog, catalog_key
 from hyperslab.references.format import (
     FORMAT_NAME,
     FORMAT_VERSION,
@@ -330,14 +331,17 @@ class Repository:
     def put_object(self, kind: Kind, data: bytes, ext: str = ".json") -> str:
         """Store immutable bytes under their sha256; idempotent."""
         oid = object_id(data)
-        key = object_key(kind, oid, ext)
+        if self._needs_write(object_key(kind, oid, ext)):
+            self.site.put(object_key(kind, oid, ext), data)
+        return oid
+
+    def _needs_write(self, key: str) -> bool:
+        """Absent, or old enough that gc could be about to delete it (then refresh it)."""
         try:
             info = self.site.head(key)
         except NotFoundError:
-            info = None
-        if info is None or info.mtime < datetime.now(UTC) - REFRESH_AGE:
-            self.site.put(key, data)
-        return oid
+            return True
+        return info.mtime < datetime.now(UTC) - REFRESH_AGE
 
     def get_object(self, kind: Kind, oid: str, ext: str = ".json") -> bytes:
         key = object_key(kind, oid, ext)
@@ -382,7 +386,41 @@ class Repository:
         return self.read_json("manifest", oid)
 
     def write_node(self, doc: dict[str, Any]) -> str:
-        return self.write_json("manifest", doc)
+        if doc.get("kind") != "leaf":
+            return self.write_json("manifest", doc)
+        # A leaf and its catalog index (derived, named by the leaf's id): index first,
+        # so every leaf this version writes is searchable without parsing it.
+        doc = {"format": FORMAT_VERSION, "type": "manifest", **doc}
+        data = canonical_json(doc)
+        oid = object_id(data)
+        key = object_key("manifest", oid)
+        stored = json.loads(data)  # what readers will see (tuples are lists, etc.)
+        if self._needs_write(key):
+            self.site.put(catalog_key(oid), LeafCatalog.from_leaf(oid, stored).to_bytes())
+            self.site.put(key, data)
+        self._cache.put(f"manifest:{oid}", stored)
+        return oid
+
+    def leaf_catalog(self, leaf_id: str) -> LeafCatalog:
+        """The columnar catalog of one entry-tree leaf (rebuilt from the leaf if need be)."""
+        ck = f"catalog:{leaf_id}"
+        cat: LeafCatalog | None = self._cache.get(ck)
+        if cat is not None:
+            return cat
+        try:
+            cat = LeafCatalog.from_bytes(self.site.get(catalog_key(leaf_id)), leaf_id)
+        except (NotFoundError, CorruptError) as exc:
+            log.debug(
+                "catalog index of leaf %s not usable (%s): rebuilding from the leaf", leaf_id, exc
+            )
+            node = self.read_node(leaf_id)
+            if node.get("kind") != "leaf":
+                raise CorruptError(
+                    f"manifest {leaf_id} should be a leaf of the entry tree"
+                ) from None
+            cat = LeafCatalog.from_leaf(leaf_id, node)
+        self._cache.put(ck, cat)
+        return cat
 
     # ------------------------------------------------------------- snapshots
     def snapshot(self, oid: str) -> Snapshot:

@@ -69,7 +69,11 @@ class EntryTree:
                 stack.extend(c[0] for _, c in sorted(node["children"].items(), reverse=True))
 
     def leaves(self, root: str | None) -> Iterator[str]:
-        """Ids of every leaf node (for bulk readers such as search)."""
+        """Ids of every leaf node (for bulk readers such as search).
+
+        Reads only inner nodes: the shape is canonical, so a child counting at most
+        ``leaf_max`` entries is a leaf (callers that read it still check its kind).
+        """
         if root is None:
             return
         stack = [root]
@@ -78,8 +82,12 @@ class EntryTree:
             node = self._node(oid)
             if node["kind"] == "leaf":
                 yield oid
-            else:
-                stack.extend(c[0] for c in node["children"].values())
+                continue
+            for cid, count in node["children"].values():
+                if int(count) <= self.leaf_max:
+                    yield cid
+                else:
+                    stack.append(cid)
 
     def node_ids(self, root: str | None) -> Iterator[str]:
         """Every node id of the tree (for fsck, gc and sync)."""

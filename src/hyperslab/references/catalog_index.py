@@ -1,0 +1,331 @@
+"""Columnar catalog indexes: what makes ``search`` over 10^5 entries take well under a second.
+
+The catalog records live in the entry tree's leaves (JSON, about 1 KB per entry):
+the source of truth. Parsing 10^5 of them takes seconds, so next to each leaf the
+repository keeps a **catalog index**, ``catalogs/<leaf id>.parquet``, the same
+records as one entity-attribute-value table:
+
+==========  =========  =====================================================
+column      type       meaning
+==========  =========  =====================================================
+``entity``  int32      index into the leaf's entry names (sorted; in metadata)
+``key``     string     the record key, as written (dictionary-encoded)
+``pos``     int16      -1 for a scalar value, else the position in a list value
+``kind``    int8       0 text, 1 int, 2 float, 3 bool, 4 null
+``text``    string     ``str(value)`` (dictionary-encoded)
+``lower``   string     ``str(value).lower()``, what text terms compare against
+``num``     float64    the value as a number when it reads as one, else null
+==========  =========  =====================================================
+
+A query is evaluated with ``pyarrow.compute`` on the dictionaries (a few thousand
+distinct values per leaf) and mapped to rows through the dictionary indices, so it
+costs a few vectorised passes, never a Python loop per record. It gives exactly
+the answers of :meth:`hyperslab.references.catalog.Query.matches` on the JSON
+records (a property test holds the two together).
+
+The index is *derived*: a pure function of its leaf, named by the leaf's id, written
+when the leaf is written, and rebuilt in memory from the leaf whenever it is
+missing, unreadable or names another leaf (repositories written before indexes
+existed still search correctly, only slower). Parquet page checksums guard its
+bytes; ``fsck`` compares every index with a fresh build from its leaf.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from hyperslab.errors import CorruptError
+from hyperslab.references.catalog import Query, _num, _Term
+
+__all__ = ["CATALOG_PREFIX", "LeafCatalog", "catalog_key", "leaf_records"]
+
+CATALOG_PREFIX = "catalogs/"
+_META = b"hyperslab.catalog"
+_VERSION = 1
+_KIND_STR, _KIND_INT, _KIND_FLOAT, _KIND_BOOL, _KIND_NULL = range(5)
+
+SCHEMA = pa.schema(
+    [
+        ("entity", pa.int32()),
+        ("key", pa.string()),
+        ("pos", pa.int16()),
+        ("kind", pa.int8()),
+        ("text", pa.string()),
+        ("lower", pa.string()),
+        ("num", pa.float64()),
+    ]
+)
+_DICT_COLUMNS = ["key", "text", "lower"]
+
+
+def catalog_key(leaf_id: str) -> str:
+    return f"{CATALOG_PREFIX}{leaf_id}.parquet"
+
+
+def leaf_records(leaf: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """``name → catalog record`` of a leaf node, as search sees them."""
+    return {
+        name: (value.get("catalog") or {"name": name})
+        for name, value in sorted(leaf.get("entries", {}).items())
+    }
+
+
+def _kind(v: Any) -> int:
+    if isinstance(v, bool):
+        return _KIND_BOOL
+    if isinstance(v, int):
+        return _KIND_INT
+    if isinstance(v, float):
+        return _KIND_FLOAT
+    if v is None:
+        return _KIND_NULL
+    return _KIND_STR
+
+
+def _from_text(kind: int, text: str) -> Any:
+    if kind == _KIND_STR:
+        return text
+    if kind == _KIND_INT:
+        return int(text)
+    if kind == _KIND_FLOAT:
+        return float(text)
+    if kind == _KIND_BOOL:
+        return text == "True"
+    return None
+
+
+@dataclass
+class LeafCatalog:
+    """One leaf's records as a table (see the module docstring)."""
+
+    leaf_id: str
+    names: list[str]
+    table: pa.Table
+
+    # ------------------------------------------------------------ building
+    @classmethod
+    def build(cls, leaf_id: str, records: Mapping[str, Mapping[str, Any]]) -> LeafCatalog:
+        names = sorted(records)
+        entity: list[int] = []
+        keys: list[str] = []
+        pos: list[int] = []
+        kinds: list[int] = []
+        texts: list[str] = []
+        nums: list[float | None] = []
+        for i, name in enumerate(names):
+            for key, value in records[name].items():
+                items = enumerate(value) if isinstance(value, list) else ((-1, value),)
+                for p, v in items:
+                    if isinstance(v, dict | list):
+                        v = json.dumps(v, sort_keys=True)  # never produced by entry_catalog
+                    entity.append(i)
+                    keys.append(key)
+                    pos.append(p)
+                    kinds.append(_kind(v))
+                    texts.append(str(v))
+                    nums.append(_num(v))
+        table = pa.table(
+            {
+                "entity": pa.array(entity, pa.int32()),
+                "key": pa.array(keys, pa.string()),
+                "pos": pa.array(pos, pa.int16()),
+                "kind": pa.array(kinds, pa.int8()),
+                "text": pa.array(texts, pa.string()),
+                "lower": pa.array([t.lower() for t in texts], pa.string()),
+                "num": pa.array(nums, pa.float64(), from_pandas=False),
+            },
+            schema=SCHEMA,
+        )
+        return cls(leaf_id, names, table)
+
+    @classmethod
+    def from_leaf(cls, leaf_id: str, leaf: Mapping[str, Any]) -> LeafCatalog:
+        return cls.build(leaf_id, leaf_records(leaf))
+
+    # ------------------------------------------------------------ storage
+    def to_bytes(self) -> bytes:
+        meta = {"version": _VERSION, "leaf": self.leaf_id, "names": self.names}
+        table = self.table.replace_schema_metadata({_META: json.dumps(meta).encode()})
+        sink = pa.BufferOutputStream()
+        pq.write_table(
+            table,
+            sink,
+            compression="zstd",
+            use_dictionary=_DICT_COLUMNS,
+            write_page_checksum=True,
+            write_statistics=False,
+        )
+        return bytes(sink.getvalue().to_pybytes())
+
+    @classmethod
+    def from_bytes(cls, data: bytes, leaf_id: str) -> LeafCatalog:
+        """Parse an index; :class:`CorruptError` unless it is intact and belongs to ``leaf_id``."""
+        try:
+            pf = pq.ParquetFile(
+                pa.BufferReader(data),
+                read_dictionary=_DICT_COLUMNS,
+                page_checksum_verification=True,
+            )
+            meta = json.loads((pf.schema_arrow.metadata or {})[_META])
+            table = pf.read(use_threads=False)  # callers fetch many indexes in threads
+        except (pa.ArrowException, KeyError, ValueError, OSError) as exc:
+            raise CorruptError(f"catalog index of leaf {leaf_id} is unreadable: {exc}") from None
+        if meta.get("version") != _VERSION or meta.get("leaf") != leaf_id:
+            raise CorruptError(f"catalog index of leaf {leaf_id} names another leaf or version")
+        names = meta.get("names")
+        if not isinstance(names, list) or table.schema.remove_metadata() != _dict_schema():
+            raise CorruptError(f"catalog index of leaf {leaf_id} has an unexpected layout")
+        return cls(leaf_id, names, table.combine_chunks())
+
+    def same_as(self, other: LeafCatalog) -> bool:
+        """Equal content (dictionary encoding aside), for fsck."""
+        return self.names == other.names and _plain(self.table).equals(_plain(other.table))
+
+    # ------------------------------------------------------------ querying
+    def select(self, query: Query) -> np.ndarray:
+        """Boolean mask over :attr:`names`: which entries match ``query``."""
+        hit = np.ones(len(self.names), dtype=bool)
+        if not self.names:
+            return hit
+        cols = _Columns(self.table)
+        for term in query.terms:
+            rows = _term_rows(term, cols)
+            found = np.zeros(len(self.names), dtype=bool)
+            found[cols.entity[rows]] = True
+            hit &= ~found if term.negate else found
+        return hit
+
+    def records(self, mask: np.ndarray) -> list[tuple[str, dict[str, Any]]]:
+        """``(name, record)`` of the entries selected by ``mask``, records rebuilt exactly."""
+        wanted = np.flatnonzero(mask)
+        if wanted.size == 0:
+            return []
+        entity = self.table.column("entity").to_numpy()
+        rows = np.flatnonzero(mask[entity])
+        sub = self.table.take(pa.array(rows))
+        ent = sub.column("entity").to_numpy().tolist()
+        pos = sub.column("pos").to_numpy().tolist()
+        keys = _decoded(sub.column("key")).tolist()
+        values = _decoded(sub.column("text"))
+        kind = sub.column("kind").to_numpy()
+        for code, convert in ((_KIND_INT, int), (_KIND_FLOAT, float)):
+            where = np.flatnonzero(kind == code)
+            if where.size:
+                values[where] = [convert(t) for t in values[where].tolist()]
+        for row in np.flatnonzero(kind >= _KIND_BOOL).tolist():
+            values[row] = _from_text(int(kind[row]), str(values[row]))
+        out: dict[int, dict[str, Any]] = {int(i): {} for i in wanted}
+        for e, k, p, value in zip(ent, keys, pos, values.tolist(), strict=True):
+            rec = out[e]
+            if p < 0:
+                rec[k] = value
+            else:
+                rec.setdefault(k, []).append(value)
+        return [(self.names[i], out[i]) for i in out]
+
+
+def _dict_schema() -> pa.Schema:
+    return pa.schema(
+        [
+            pa.field(
+                f.name, pa.dictionary(pa.int32(), f.type) if f.name in _DICT_COLUMNS else f.type
+            )
+            for f in SCHEMA
+        ]
+    )
+
+
+def _plain(table: pa.Table) -> pa.Table:
+    cols = [
+        pc.cast(table.column(f.name), f.type) if f.name in _DICT_COLUMNS else table.column(f.name)
+        for f in SCHEMA
+    ]
+    return pa.Table.from_arrays(cols, schema=SCHEMA)
+
+
+def _decoded(col: pa.ChunkedArray) -> np.ndarray:
+    """A string column as an object array (dictionaries decoded once per chunk)."""
+    parts = []
+    for chunk in col.chunks:
+        if pa.types.is_dictionary(chunk.type):
+            words = np.array([*chunk.dictionary.to_pylist(), None], dtype=object)
+            idx = chunk.indices.fill_null(len(chunk.dictionary)).to_numpy()
+            parts.append(words[idx])
+        else:
+            parts.append(np.array(chunk.to_pylist(), dtype=object))
+    return np.concatenate(parts) if parts else np.array([], dtype=object)
+
+
+class _Columns:
+    """The table's columns, ready for vectorised tests (dictionary columns stay encoded)."""
+
+    def __init__(self, table: pa.Table) -> None:
+        self.table = table
+        self.entity = table.column("entity").to_numpy()
+        self._cache: dict[str, Any] = {}
+
+    def arr(self, name: str) -> pa.Array:
+        col = self.table.column(name)
+        return col.chunk(0) if col.num_chunks == 1 else col.combine_chunks()
+
+    def kind(self) -> np.ndarray:
+        if "kind" not in self._cache:
+            self._cache["kind"] = self.arr("kind").to_numpy(zero_copy_only=False)
+        return self._cache["kind"]
+
+    def num(self) -> np.ndarray:
+        if "num" not in self._cache:
+            self._cache["num"] = self.arr("num").to_numpy(zero_copy_only=False)  # nulls → NaN
+        return self._cache["num"]
+
+    def num_valid(self) -> np.ndarray:
+        if "valid" not in self._cache:
+            valid = self.arr("num").is_valid()
+            self._cache["valid"] = valid.to_numpy(zero_copy_only=False)
+        return self._cache["valid"]
+
+    def keys_lower(self) -> tuple[np.ndarray, list[str]]:
+        if "keys" not in self._cache:
+            a = self.arr("key")
+            if pa.types.is_dictionary(a.type):
+                idx = a.indices.to_numpy(zero_copy_only=False)
+                words = [str(k).lower() for k in a.dictionary.to_pylist()]
+            else:
+                words_all = [str(k).lower() for k in a.to_pylist()]
+                uniq = sorted(set(words_all))
+                where = {w: i for i, w in enumerate(uniq)}
+                idx = np.array([where[w] for w in words_all], dtype=np.int64)
+                words = uniq
+            self._cache["keys"] = (idx, words)
+        return self._cache["keys"]
+
+    def key_rows(self, key: str) -> np.ndarray:
+        idx, words = self.keys_lower()
+        codes = [i for i, w in enumerate(words) if w == key]
+        if not codes:
+            return np.zeros(len(idx), dtype=bool)
+        return np.isin(idx, codes)
+
+    def lower_test(self, test: Any) -> np.ndarray:
+        """Rows whose ``lower`` text passes the Arrow predicate ``test`` (dictionary-wise)."""
+        a = self.arr("lower")
+        if pa.types.is_dictionary(a.type):
+            on_dict = test(a.dictionary).to_numpy(zero_copy_only=False)
+            return on_dict[a.indices.to_numpy(zero_copy_only=False)]
+        return test(a).to_numpy(zero_copy_only=False)
+
+
+def _term_rows(term: _Term, cols: _Columns) -> np.ndarray:
+    """Rows (values) that satisfy ``term``'s positive test, restricted to its key."""
+    rows = term.spec.rows(cols)
+    if term.key is not None:
+        rows = rows & cols.key_rows(term.key)
+    return rows
