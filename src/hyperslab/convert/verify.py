@@ -31,7 +31,7 @@ from hyperslab.convert.hdf5 import MATERIALISED_ATTR, open_hdf5
 from hyperslab.errors import NotFoundError
 from hyperslab.references.refmap import read_refmap
 
-__all__ = ["ArrayCheck", "VerifyReport", "open_refs_store", "verify"]
+__all__ = ["ArrayCheck", "VerifyReport", "open_refs_store", "verify", "verify_store"]
 
 _SLAB_BYTES = 64 * 2**20
 
@@ -133,11 +133,23 @@ def verify(
     source: str | Path, refs: str | Path, *, progress: Callable[[str, int, int], None] | None = None
 ) -> VerifyReport:
     """Compare every array of ``refs`` with ``source`` (and every dataset of the source with refs)."""
+    store, paths = open_refs_store(refs)
+    return verify_store(source, store, paths, label=str(refs), progress=progress)
+
+
+def verify_store(
+    source: str | Path,
+    store: Any,
+    paths: list[str],
+    *,
+    label: str,
+    progress: Callable[[str, int, int], None] | None = None,
+) -> VerifyReport:
+    """Compare arrays ``paths`` of any Zarr ``store`` with ``source``, bit for bit."""
     import zarr
 
     t0 = time.perf_counter()
-    report = VerifyReport(source=str(source), refs=str(refs))
-    store, paths = open_refs_store(refs)
+    report = VerifyReport(source=str(source), refs=label)
     with open_hdf5(source) as f:
         h5names = _all_datasets(f)
         for i, path in enumerate(paths):
