@@ -366,10 +366,11 @@ def sample(
                 out.print(f"[green]✓[/] {p} ({p.stat().st_size / 1e6:.1f} MB)", highlight=False)
 
 
-# the repository commands live in their own module and register themselves on `app`
+# the repository and access commands live in their own modules and register on `app`
+from hyperslab import access_cli as _access_cli  # noqa: E402
 from hyperslab import repo_cli as _repo_cli  # noqa: E402
 
-__all__ = ["_repo_cli", "app", "main"]
+__all__ = ["_access_cli", "_repo_cli", "app", "main"]
 
 
 def main(argv: list[str] | None = None) -> None:
