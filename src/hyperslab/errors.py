@@ -39,6 +39,7 @@ __all__ = [
     "HyperslabError",
     "NotFoundError",
     "NotHDF5Error",
+    "SourceChangedError",
     "TransientError",
     "UnsafeNameError",
     "UnsupportedFeatureError",
@@ -116,6 +117,12 @@ class CorruptError(HyperslabError):
 
 class FormatVersionError(CorruptError):
     code = "format_version"
+
+
+class SourceChangedError(CorruptError):
+    """A source file is not the file that was ingested (size, mtime or content differ)."""
+
+    code = "source_changed"
 
 
 class TransientError(HyperslabError):

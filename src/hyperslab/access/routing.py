@@ -33,7 +33,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-import crc32c as _crc32c
+from google_crc32c import value as _crc32c
 
 from hyperslab.errors import AccessDeniedError, HyperslabError, TransientError
 from hyperslab.sites import Site
@@ -262,7 +262,7 @@ class Router:
                     bad.append(f"{ref.label or ref.cache_key}: short read ({len(data)} bytes)")
                     left.append(i)
                     continue
-                if ref.checksum is not None and _crc32c.crc32c(data) != ref.checksum:
+                if ref.checksum is not None and _crc32c(data) != ref.checksum:
                     bad.append(f"{ref.label or ref.cache_key}: checksum mismatch")
                     left.append(i)
                     continue

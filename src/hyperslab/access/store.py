@@ -44,6 +44,7 @@ from zarr.core.buffer import Buffer, BufferPrototype
 from hyperslab.access.routing import ChunkRef, Location, Router
 from hyperslab.config import Config, load_config
 from hyperslab.errors import BadInputError, CorruptError, HyperslabError, NotFoundError
+from hyperslab.references.checksums import aligned, unpack_checksums
 from hyperslab.references.packed import EXTENSIONS, unpack_refmap
 from hyperslab.references.refmap import ArrayRefs, RefMap, _key_to_linear
 from hyperslab.references.repository import DEFAULT_BRANCH, Repository
@@ -97,6 +98,11 @@ class EntryView:
         for arr in self.refmap.arrays.values():
             if arr.index.size > 1 and (np.diff(arr.index) < 0).any():
                 arr.sort()
+        self.checksums: dict[str, np.ndarray] = {}
+        sums = self.record.get("checksums")
+        if isinstance(sums, dict) and sums.get("id"):
+            data = repo.get_object("checksums", sums["id"], ".parquet")
+            self.checksums = aligned(self.refmap, unpack_checksums(data))
         self.source_ids: list[str | None] = [
             s[len(SOURCE_SCHEME) :] if s.startswith(SOURCE_SCHEME) else None
             for s in self.refmap.sources
@@ -221,11 +227,29 @@ class HyperslabStore(Store):
         super().close()
 
     # ------------------------------------------------------------ lookups
+    def _group_zmetadata(self, key: str) -> bytes | None:
+        """Consolidated metadata of a sub-group (``entry/data/.zmetadata``), built on demand."""
+        group = key[: -len("/.zmetadata")]
+        if f"{group}/.zgroup" not in self._meta:
+            return None
+        base = group + "/"
+        docs = {
+            k[len(base) :]: json.loads(v)
+            for k, v in self._meta.items()
+            if k.startswith(base) and not k.endswith("/.zmetadata")
+        }
+        doc = json.dumps({"zarr_consolidated_format": 1, "metadata": docs}, allow_nan=True)
+        data = doc.encode()
+        self._meta[key] = data
+        return data
+
     def _locate(self, key: str) -> bytes | ChunkRef | None:
         """Metadata bytes, an inline chunk's bytes, a chunk reference, or None (absent)."""
         meta = self._meta.get(key)
         if meta is not None:
             return meta
+        if key.endswith("/.zmetadata"):
+            return self._group_zmetadata(key)
         path, sep, name = key.rpartition("/")
         arr = self._arrays.get(path if sep else "")
         if arr is None or name.startswith("."):
@@ -246,7 +270,14 @@ class HyperslabStore(Store):
                 f"{key}: source {self.view.refmap.sources[int(arr.source[pos])]!r} is not a "
                 "repository source"
             )
-        return ChunkRef(source, int(arr.offset[pos]), int(arr.length[pos]), label=key)
+        crc = self.view.checksums.get(path if sep else "")
+        return ChunkRef(
+            source,
+            int(arr.offset[pos]),
+            int(arr.length[pos]),
+            checksum=int(crc[pos]) if crc is not None else None,
+            label=key,
+        )
 
     def _batcher(self) -> _Batcher:
         loop = asyncio.get_running_loop()

@@ -32,8 +32,15 @@ from hyperslab.errors import (
     CorruptError,
     HyperslabError,
     NotFoundError,
+    SourceChangedError,
 )
 from hyperslab.references.catalog import entry_catalog
+from hyperslab.references.checksums import (
+    ALGORITHM,
+    Checksums,
+    compute_checksums,
+    pack_checksums,
+)
 from hyperslab.references.format import check_entry_name
 from hyperslab.references.packed import EXTENSIONS, RefmapFormat, pack_refmap
 from hyperslab.references.refmap import RefMap, inline_nbytes
@@ -51,10 +58,6 @@ __all__ = [
 
 #: how repository refmaps name a source: by content, resolved per site by readers
 SOURCE_SCHEME = "hyperslab-source:"
-
-
-class SourceChangedError(CorruptError):
-    code = "source_changed"
 
 
 def source_key(sha256: str, name: str) -> str:
@@ -163,6 +166,16 @@ class _Sources:
                     path=ap,
                 )
 
+    def checksums(self, refmap: RefMap) -> Checksums:
+        """CRC-32C of every referenced chunk, read from the local files."""
+        by_id = {r["id"]: ap for ap, r in self.by_path.items()}
+        files = {
+            i: by_id[url[len(SOURCE_SCHEME) :]]
+            for i, url in enumerate(refmap.sources)
+            if url.startswith(SOURCE_SCHEME) and url[len(SOURCE_SCHEME) :] in by_id
+        }
+        return compute_checksums(refmap, files)
+
     def records(self, refmap: RefMap) -> list[dict[str, Any]]:
         by_id = {r["id"]: r for r in self.by_path.values()}
         out = []
@@ -233,10 +246,12 @@ def ingest_entry(
     for f in plan.files:
         results.append(build_refmap(f, options=options, url=srcs.url(f), url_for=srcs.url))
     res = combine_refmaps(results, dim=dim, new_dim=new_dim) if len(results) > 1 else results[0]
-    srcs.check_unchanged()
     refmap = res.refmap
+    sums = srcs.checksums(refmap)  # before the check: it covers these reads too
+    srcs.check_unchanged()
     data, fmt = pack_refmap(refmap, refmap_format)
     refmap_id = repo.put_object("refmap", data, EXTENSIONS[fmt])
+    checksums_id = repo.put_object("checksums", pack_checksums(refmap, sums), ".parquet")
     sources = srcs.records(refmap)
     uploaded = [s["name"] for s in sources if upload_sources and _upload(repo, s)]
     arrays = _array_summary(refmap)
@@ -251,6 +266,11 @@ def ingest_entry(
     record: dict[str, Any] = {
         "name": plan.name,
         "refmap": {"id": refmap_id, "format": fmt, "size": len(data), "refs": refmap.n_refs},
+        "checksums": {
+            "id": checksums_id,
+            "algorithm": ALGORITHM,
+            "chunks": sum(int(a.index.size) for a in refmap.arrays.values()),
+        },
         "sources": sources,
         "arrays": arrays,
         "counts": counts,

@@ -11,6 +11,7 @@ Layout below the repository prefix (format version 1)::
                                     (derived from the leaf; optional: search falls back)
     entries/<id>.json               one entry: refmap id, sources, array summaries, catalog
     refmaps/<id>.json|.parquet      kerchunk JSON / packed Parquet reference maps
+    checksums/<id>.parquet          CRC-32C of every referenced chunk of a refmap
     sources/<sha256>/<file name>    raw HDF5 files copied in with --upload-sources
     chunks/<sha256>                 chunk replicas (written by sync)
 
@@ -46,13 +47,14 @@ FORMAT_NAME = "hyperslab-repository"
 #: the newest repository format this version reads and writes
 FORMAT_VERSION = 1
 
-Kind = Literal["snapshot", "manifest", "entry", "refmap"]
+Kind = Literal["snapshot", "manifest", "entry", "refmap", "checksums"]
 
 _DIRS: dict[str, str] = {
     "snapshot": "snapshots",
     "manifest": "manifests",
     "entry": "entries",
     "refmap": "refmaps",
+    "checksums": "checksums",
 }
 _ID = re.compile(r"^[0-9a-f]{64}$")
 _REF_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._\-]*(/[A-Za-z0-9_][A-Za-z0-9._\-]*)*$")

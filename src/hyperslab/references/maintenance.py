@@ -20,6 +20,7 @@ import numpy as np
 from hyperslab.errors import BadInputError, HyperslabError, NotFoundError
 from hyperslab.references.catalog import Query, parse_query
 from hyperslab.references.catalog_index import CATALOG_PREFIX, LeafCatalog, catalog_key
+from hyperslab.references.checksums import unpack_checksums
 from hyperslab.references.format import is_object_id, object_key
 from hyperslab.references.packed import EXTENSIONS, unpack_refmap
 from hyperslab.references.repository import (
@@ -74,6 +75,7 @@ class Reachable:
     leaves: set[str] = field(default_factory=set)  # the manifests that are entry-tree leaves
     entries: set[str] = field(default_factory=set)
     refmaps: dict[str, str] = field(default_factory=dict)  # id → extension
+    checksums: dict[str, int] = field(default_factory=dict)  # id → chunk count
     sources: set[str] = field(default_factory=set)  # keys
     chunks: set[str] = field(default_factory=set)  # keys
     #: for fsck, so entry records are read once: refmap id → (entry, arrays, refs)
@@ -87,6 +89,7 @@ class Reachable:
         out |= {catalog_key(leaf) for leaf in self.leaves}
         out |= {object_key("entry", e) for e in self.entries}
         out |= {object_key("refmap", r, ext) for r, ext in self.refmaps.items()}
+        out |= {object_key("checksums", c, ".parquet") for c in self.checksums}
         return out | self.sources | self.chunks
 
 
@@ -171,6 +174,9 @@ def _walk_tree(
             r.refmap_owner.setdefault(
                 rm["id"], (rec.get("name", eid), frozenset(rec.get("arrays", {})), rm.get("refs"))
             )
+            sums = rec.get("checksums")
+            if isinstance(sums, dict) and isinstance(sums.get("id"), str):
+                r.checksums[sums["id"]] = int(sums.get("chunks", -1))
             for s in rec.get("sources", []):
                 key = f"sources/{s['id']}/{s['name']}"
                 # only sources this site holds are part of the repository here
@@ -228,6 +234,18 @@ def fsck(
             elif refs is not None and refmap.n_refs != refs:
                 report.add("refmap", rid, "reference count differs from entry record", entry=name)
     report.checked["refmaps"] = len(r.refmaps)
+    for cid, chunks in sorted(r.checksums.items()):
+        try:
+            data = repo.get_object("checksums", cid, ".parquet")
+            report.bytes_checked += len(data)
+            rows = sum(idx.size for idx, _ in unpack_checksums(data).values())
+        except HyperslabError as exc:
+            problem = "missing" if isinstance(exc, NotFoundError) else "corrupt"
+            report.add("checksums", cid, problem, error=exc.message)
+            continue
+        if chunks >= 0 and rows != chunks:
+            report.add("checksums", cid, "corrupt", error=f"{rows} rows, entry says {chunks}")
+    report.checked["checksums"] = len(r.checksums)
     for key in sorted(r.sources):
         sha = key.split("/")[1]
         try:
@@ -347,6 +365,7 @@ _GC_PREFIXES = (
     CATALOG_PREFIX,
     "entries/",
     "refmaps/",
+    "checksums/",
     "sources/",
     "chunks/",
 )
