@@ -49,6 +49,7 @@ test: install lint
 bench: install
 	$(PY) benchmarks/refgen.py
 	$(PY) benchmarks/repo.py
+	$(PY) benchmarks/commit.py
 
 clean:
 	rm -rf $(VENV) $(DEMO) bench-data .pytest_cache .mypy_cache .ruff_cache
