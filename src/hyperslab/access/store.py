@@ -31,7 +31,6 @@ from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 from zarr.abc.store import (
     ByteRequest,
     OffsetByteRequest,
@@ -41,11 +40,12 @@ from zarr.abc.store import (
 )
 from zarr.core.buffer import Buffer, BufferPrototype
 
+from hyperslab.access.chunks import EagerChunks, LazyChunks, LazyRows
 from hyperslab.access.routing import ChunkRef, Location, Router
 from hyperslab.config import Config, load_config
 from hyperslab.errors import BadInputError, CorruptError, HyperslabError, NotFoundError
 from hyperslab.references.checksums import aligned, unpack_checksums
-from hyperslab.references.packed import EXTENSIONS, unpack_refmap
+from hyperslab.references.packed import EXTENSIONS, read_packed_meta, unpack_refmap
 from hyperslab.references.refmap import ArrayRefs, RefMap, _key_to_linear
 from hyperslab.references.repository import DEFAULT_BRANCH, Repository
 from hyperslab.sites import Site, open_site
@@ -92,17 +92,38 @@ class EntryView:
         fmt = rm.get("format", "json")
         if fmt not in EXTENSIONS:
             raise CorruptError(f"entry {entry!r} names an unknown refmap format {fmt!r}")
-        self.refmap: RefMap = unpack_refmap(
-            repo.get_object("refmap", rm["id"], EXTENSIONS[fmt]), fmt
-        )
-        for arr in self.refmap.arrays.values():
-            if arr.index.size > 1 and (np.diff(arr.index) < 0).any():
-                arr.sort()
-        self.checksums: dict[str, np.ndarray] = {}
+        data = repo.get_object("refmap", rm["id"], EXTENSIONS[fmt])
         sums = self.record.get("checksums")
-        if isinstance(sums, dict) and sums.get("id"):
-            data = repo.get_object("checksums", sums["id"], ".parquet")
-            self.checksums = aligned(self.refmap, unpack_checksums(data))
+        sums_data = (
+            repo.get_object("checksums", sums["id"], ".parquet")
+            if isinstance(sums, dict) and sums.get("id")
+            else None
+        )
+        self.refmap: RefMap
+        self.chunks: EagerChunks | LazyChunks
+        if fmt == "parquet":
+            # large maps: metadata now, rows one row group at a time when asked for
+            refs = LazyRows(data, ["source", "offset", "length", "raw"])
+            meta = read_packed_meta(refs.metadata)
+            self.refmap = RefMap._from_metadata(meta["metadata"])
+            self.refmap.sources = list(meta["sources"])
+            paths = list(meta["arrays"])
+            lazy_sums = None
+            if sums_data is not None:
+                lazy_sums = LazyRows(sums_data, ["crc32c"])
+                if (
+                    json.loads(lazy_sums.metadata.get(b"hyperslab.checksums", b"{}")).get("arrays")
+                    != paths
+                ):
+                    raise CorruptError(f"chunk checksums of entry {entry!r} list other arrays")
+            self.chunks = LazyChunks(paths, refs, lazy_sums)
+        else:
+            self.refmap = unpack_refmap(data, fmt)
+            checks = (
+                aligned(self.refmap, unpack_checksums(sums_data)) if sums_data is not None else {}
+            )
+            self.chunks = EagerChunks(self.refmap, checks)
+        self.verified = sums_data is not None
         self.source_ids: list[str | None] = [
             s[len(SOURCE_SCHEME) :] if s.startswith(SOURCE_SCHEME) else None
             for s in self.refmap.sources
@@ -251,33 +272,22 @@ class HyperslabStore(Store):
         if key.endswith("/.zmetadata"):
             return self._group_zmetadata(key)
         path, sep, name = key.rpartition("/")
-        arr = self._arrays.get(path if sep else "")
+        path = path if sep else ""
+        arr = self._arrays.get(path)
         if arr is None or name.startswith("."):
             return None
         try:
             lin = _key_to_linear(name, arr.grid, key)
         except CorruptError:
             return None
-        inline = arr.inline.get(lin)
-        if inline is not None:
-            return bytes(inline)
-        pos = int(np.searchsorted(arr.index, lin))
-        if pos >= arr.index.size or int(arr.index[pos]) != lin:
-            return None  # never written: zarr fills with the fill value
-        source = self.view.source_ids[int(arr.source[pos])]
+        found = self.view.chunks.find(path, lin)
+        if found is None or isinstance(found, bytes):
+            return found  # never written (zarr fills it) or inline bytes
+        src, offset, length, crc = found
+        source = self.view.source_ids[src] if 0 <= src < len(self.view.source_ids) else None
         if source is None:
-            raise CorruptError(
-                f"{key}: source {self.view.refmap.sources[int(arr.source[pos])]!r} is not a "
-                "repository source"
-            )
-        crc = self.view.checksums.get(path if sep else "")
-        return ChunkRef(
-            source,
-            int(arr.offset[pos]),
-            int(arr.length[pos]),
-            checksum=int(crc[pos]) if crc is not None else None,
-            label=key,
-        )
+            raise CorruptError(f"{key}: source #{src} is not a repository source")
+        return ChunkRef(source, offset, length, checksum=crc, label=key)
 
     def _batcher(self) -> _Batcher:
         loop = asyncio.get_running_loop()
@@ -328,8 +338,7 @@ class HyperslabStore(Store):
         yield from self._meta
         for path, arr in self._arrays.items():
             prefix = f"{path}/" if path else ""
-            lin = np.union1d(arr.index, np.fromiter(arr.inline.keys(), np.int64))
-            for name in arr.chunk_names(lin):
+            for name in arr.chunk_names(self.view.chunks.indices(path)):
                 yield prefix + name
 
     async def list(self) -> AsyncIterator[str]:

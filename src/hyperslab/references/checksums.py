@@ -28,6 +28,7 @@ import numpy as np
 from google_crc32c import value as crc32c
 
 from hyperslab.errors import CorruptError, FormatVersionError, SourceChangedError
+from hyperslab.references.packed import ROW_GROUP
 from hyperslab.references.refmap import RefMap
 
 __all__ = [
@@ -97,7 +98,7 @@ def pack_checksums(refmap: RefMap, sums: Checksums) -> bytes:
     meta = {"format": _VERSION, "algorithm": ALGORITHM, "arrays": paths}
     table = table.replace_schema_metadata({_META: json.dumps(meta).encode()})
     buf = io.BytesIO()
-    pq.write_table(table, buf, compression="zstd", row_group_size=1 << 20)
+    pq.write_table(table, buf, compression="zstd", row_group_size=ROW_GROUP, write_statistics=True)
     return buf.getvalue()
 
 
