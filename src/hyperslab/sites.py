@@ -219,6 +219,14 @@ class Site(ABC):
     def etag(self, key: str) -> str:
         return self.head(key).etag
 
+    def get_with_etag(self, key: str) -> tuple[bytes, str]:
+        """The bytes of ``key`` and the etag that describes exactly those bytes."""
+        while True:
+            etag = self.head(key).etag
+            data = self.get(key)
+            if self.head(key).etag == etag:  # not replaced between the two
+                return data, etag
+
     @abstractmethod
     def head(self, key: str) -> ObjectInfo: ...
 
@@ -335,6 +343,10 @@ class MemorySite(Site):
 
     def get(self, key: str) -> bytes:
         return self._obj(key)[0]
+
+    def get_with_etag(self, key: str) -> tuple[bytes, str]:
+        data, etag, _ = self._obj(key)
+        return data, etag
 
     def get_range(self, key: str, start: int, length: int) -> bytes:
         _check_range(key, start, length)
@@ -484,6 +496,10 @@ class FileSite(Site):
         if len(data) != length:  # the file shrank under us
             raise _range_error(key, self.url, start, length, start + len(data))
         return data
+
+    def get_with_etag(self, key: str) -> tuple[bytes, str]:
+        data = self.get(key)  # one open: the etag is the sha256 of exactly these bytes
+        return data, hashlib.sha256(data).hexdigest()
 
     def _hash_file(self, path: Path) -> str:
         h = hashlib.sha256()
@@ -960,6 +976,21 @@ class S3Site(Site):
 
     def get_range(self, key: str, start: int, length: int) -> bytes:
         return self._run("get range of", key, lambda: self._aget_range(key, start, length))
+
+    def get_with_etag(self, key: str) -> tuple[bytes, str]:
+        """One GET: the response's ETag describes its body."""
+        s3key = self._s3key(key)
+
+        async def fetch() -> tuple[bytes, str]:
+            resp = await self._fs._call_s3("get_object", Bucket=self.bucket, Key=s3key)
+            body = resp["Body"]
+            try:
+                data: bytes = await body.read()
+            finally:
+                body.close()
+            return data, str(resp["ETag"])
+
+        return self._run("get", key, fetch)
 
     def get_ranges(self, ranges: Sequence[tuple[str, int, int]]) -> list[bytes]:
         ranges = list(ranges)

@@ -107,3 +107,21 @@ def test_same_as_compares_content() -> None:
     c = LeafCatalog.build(LEAF, {"x": {"name": "x", "e": 2}})
     assert a.same_as(b)
     assert not a.same_as(c)
+
+
+@settings(max_examples=150, deadline=None)
+@given(old=records, new=records, keep=st.sets(st.integers(0, 20), max_size=10))
+def test_updated_index_equals_a_fresh_build(
+    old: dict[str, dict[str, Any]], new: dict[str, dict[str, Any]], keep: set[int]
+) -> None:
+    """Splicing changed entries into the base leaf's index == building the new leaf's index."""
+    names = sorted(old)
+    # the new leaf: some old entries unchanged, some modified or removed, some added
+    records = {n: old[n] for i, n in enumerate(names) if i in keep}
+    records.update(new)
+    changed = {n for n, r in records.items() if old.get(n) != r}
+    base = LeafCatalog.from_bytes(LeafCatalog.build(LEAF, old).to_bytes(), LEAF)
+    spliced = base.updated("cd" * 32, records, changed)
+    fresh = LeafCatalog.build("cd" * 32, records)
+    assert spliced.same_as(fresh)
+    assert LeafCatalog.from_bytes(spliced.to_bytes(), "cd" * 32).same_as(fresh)

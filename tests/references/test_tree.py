@@ -19,7 +19,7 @@ class _Nodes:
     def read_node(self, oid: str) -> dict[str, Any]:
         return self.nodes[oid]
 
-    def write_node(self, doc: dict[str, Any]) -> str:
+    def write_node(self, doc: dict[str, Any], base: str | None = None) -> str:
         oid = object_id(canonical_json(doc))
         self.nodes[oid] = doc
         self.writes += 1

@@ -113,11 +113,20 @@ def entry_catalog(
 _STR_KIND = 0
 
 
+_NUMERIC_START = frozenset("0123456789+-.iInN")
+
+
 def _num(text: Any) -> float | None:
+    """The value as a number if ``float()`` reads it (bools are not numbers), else None."""
     if isinstance(text, bool):
         return None
     if isinstance(text, int | float):
         return float(text)
+    if isinstance(text, str):
+        # most catalog text is not a number: skip float()'s exception when it cannot be
+        head = text.lstrip()[:1]
+        if not head or (head not in _NUMERIC_START and not head.isdigit()):
+            return None
     try:
         return float(text)
     except (TypeError, ValueError, OverflowError):

@@ -150,6 +150,42 @@ class LeafCatalog:
     def from_leaf(cls, leaf_id: str, leaf: Mapping[str, Any]) -> LeafCatalog:
         return cls.build(leaf_id, leaf_records(leaf))
 
+    def updated(
+        self, leaf_id: str, records: Mapping[str, Mapping[str, Any]], changed: set[str]
+    ) -> LeafCatalog:
+        """The index of a new leaf holding ``records``, reusing this one's rows.
+
+        Only the entries in ``changed`` (new or modified) are encoded afresh; rows of the
+        others are carried over. Equal, row for row, to ``build(leaf_id, records)``.
+        """
+        names = sorted(records)
+        new_pos = {n: i for i, n in enumerate(names)}
+        fresh = LeafCatalog.build(leaf_id, {n: records[n] for n in changed if n in records})
+        old_to_new = np.array(
+            [-1 if (n in changed or n not in new_pos) else new_pos[n] for n in self.names],
+            dtype=np.int64,
+        )
+        old = _plain(self.table)
+        old_entity = old.column("entity").to_numpy()
+        target = old_to_new[old_entity] if old_entity.size else old_entity.astype(np.int64)
+        keep = np.flatnonzero(target >= 0)
+        kept = old.take(pa.array(keep)).set_column(
+            0, "entity", pa.array(target[keep].astype(np.int32), pa.int32())
+        )
+        fresh_map = np.array([new_pos[n] for n in fresh.names], dtype=np.int64)
+        fresh_entity = fresh.table.column("entity").to_numpy()
+        added = fresh.table.set_column(
+            0,
+            "entity",
+            pa.array(
+                (fresh_map[fresh_entity] if fresh_entity.size else fresh_entity).astype(np.int32),
+                pa.int32(),
+            ),
+        )
+        both = pa.concat_tables([kept, added])
+        order = np.argsort(both.column("entity").to_numpy(), kind="stable")
+        return LeafCatalog(leaf_id, names, both.take(pa.array(order)))
+
     # ------------------------------------------------------------ storage
     def to_bytes(self) -> bytes:
         meta = {"version": _VERSION, "leaf": self.leaf_id, "names": self.names}
@@ -187,7 +223,25 @@ class LeafCatalog:
 
     def same_as(self, other: LeafCatalog) -> bool:
         """Equal content (dictionary encoding aside), for fsck."""
-        return self.names == other.names and _plain(self.table).equals(_plain(other.table))
+        if self.names != other.names:
+            return False
+        a, b = _plain(self.table), _plain(other.table)
+        if a.num_rows != b.num_rows:
+            return False
+        for f in SCHEMA:
+            x, y = a.column(f.name).combine_chunks(), b.column(f.name).combine_chunks()
+            if f.name != "num":
+                if not x.equals(y):
+                    return False
+                continue
+            # NaN is a value here ("nan" reads as a number): equal to itself
+            if not x.is_valid().equals(y.is_valid()):
+                return False
+            xs = x.fill_null(0.0).to_numpy(zero_copy_only=False)
+            ys = y.fill_null(0.0).to_numpy(zero_copy_only=False)
+            if not np.array_equal(xs, ys, equal_nan=True):
+                return False
+        return True
 
     # ------------------------------------------------------------ querying
     def select(self, query: Query) -> np.ndarray:

@@ -63,9 +63,13 @@ _ENTRY_SEGMENT = re.compile(r"^[^\x00-\x1f\x7f/\\]+$")
 
 def canonical_json(obj: Any) -> bytes:
     """Deterministic JSON bytes: sorted keys, compact, UTF-8, NaN/Inf as strings."""
-    return json.dumps(
-        _finite(obj), sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
-    ).encode()
+    try:  # almost always: no NaN/Inf anywhere, so no need to walk the document first
+        text = json.dumps(
+            obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+        )
+    except (ValueError, TypeError):  # NaN/Inf, or keys that are not all strings
+        text = json.dumps(_finite(obj), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return text.encode()
 
 
 def _finite(obj: Any) -> Any:

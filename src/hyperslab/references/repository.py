@@ -23,7 +23,7 @@ import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -38,7 +38,7 @@ from hyperslab.errors import (
     NotFoundError,
     TransientError,
 )
-from hyperslab.references.catalog_index import LeafCatalog, catalog_key
+from hyperslab.references.catalog_index import LeafCatalog, catalog_key, leaf_records
 from hyperslab.references.format import (
     FORMAT_NAME,
     FORMAT_VERSION,
@@ -77,6 +77,8 @@ DEFAULT_BRANCH = "main"
 REFRESH_AGE = timedelta(hours=1)
 #: how often a committer re-applies its changes after losing a branch race
 MAX_COMMIT_ATTEMPTS = 60
+#: objects up to this size are rewritten rather than checked for first (see put_object)
+SMALL_OBJECT = 1 << 20
 
 
 class NotARepositoryError(NotFoundError):
@@ -213,6 +215,9 @@ class Repository:
         self.single_writer = bool(self.info.get("single_writer", False))
         self._cache = _LRU(8192)
         self.tree = EntryTree(self)
+        self._writes = threading.local()  # per thread: the PUTs of a commit in flight
+        self._pool: ThreadPoolExecutor | None = None
+        self._pool_lock = threading.Lock()
 
     # ------------------------------------------------------------- open/init
     @staticmethod
@@ -319,6 +324,8 @@ class Repository:
             )
 
     def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
         self.site.close()
 
     def __enter__(self) -> Repository:
@@ -329,11 +336,51 @@ class Repository:
 
     # ------------------------------------------------------------- objects
     def put_object(self, kind: Kind, data: bytes, ext: str = ".json") -> str:
-        """Store immutable bytes under their sha256; idempotent."""
+        """Store immutable bytes under their sha256; idempotent.
+
+        Small objects are simply PUT: a PUT costs what a HEAD costs, and rewriting an
+        existing object refreshes the age ``gc`` sees. Large ones are written only if
+        absent or old (see :data:`REFRESH_AGE`).
+        """
         oid = object_id(data)
-        if self._needs_write(object_key(kind, oid, ext)):
-            self.site.put(object_key(kind, oid, ext), data)
+        key = object_key(kind, oid, ext)
+        if len(data) <= SMALL_OBJECT or self._needs_write(key):
+            self._put(key, data)
         return oid
+
+    def _put(self, key: str, data: bytes) -> None:
+        """PUT now, or, inside :meth:`_parallel_writes`, on a worker thread."""
+        pending: list[Future[None]] | None = getattr(self._writes, "pending", None)
+        if pending is None:
+            self.site.put(key, data)
+            return
+        with self._pool_lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(8, thread_name_prefix="hyperslab-commit")
+            pool = self._pool
+        pending.append(pool.submit(self.site.put, key, data))
+
+    @contextlib.contextmanager
+    def _parallel_writes(self) -> Iterator[None]:
+        """Objects written inside run concurrently; all have landed when it exits.
+
+        Their order does not matter: nothing they write is reachable until the branch
+        pointer moves, which callers do only after this exits (bottom-up invariant).
+        """
+        outer = getattr(self._writes, "pending", None)
+        if outer is not None:  # nested: the outer block waits
+            yield
+            return
+        pending: list[Future[None]] = []
+        self._writes.pending = pending
+        try:
+            yield
+        finally:
+            self._writes.pending = None
+            errors = [f.exception() for f in pending]
+        first = next((e for e in errors if e is not None), None)
+        if first is not None:
+            raise first
 
     def _needs_write(self, key: str) -> bool:
         """Absent, or old enough that gc could be about to delete it (then refresh it)."""
@@ -385,7 +432,7 @@ class Repository:
     def read_node(self, oid: str) -> dict[str, Any]:
         return self.read_json("manifest", oid)
 
-    def write_node(self, doc: dict[str, Any]) -> str:
+    def write_node(self, doc: dict[str, Any], base: str | None = None) -> str:
         if doc.get("kind") != "leaf":
             return self.write_json("manifest", doc)
         # A leaf and its catalog index (derived, named by the leaf's id): index first,
@@ -395,11 +442,27 @@ class Repository:
         oid = object_id(data)
         key = object_key("manifest", oid)
         stored = json.loads(data)  # what readers will see (tuples are lists, etc.)
-        if self._needs_write(key):
-            self.site.put(catalog_key(oid), LeafCatalog.from_leaf(oid, stored).to_bytes())
-            self.site.put(key, data)
+        if len(data) <= SMALL_OBJECT or self._needs_write(key):
+            self._put(catalog_key(oid), self._catalog_for(oid, stored, base).to_bytes())
+            self._put(key, data)
         self._cache.put(f"manifest:{oid}", stored)
         return oid
+
+    def _catalog_for(self, oid: str, leaf: dict[str, Any], base: str | None) -> LeafCatalog:
+        """A new leaf's catalog index: from its ``base`` leaf's index when there is one
+        (only changed entries are encoded: O(changed)), else built from scratch."""
+        records = leaf_records(leaf)
+        if base is not None:
+            try:
+                old_entries = self.read_node(base).get("entries", {})
+                previous = self.leaf_catalog(base)
+            except HyperslabError:
+                previous = None
+            if previous is not None:
+                new_entries = leaf.get("entries", {})
+                changed = {n for n, v in new_entries.items() if old_entries.get(n) != v}
+                return previous.updated(oid, records, changed)
+        return LeafCatalog.build(oid, records)
 
     def leaf_catalog(self, leaf_id: str) -> LeafCatalog:
         """The columnar catalog of one entry-tree leaf (rebuilt from the leaf if need be)."""
@@ -473,18 +536,13 @@ class Repository:
 
     def _read_ref(self, key: str) -> tuple[str, str]:
         """``(snapshot id, etag)`` of a branch or tag object."""
-        info = self.site.head(key)
-        data = self.site.get(key)
+        data, etag = self.site.get_with_etag(key)
         try:
             sid = json.loads(data)["snapshot"]
         except (ValueError, KeyError, TypeError) as exc:
             raise CorruptError(f"{key} at {self.display} is malformed: {exc}", key=key) from exc
         if not isinstance(sid, str) or not is_object_id(sid):
             raise CorruptError(f"{key} at {self.display} does not name a snapshot", key=key)
-        etag = info.etag
-        # the etag must describe the bytes we parsed; re-read if the object moved between
-        if self.site.head(key).etag != etag:
-            return self._read_ref(key)
         return sid, etag
 
     def branch_head(self, name: str) -> tuple[str, str]:
@@ -676,14 +734,15 @@ class Repository:
             if not effective:
                 result.snapshot = None
                 return result
-            tree = self.tree.update(head_snap.tree, effective)
-            snap = self._write_snapshot(
-                parents=[head],
-                tree=tree,
-                message=message,
-                author=author,
-                changes=_summarise(result),
-            )
+            with self._parallel_writes():  # all objects land before the pointer moves
+                tree = self.tree.update(head_snap.tree, effective)
+                snap = self._write_snapshot(
+                    parents=[head],
+                    tree=tree,
+                    message=message,
+                    author=author,
+                    changes=_summarise(result),
+                )
             try:
                 self.site.put_if_match(
                     BRANCH_PREFIX + branch, canonical_json({"snapshot": snap.id}), etag

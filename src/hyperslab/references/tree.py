@@ -35,7 +35,9 @@ Value = dict[str, Any]
 class NodeStore(Protocol):
     def read_node(self, oid: str) -> dict[str, Any]: ...
 
-    def write_node(self, doc: dict[str, Any]) -> str: ...
+    def write_node(self, doc: dict[str, Any], base: str | None = None) -> str:
+        """Store a node; ``base``: the leaf this leaf was made from, if any (a hint)."""
+        ...
 
 
 def name_hash(name: str) -> str:
@@ -143,7 +145,7 @@ class EntryTree:
                     entries.pop(n, None)
                 else:
                     entries[n] = (h, v)
-            return self._build(entries, depth)
+            return self._build(entries, depth, base=oid)
         children: dict[str, list[Any]] = {c: list(v) for c, v in node["children"].items()}
         groups: dict[str, dict[str, tuple[str, Value | None]]] = {}
         for n, hv in changes.items():
@@ -162,14 +164,14 @@ class EntryTree:
         return self._write_inner(children, depth, total), total
 
     def _build(
-        self, entries: dict[str, tuple[str, Value | None]], depth: int
+        self, entries: dict[str, tuple[str, Value | None]], depth: int, base: str | None = None
     ) -> tuple[str | None, int]:
         live = {n: hv for n, hv in entries.items() if hv[1] is not None}
         if not live:
             return None, 0
         if len(live) <= self.leaf_max or depth >= _MAX_DEPTH:
             doc = {"kind": "leaf", "entries": {n: v for n, (_, v) in live.items()}}
-            return self.store.write_node(doc), len(live)
+            return self.store.write_node(doc, base), len(live)
         groups: dict[str, dict[str, tuple[str, Value | None]]] = {}
         for n, hv in live.items():
             groups.setdefault(hv[0][depth], {})[n] = hv
