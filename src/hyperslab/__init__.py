@@ -1,9 +1,30 @@
 """hyperslab: HDF5/NeXus files as versioned, replicated virtual Zarr stores.
 
 The ingest side reads only each file's chunk index and writes kerchunk-format
-reference maps; see :mod:`hyperslab.convert`.
+reference maps; see :mod:`hyperslab.convert`. Reading::
+
+    ds = hyperslab.open_dataset("s3://beamline/repo", "run42/scan_0007")
+    store = hyperslab.open_store("s3://beamline/repo", "run42/scan_0007")
+
+(both imported on first use, so ``import hyperslab`` stays cheap; see :mod:`hyperslab.access`).
 """
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from hyperslab.access.dataset import open_dataset
+    from hyperslab.access.store import open_store
+
 __version__ = "0.1.0"
+
+__all__ = ["__version__", "open_dataset", "open_store"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in ("open_dataset", "open_store"):
+        from hyperslab import access
+
+        return getattr(access, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

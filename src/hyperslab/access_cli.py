@@ -1,5 +1,5 @@
-"""Access commands of the ``hyperslab`` CLI: ``hyperslab cache info|clear``.
-(Registered on :data:`hyperslab.cli.app`.)
+"""Access commands of the ``hyperslab`` CLI: ``hyperslab cache info|clear`` and
+``hyperslab export-refs``. (Registered on :data:`hyperslab.cli.app`.)
 """
 
 from __future__ import annotations
@@ -121,3 +121,57 @@ def clear(
             verb = "would remove" if dry_run else "removed"
             size = f" ({_size(nbytes)})" if nbytes is not None else ""
             out.print(f"{verb} {entries:,} chunks{size} from {cache.path}", highlight=False)
+
+
+# ---------------------------------------------------------------- export-refs
+@app.command("export-refs")
+def export_refs(
+    repo: Annotated[
+        str, typer.Argument(help="Repository: file:// or s3:// URL, local path, or SITE:path.")
+    ],
+    entry: Annotated[str, typer.Argument(help="Entry to export, e.g. run42/scan_0007.")],
+    site: Annotated[
+        str,
+        typer.Option(
+            "--site",
+            help="Where readers will fetch the source files: the repository's URL or "
+            "SITE:path there, or a site name from hyperslab.toml (then REPO must be SITE:path).",
+        ),
+    ],
+    output: Annotated[
+        Path,
+        typer.Option(
+            "--output", "-o", help="OUT.json (one file) or OUT.parquet (a Parquet directory)."
+        ),
+    ],
+    ref: Annotated[
+        str, typer.Option("--ref", help="Branch, tag or snapshot id (prefix) to export.")
+    ] = "main",
+    as_json: JsonOpt = False,
+) -> None:
+    """Write an entry as plain kerchunk references with one site's concrete URLs.
+
+    For readers with fsspec/kerchunk but without hyperslab: every source becomes
+    the URL of its copy at --site (which must hold each one, or the command fails
+    naming the missing source, exit 3). The map holds URLs only, never
+    credentials or endpoints; checksum verification, site fallback and the local
+    cache are what such readers give up.
+
+    Examples:
+
+      hyperslab export-refs s3://beamline/repo run42/scan_0007 --site s3://beamline/repo -o scan.json
+
+      hyperslab export-refs beamline:repo run42/scan_0007 --site cloud -o scan.parquet --ref v1
+    """
+    from hyperslab.access.export import export_refs as do_export
+
+    with _errors(as_json):
+        res = do_export(repo, entry, site, output, ref=ref)
+        if as_json:
+            print(json.dumps({"ok": True, **res.to_json()}))
+            return
+        out.print(
+            f"[green]✓[/] wrote {res.path}: {entry} at {res.snapshot[:12]}, {res.arrays} arrays, "
+            f"{res.refs} refs, {len(res.sources)} source(s) at {res.site}",
+            highlight=False,
+        )

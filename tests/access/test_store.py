@@ -5,8 +5,6 @@ from __future__ import annotations
 import asyncio
 import pickle
 import uuid
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -15,55 +13,11 @@ import xarray as xr
 import zarr
 
 from hyperslab.access.store import HyperslabStore, open_store
-from hyperslab.convert.api import ConvertOptions
 from hyperslab.convert.ingest import ingest
 from hyperslab.convert.verify import verify_store
 from hyperslab.errors import BadInputError, NotFoundError
 from hyperslab.references.repository import Repository
-from tests.conftest import S3Endpoint
-from tests.convert.corpus import build_corpus
-
-
-@dataclass
-class CorpusRepo:
-    spec: str
-    files: dict[str, Path]  # entry name → the local file it came from
-
-
-@pytest.fixture(scope="module")
-def corpus_repo(
-    s3_endpoint: S3Endpoint, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[CorpusRepo]:
-    """The whole test corpus ingested (sources uploaded) into a repository on loopback S3."""
-    files = [
-        f
-        for f in build_corpus(tmp_path_factory.mktemp("corpus"))
-        if f.suffix in (".h5", ".nxs") and f.stem != "corpus_cycle"
-    ]
-    client = s3_endpoint.client()
-    bucket = s3_endpoint.bucket or f"hyperslab-access-{uuid.uuid4().hex[:12]}"
-    if not s3_endpoint.real:
-        client.create_bucket(Bucket=bucket)
-    spec = f"s3://{bucket}/access-{uuid.uuid4().hex[:8]}"
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("AWS_ENDPOINT_URL", s3_endpoint.endpoint_url)
-        repo = Repository.init(spec)
-        plain = [str(f) for f in files if "dangling" not in f.name]
-        ingest(repo, plain, upload_sources=True, fail_fast=True)
-        dangling = [str(f) for f in files if "dangling" in f.name]
-        ingest(
-            repo,
-            dangling,
-            upload_sources=True,
-            fail_fast=True,
-            options=ConvertOptions(allow_broken_links=True),
-        )
-        yield CorpusRepo(spec, {f.stem: f for f in files})
-
-
-@pytest.fixture
-def s3_env(s3_endpoint: S3Endpoint, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_endpoint.endpoint_url)
+from tests.access.conftest import CorpusRepo
 
 
 def test_every_corpus_dataset_reads_bit_exact_over_s3(

@@ -1,5 +1,31 @@
-"""Read-only Zarr stores over repository snapshots, routing, caching (issue: access/).
+"""Reading repository entries: read-only Zarr stores over snapshots, routing, caching,
+and xarray datasets with NeXus semantics.
 
-Not built yet: until then, read a standalone reference map with fsspec's
-``reference://`` filesystem and zarr (see README, "Reading a map without hyperslab").
+``open_store`` (:mod:`.store`) and ``open_dataset`` (:mod:`.dataset`) are imported on
+first use, so that importing this package (e.g. for :mod:`.cache`) stays cheap.
 """
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from hyperslab.access.dataset import open_dataset
+    from hyperslab.access.store import HyperslabStore, open_store
+
+__all__ = ["HyperslabStore", "open_dataset", "open_store"]
+
+_LAZY = {
+    "open_dataset": "hyperslab.access.dataset",
+    "open_store": "hyperslab.access.store",
+    "HyperslabStore": "hyperslab.access.store",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(module), name)
