@@ -183,3 +183,21 @@ def test_site_by_name_with_a_configured_pair(
         "export-refs", str(beamline / "repos" / "run1"), "scan", "--site", "cloud", "-o", "d.json"
     )
     assert code == 2 and "SITE:path" in doc["error"]["message"]
+
+
+@pytest.mark.parametrize("output", ["refs.json", "refs.parquet"])
+def test_entry_stored_as_parquet_exports_every_reference(tmp_path: Path, output: str) -> None:
+    """Large entries keep their map as Parquet in the repository (read lazily by stores):
+    the export must still carry every reference."""
+    f = tmp_path / "big.h5"
+    data = np.arange(60_000, dtype="<i4").reshape(60, 1000)
+    with h5py.File(f, "w") as h:
+        h.create_dataset("frames", data=data, chunks=(1, 1000))
+    repo = Repository.init(str(tmp_path / "repo"))
+    ingest(repo, [str(f)], upload_sources=True, refmap_format="parquet")
+    assert repo.entry("main", "big")["refmap"]["format"] == "parquet"
+    res = export_refs(str(tmp_path / "repo"), "big", str(tmp_path / "repo"), tmp_path / output)
+    assert res.refs == 60
+    store, _ = open_refs_store(tmp_path / output)
+    got = zarr.open_array(store, path="frames", mode="r", zarr_format=2)[...]
+    assert got.tobytes() == data.tobytes()

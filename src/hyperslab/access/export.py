@@ -22,9 +22,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from hyperslab.access.store import EntryView
+import numpy as np
+
+from hyperslab.access.store import SOURCE_SCHEME
 from hyperslab.config import Config, load_config
 from hyperslab.errors import BadInputError, ConfigError, CorruptError, NotFoundError
+from hyperslab.references.packed import EXTENSIONS, unpack_refmap
 from hyperslab.references.refmap import RefMap, write_refmap
 from hyperslab.references.repository import DEFAULT_BRANCH, Repository
 from hyperslab.sites import Site, open_site
@@ -103,21 +106,39 @@ def open_export_site(site: str, repo: str | None, config: Config) -> Site:
     return open_site(f"{site}:{path.strip('/')}", config)[0]
 
 
-def _concrete(view: EntryView, site: Site) -> tuple[list[str], list[dict[str, str]]]:
+def _whole_refmap(repo: Repository, snapshot: str, entry: str) -> tuple[RefMap, dict[str, str]]:
+    """The entry's complete map (every reference, unlike a store's lazily read view) and
+    its source names by id."""
+    record = repo.entry(snapshot, entry)
+    info = record.get("refmap") or {}
+    fmt = info.get("format", "json")
+    if fmt not in EXTENSIONS or not info.get("id"):
+        raise CorruptError(f"entry {entry!r} names no readable refmap ({fmt!r})", entry=entry)
+    refmap = unpack_refmap(repo.get_object("refmap", info["id"], EXTENSIONS[fmt]), fmt)
+    for arr in refmap.arrays.values():
+        if arr.index.size > 1 and (np.diff(arr.index) < 0).any():
+            arr.sort()  # the writers look chunks up by position
+    return refmap, {s["id"]: s["name"] for s in record.get("sources", [])}
+
+
+def _concrete(
+    refmap: RefMap, names: dict[str, str], entry: str, site: Site
+) -> tuple[list[str], list[dict[str, str]]]:
     """Every source of the map as a URL at ``site``; NotFoundError naming what it lacks."""
     urls: list[str] = []
     listed: list[dict[str, str]] = []
     missing: list[str] = []
     base = site.url.rstrip("/")
-    for logical, sha in zip(view.refmap.sources, view.source_ids, strict=True):
-        if sha is None:
+    for logical in refmap.sources:
+        if not logical.startswith(SOURCE_SCHEME):
             urls.append(logical)  # already a concrete location, not a repository source
             continue
-        name = view.source_names.get(sha)
+        sha = logical[len(SOURCE_SCHEME) :]
+        name = names.get(sha)
         if name is None:
             raise CorruptError(
-                f"entry {view.entry!r}: its map names source {sha} that its record does not list",
-                entry=view.entry,
+                f"entry {entry!r}: its map names source {sha} that its record does not list",
+                entry=entry,
                 source=sha,
             )
         key = f"sources/{sha}/{name}"
@@ -128,11 +149,11 @@ def _concrete(view: EntryView, site: Site) -> tuple[list[str], list[dict[str, st
         listed.append({"id": sha, "name": name, "url": url})
     if missing:
         raise NotFoundError(
-            f"{site.url} does not hold source {missing[0]} of entry {view.entry!r}"
+            f"{site.url} does not hold source {missing[0]} of entry {entry!r}"
             + (f" (nor {len(missing) - 1} more)" if len(missing) > 1 else "")
             + "; export for a site that holds it, or copy it there "
             "(ingest --upload-sources, sync)",
-            entry=view.entry,
+            entry=entry,
             site=site.url,
             missing=missing,
         )
@@ -157,10 +178,9 @@ def export_refs(
     cfg = config if config is not None else load_config()
     r = Repository.open(repo, config=cfg) if isinstance(repo, str) else repo
     sid = r.resolve(ref or DEFAULT_BRANCH)
-    view = EntryView(r, entry, sid)
+    rm, names = _whole_refmap(r, sid, entry)
     target = open_export_site(site, repo if isinstance(repo, str) else None, cfg)
-    urls, listed = _concrete(view, target)
-    rm = view.refmap
+    urls, listed = _concrete(rm, names, entry, target)
     root = dict(rm.groups.get("", {}))
     meta = dict(root.get("hyperslab") or {})
     meta["sources"] = [{"url": u} for u in urls]
