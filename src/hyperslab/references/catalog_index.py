@@ -44,6 +44,12 @@ import pyarrow.parquet as pq
 
 from hyperslab.errors import CorruptError
 from hyperslab.references.catalog import Query, _num, _Term
+from hyperslab.references.refmap import (
+    _arrow_ints,
+    _arrow_primitive,
+    _arrow_strings,
+    _arrow_validity,
+)
 
 __all__ = ["CATALOG_PREFIX", "LeafCatalog", "catalog_key", "leaf_records"]
 
@@ -132,16 +138,18 @@ class LeafCatalog:
                     kinds.append(_kind(v))
                     texts.append(str(v))
                     nums.append(_num(v))
-        table = pa.table(
-            {
-                "entity": pa.array(entity, pa.int32()),
-                "key": pa.array(keys, pa.string()),
-                "pos": pa.array(pos, pa.int16()),
-                "kind": pa.array(kinds, pa.int8()),
-                "text": pa.array(texts, pa.string()),
-                "lower": pa.array([t.lower() for t in texts], pa.string()),
-                "num": pa.array(nums, pa.float64(), from_pandas=False),
-            },
+        num_values = np.array([x if x is not None else 0.0 for x in nums], np.float64)
+        num_valid = np.array([x is not None for x in nums], bool)
+        table = pa.Table.from_arrays(
+            [
+                _arrow_primitive(pa.int32(), np.array(entity, np.int32)),
+                _arrow_strings(keys),
+                _arrow_primitive(pa.int16(), np.array(pos, np.int16)),
+                _arrow_primitive(pa.int8(), np.array(kinds, np.int8)),
+                _arrow_strings(texts),
+                _arrow_strings([t.lower() for t in texts]),
+                _arrow_primitive(pa.float64(), num_values, num_valid),
+            ],
             schema=SCHEMA,
         )
         return cls(leaf_id, names, table)
@@ -166,25 +174,25 @@ class LeafCatalog:
             dtype=np.int64,
         )
         old = _plain(self.table)
-        old_entity = old.column("entity").to_numpy()
+        old_entity = _col_ints(old.column("entity"))
         target = old_to_new[old_entity] if old_entity.size else old_entity.astype(np.int64)
         keep = np.flatnonzero(target >= 0)
-        kept = old.take(pa.array(keep)).set_column(
-            0, "entity", pa.array(target[keep].astype(np.int32), pa.int32())
+        kept = old.take(_indices(keep)).set_column(
+            0, "entity", _arrow_primitive(pa.int32(), target[keep].astype(np.int32))
         )
         fresh_map = np.array([new_pos[n] for n in fresh.names], dtype=np.int64)
-        fresh_entity = fresh.table.column("entity").to_numpy()
+        fresh_entity = _col_ints(fresh.table.column("entity"))
         added = fresh.table.set_column(
             0,
             "entity",
-            pa.array(
-                (fresh_map[fresh_entity] if fresh_entity.size else fresh_entity).astype(np.int32),
+            _arrow_primitive(
                 pa.int32(),
+                (fresh_map[fresh_entity] if fresh_entity.size else fresh_entity).astype(np.int32),
             ),
         )
         both = pa.concat_tables([kept, added])
-        order = np.argsort(both.column("entity").to_numpy(), kind="stable")
-        return LeafCatalog(leaf_id, names, both.take(pa.array(order)))
+        order = np.argsort(_col_ints(both.column("entity")), kind="stable")
+        return LeafCatalog(leaf_id, names, both.take(_indices(order)))
 
     # ------------------------------------------------------------ storage
     def to_bytes(self) -> bytes:
@@ -237,8 +245,8 @@ class LeafCatalog:
             # NaN is a value here ("nan" reads as a number): equal to itself
             if not x.is_valid().equals(y.is_valid()):
                 return False
-            xs = x.fill_null(0.0).to_numpy(zero_copy_only=False)
-            ys = y.fill_null(0.0).to_numpy(zero_copy_only=False)
+            xs = _floats(x.fill_null(0.0))
+            ys = _floats(y.fill_null(0.0))
             if not np.array_equal(xs, ys, equal_nan=True):
                 return False
         return True
@@ -262,14 +270,14 @@ class LeafCatalog:
         wanted = np.flatnonzero(mask)
         if wanted.size == 0:
             return []
-        entity = self.table.column("entity").to_numpy()
+        entity = _col_ints(self.table.column("entity"))
         rows = np.flatnonzero(mask[entity])
-        sub = self.table.take(pa.array(rows))
-        ent = sub.column("entity").to_numpy().tolist()
-        pos = sub.column("pos").to_numpy().tolist()
+        sub = self.table.take(_indices(rows))
+        ent = _col_ints(sub.column("entity")).tolist()
+        pos = _col_ints(sub.column("pos")).tolist()
         keys = _decoded(sub.column("key")).tolist()
         values = _decoded(sub.column("text"))
-        kind = sub.column("kind").to_numpy()
+        kind = _col_ints(sub.column("kind"))
         for code, convert in ((_KIND_INT, int), (_KIND_FLOAT, float)):
             where = np.flatnonzero(kind == code)
             if where.size:
@@ -311,11 +319,36 @@ def _decoded(col: pa.ChunkedArray) -> np.ndarray:
     for chunk in col.chunks:
         if pa.types.is_dictionary(chunk.type):
             words = np.array([*chunk.dictionary.to_pylist(), None], dtype=object)
-            idx = chunk.indices.fill_null(len(chunk.dictionary)).to_numpy()
+            idx = _arrow_ints(chunk.indices.fill_null(len(chunk.dictionary)))[0]
             parts.append(words[idx])
         else:
             parts.append(np.array(chunk.to_pylist(), dtype=object))
     return np.concatenate(parts) if parts else np.array([], dtype=object)
+
+
+# numpy views of Arrow arrays from their buffers: Array.to_numpy and pa.array import
+# pandas (~0.5 s, ~50 MB) the first time, which a one-shot commit or search would pay
+def _col_ints(col: pa.ChunkedArray) -> np.ndarray:
+    parts = [_arrow_ints(c)[0] for c in col.chunks]
+    if not parts:
+        return np.zeros(0, np.int64)
+    return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+
+def _floats(a: pa.Array) -> np.ndarray:
+    return np.frombuffer(a.buffers()[1], np.float64, count=len(a), offset=a.offset * 8)
+
+
+def _bools(a: Any) -> np.ndarray:
+    if isinstance(a, pa.ChunkedArray):
+        a = a.combine_chunks()
+    a = a.fill_null(False)
+    bits = np.unpackbits(np.frombuffer(a.buffers()[1], np.uint8), bitorder="little")
+    return bits[a.offset : a.offset + len(a)].astype(bool)
+
+
+def _indices(rows: np.ndarray) -> pa.Array:
+    return _arrow_primitive(pa.int64(), np.ascontiguousarray(rows, dtype=np.int64))
 
 
 class _Columns:
@@ -323,7 +356,7 @@ class _Columns:
 
     def __init__(self, table: pa.Table) -> None:
         self.table = table
-        self.entity = table.column("entity").to_numpy()
+        self.entity = _col_ints(table.column("entity"))
         self._cache: dict[str, Any] = {}
 
     def arr(self, name: str) -> pa.Array:
@@ -332,25 +365,24 @@ class _Columns:
 
     def kind(self) -> np.ndarray:
         if "kind" not in self._cache:
-            self._cache["kind"] = self.arr("kind").to_numpy(zero_copy_only=False)
+            self._cache["kind"] = _arrow_ints(self.arr("kind"))[0]
         return self._cache["kind"]
 
     def num(self) -> np.ndarray:
         if "num" not in self._cache:
-            self._cache["num"] = self.arr("num").to_numpy(zero_copy_only=False)  # nulls → NaN
+            self._cache["num"] = _floats(self.arr("num"))  # nulls: any value (masked by valid)
         return self._cache["num"]
 
     def num_valid(self) -> np.ndarray:
         if "valid" not in self._cache:
-            valid = self.arr("num").is_valid()
-            self._cache["valid"] = valid.to_numpy(zero_copy_only=False)
+            self._cache["valid"] = _arrow_validity(self.arr("num"))
         return self._cache["valid"]
 
     def keys_lower(self) -> tuple[np.ndarray, list[str]]:
         if "keys" not in self._cache:
             a = self.arr("key")
             if pa.types.is_dictionary(a.type):
-                idx = a.indices.to_numpy(zero_copy_only=False)
+                idx = _arrow_ints(a.indices)[0]
                 words = [str(k).lower() for k in a.dictionary.to_pylist()]
             else:
                 words_all = [str(k).lower() for k in a.to_pylist()]
@@ -372,9 +404,9 @@ class _Columns:
         """Rows whose ``lower`` text passes the Arrow predicate ``test`` (dictionary-wise)."""
         a = self.arr("lower")
         if pa.types.is_dictionary(a.type):
-            on_dict = test(a.dictionary).to_numpy(zero_copy_only=False)
-            return on_dict[a.indices.to_numpy(zero_copy_only=False)]
-        return test(a).to_numpy(zero_copy_only=False)
+            on_dict = _bools(test(a.dictionary))
+            return on_dict[_arrow_ints(a.indices)[0]]
+        return _bools(test(a))
 
 
 def _term_rows(term: _Term, cols: _Columns) -> np.ndarray:

@@ -23,13 +23,14 @@ import json
 import mmap
 import os
 from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 from google_crc32c import value as crc32c
 
 from hyperslab.errors import CorruptError, FormatVersionError, SourceChangedError
 from hyperslab.references.packed import ROW_GROUP
-from hyperslab.references.refmap import RefMap
+from hyperslab.references.refmap import RefMap, _arrow_ints, _arrow_primitive
 
 __all__ = [
     "ALGORITHM",
@@ -90,9 +91,9 @@ def pack_checksums(refmap: RefMap, sums: Checksums) -> bytes:
 
     table = pa.table(
         {
-            "array": pa.array(cat(arrays, np.int32)),
-            "index": pa.array(cat(index, np.int64)),
-            "crc32c": pa.array(cat(crcs, np.uint32)),
+            "array": _arrow_primitive(pa.int32(), cat(arrays, np.int32)),
+            "index": _arrow_primitive(pa.int64(), cat(index, np.int64)),
+            "crc32c": _arrow_primitive(pa.uint32(), cat(crcs, np.uint32)),
         }
     )
     meta = {"format": _VERSION, "algorithm": ALGORITHM, "arrays": paths}
@@ -120,14 +121,17 @@ def unpack_checksums(data: bytes) -> dict[str, tuple[np.ndarray, np.ndarray]]:
             "this hyperslab reads: upgrade hyperslab"
         )
     paths = list(meta["arrays"])
-    array = table.column("array").to_numpy()
-    index = table.column("index").to_numpy()
-    crc = table.column("crc32c").to_numpy()
+    array, index, crc = (_ints(table.column(c)) for c in ("array", "index", "crc32c"))
     bounds = np.searchsorted(array, np.arange(len(paths) + 1))
     return {
         p: (index[bounds[k] : bounds[k + 1]], crc[bounds[k] : bounds[k + 1]])
         for k, p in enumerate(paths)
     }
+
+
+def _ints(col: Any) -> np.ndarray:
+    parts = [_arrow_ints(c)[0] for c in col.chunks]  # no pandas import (to_numpy does)
+    return np.concatenate(parts) if parts else np.zeros(0, np.int64)
 
 
 def aligned(refmap: RefMap, table: Mapping[str, tuple[np.ndarray, np.ndarray]]) -> Checksums:

@@ -758,7 +758,7 @@ class Repository:
                 continue
             except ConflictError:
                 # lost the race: look at the new head and try again after a short pause
-                time.sleep(min(1.0, 0.01 * 2 ** min(attempt, 7)) * rng.random())
+                time.sleep(rng.random() * min(0.2, 0.005 * 2 ** min(attempt, 8)))
                 head, etag = self.branch_head(branch)
                 continue
             result.snapshot = snap
