@@ -37,7 +37,9 @@ app = typer.Typer(
     rich_markup_mode="rich",
     pretty_exceptions_enable=False,
 )
-err = Console(stderr=True)
+# soft_wrap: a message stays one line (wrapped by the terminal, not by rich), so logs
+# and scripts that grep stderr see it whole whatever the terminal width
+err = Console(stderr=True, soft_wrap=True)
 out = Console()
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document instead of text.")]
