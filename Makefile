@@ -28,13 +28,16 @@ demo: install
 	$(HS) verify $(DEMO)/beamline/scan_0002_bslz4.nxs $(DEMO)/maps/scan_0002_bslz4.json
 	@echo "== 4. commit them to a versioned repository (local directory site), search, check"
 	$(HS) init $(DEMO)/repo
-	$(HS) ingest $(DEMO)/beamline --repo $(DEMO)/repo --name run42 -m "run 42" -q
+	$(HS) ingest $(DEMO)/beamline --repo $(DEMO)/repo --name run42 -m "run 42" --upload-sources -q
 	$(HS) log $(DEMO)/repo
 	$(HS) search $(DEMO)/repo 'sample~insulin energy>12'
 	$(HS) fsck $(DEMO)/repo -q
 	@echo "== 5. sync to a second site: not built yet (issue 'sync/'), skipped"
-	@echo "== 6. read a slice with xarray through the map (plain fsspec + zarr)"
-	$(PY) examples/read_slice.py $(DEMO)/maps/scan_0001_gzip.json
+	@echo "== 6. read a slice with xarray from the repository (hyperslab.open_dataset)"
+	$(PY) examples/open_dataset.py $(DEMO)/repo run42/scan_0001_gzip
+	@echo "== 7. export plain kerchunk refs for users without hyperslab; read them with fsspec"
+	$(HS) export-refs $(DEMO)/repo run42/scan_0001_gzip --site $(DEMO)/repo -o $(DEMO)/export/scan_0001_gzip.json
+	$(PY) examples/read_slice.py $(DEMO)/export/scan_0001_gzip.json
 
 LINT_PATHS := $(wildcard src tests benchmarks examples infra)
 

@@ -216,3 +216,22 @@ def test_sites_by_url_in_preference_order(two_sites: TwoSites) -> None:
     ts.stop_a()
     np.testing.assert_array_equal(_frame(store, 7), ts.truth[7])
     assert store.router.stats.fallbacks >= 1
+
+
+def test_origin_file_is_a_checked_last_resort(tmp_path: Path) -> None:
+    """Ingested without --upload-sources: chunks come from the original file, each one
+    checked; a file rewritten since ingest is refused by name, never served."""
+    truth = _frames(tmp_path / "frames.h5")
+    repo = Repository.init(str(tmp_path / "repo"))
+    ingest(repo, [str(tmp_path / "frames.h5")])
+    store = open_store(str(tmp_path / "repo"), ENTRY, cache=False)
+    np.testing.assert_array_equal(_frame(store, 0), truth[0])
+    assert [s for s in store.router.stats.by_site] == [f"origin {tmp_path / 'frames.h5'}"]
+    # rewrite frame 1's bytes in place (same size): the checksum no longer matches
+    arr = store.view.refmap.arrays["entry/data/data"]
+    pos = int(np.searchsorted(arr.index, 1))
+    with open(tmp_path / "frames.h5", "r+b") as f:
+        f.seek(int(arr.offset[pos]) + 5)
+        f.write(b"\x00\x01\x02\x03")
+    with pytest.raises(ChunkUnavailableError, match="checksum mismatch"):
+        _frame(store, 1)

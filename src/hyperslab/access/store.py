@@ -29,6 +29,7 @@ import json
 import threading
 from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from zarr.abc.store import (
@@ -48,7 +49,7 @@ from hyperslab.references.checksums import aligned, unpack_checksums
 from hyperslab.references.packed import EXTENSIONS, read_packed_meta, unpack_refmap
 from hyperslab.references.refmap import ArrayRefs, RefMap, _key_to_linear
 from hyperslab.references.repository import DEFAULT_BRANCH, Repository
-from hyperslab.sites import Site, open_site
+from hyperslab.sites import FileSite, Site, open_site
 
 if TYPE_CHECKING:
     from hyperslab.access.cache import ChunkCache
@@ -154,7 +155,29 @@ class EntryView:
                         self._held[(display, source)] = held
             if held is not False:
                 out.append(Location(site, key, display))
+        origin = self._origin(source)
+        if origin is not None:
+            out.append(origin)
         return out
+
+    def _origin(self, source: str) -> Location | None:
+        """The file ingest read, if it is here with its recorded size: a last resort.
+
+        Only for entries with chunk checksums: every chunk read from it is checked, so a
+        file rewritten since ingest is refused chunk by chunk, never served.
+        """
+        if not self.verified:
+            return None
+        rec = next((s for s in self.record.get("sources", []) if s.get("id") == source), None)
+        if rec is None or not isinstance(rec.get("origin"), str) or "://" in rec["origin"]:
+            return None
+        p = Path(rec["origin"])
+        try:
+            if not p.is_file() or p.stat().st_size != int(rec.get("size", -1)):
+                return None
+        except OSError:
+            return None
+        return Location(FileSite(p.parent, fsync=False), p.name, f"origin {p}")
 
 
 # ----------------------------------------------------------------------- the store
