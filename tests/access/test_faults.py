@@ -155,6 +155,7 @@ def test_all_sites_down_is_one_named_error(two_sites: TwoSites) -> None:
     store = _open(ts)
     ts.stop_a()
     ts.b_site.delete(ts.source_key)
+    Path(store.view.record["sources"][0]["origin"]).unlink()  # the last resort gone too
     with pytest.raises(ChunkUnavailableError) as info:
         _frame(store, 4)
     msg = str(info.value)
