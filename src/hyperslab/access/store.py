@@ -208,7 +208,7 @@ def _slice(data: bytes, byte_range: ByteRequest | None) -> bytes:
         return data[byte_range.offset :]
     if isinstance(byte_range, SuffixByteRequest):
         return data[-byte_range.suffix :] if byte_range.suffix else b""
-    raise TypeError(f"unexpected byte range {byte_range!r}")
+    raise TypeError(f"Unexpected byte_range, got {byte_range!r}")
 
 
 class HyperslabStore(Store):
@@ -237,7 +237,6 @@ class HyperslabStore(Store):
         self._arrays: dict[str, ArrayRefs] = view.refmap.arrays
         self._batchers: dict[asyncio.AbstractEventLoop, _Batcher] = {}
         self._block = threading.Lock()
-        self._is_open = True
 
     # ------------------------------------------------------------ identity
     def __repr__(self) -> str:
