@@ -88,6 +88,15 @@ class S3Bucket:
         return S3Site(self.bucket, full, endpoint_url=self.endpoint.endpoint_url, **kwargs)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _no_access_statistics() -> Iterator[None]:
+    """Stores opened by tests record no access statistics in the user's cache dir
+    (tests/access/test_stats.py turns them on where it needs them, in temporary dirs)."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("HYPERSLAB_ACCESS_STATS", "0")
+        yield
+
+
 @pytest.fixture(scope="session")
 def s3_endpoint() -> Iterator[S3Endpoint]:
     real = os.environ.get(REAL_ENDPOINT_VAR)

@@ -1,5 +1,6 @@
-"""Access commands of the ``hyperslab`` CLI: ``hyperslab cache info|clear`` and
-``hyperslab export-refs``. (Registered on :data:`hyperslab.cli.app`.)
+"""Access commands of the ``hyperslab`` CLI: ``hyperslab cache info|clear``,
+``hyperslab stats show|clear`` and ``hyperslab export-refs``. (Registered on
+:data:`hyperslab.cli.app`.)
 """
 
 from __future__ import annotations
@@ -175,3 +176,187 @@ def export_refs(
             f"{res.refs} refs, {len(res.sources)} source(s) at {res.site}",
             highlight=False,
         )
+
+
+# ---------------------------------------------------------------- stats
+STATS_HELP = """Show or forget the local access statistics: which chunks were read.
+
+What: each chunk a hyperslab store hands to a reader on this machine
+(open_store, open_dataset, engine="hyperslab"; from the chunk cache,
+inlined in the map, or fetched from a site) adds one to a per-day count
+under its repository id, snapshot, entry, array and chunk key (e.g.
+entry/data/data/3.0.0). Metadata reads are not counted. No data,
+credentials or paths of your files are recorded; the repository's display
+name is, so that listings can say which repository an id is. Nothing
+leaves this machine: the sync engine's hot-chunk policy ("read >= K times
+in the last D days") reads it here.
+
+Where: CACHE_DIR/access-stats.sqlite (CACHE_DIR: see `hyperslab cache
+--help`), shared safely by all processes on the machine. A process
+buffers its counts in memory and writes them every few seconds and when
+it exits.
+
+Opt out: HYPERSLAB_ACCESS_STATS=0 records nothing; per store,
+open_store(..., stats=False). `hyperslab stats clear` forgets the counts.
+"""
+
+stats_app = typer.Typer(
+    name="stats", help=STATS_HELP, no_args_is_help=True, rich_markup_mode="rich"
+)
+app.add_typer(stats_app, name="stats")
+
+StatsFileOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--file",
+        help="The statistics database (default: CACHE_DIR/access-stats.sqlite).",
+    ),
+]
+
+
+def _open_stats(path: Path | None) -> Any:
+    from hyperslab.access.stats import AccessStats
+
+    return AccessStats(path)
+
+
+def _stats_repos(known: dict[str, str], repo: str | None) -> list[str]:
+    """Repository ids that ``--repo`` names: an id, a unique id prefix, a display name,
+    or a repository URL/path (opened to read its id)."""
+    from hyperslab.errors import BadInputError
+
+    if repo is None:
+        return list(known)
+    if repo in known:
+        return [repo]
+    same = [i for i, d in known.items() if i.startswith(repo) or d == repo]
+    if len(same) > 1:
+        raise BadInputError(f"--repo {repo!r} matches several repositories: {', '.join(same)}")
+    if same:
+        return same
+    from hyperslab.references.repository import Repository
+
+    return [Repository.open(repo).id]
+
+
+@stats_app.command("show")
+def stats_show(
+    repo: Annotated[
+        str | None,
+        typer.Option(
+            "--repo",
+            help="Only this repository: its id (or a unique prefix), or its URL/path.",
+        ),
+    ] = None,
+    min_reads: Annotated[
+        int, typer.Option("--min-reads", min=1, help="List chunks read at least K times.")
+    ] = 1,
+    days: Annotated[
+        int | None,
+        typer.Option(
+            "--days", min=1, help="Count only reads of the last D days (UTC, today included)."
+        ),
+    ] = None,
+    entry: Annotated[
+        str, typer.Option("--entry", help="Only entries matching this glob (* matches /).")
+    ] = "*",
+    array: Annotated[
+        str, typer.Option("--array", help="Only arrays matching this glob, e.g. 'entry/data/*'.")
+    ] = "*",
+    limit: Annotated[
+        int | None,
+        typer.Option(
+            "--limit",
+            min=0,
+            help="Most chunks listed per repository (default 20; --json: all; 0: all).",
+        ),
+    ] = None,
+    path: StatsFileOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Totals per repository, and the most read chunks (the sync engine's hot chunks).
+
+    Examples:
+
+      hyperslab stats show
+
+      hyperslab stats show --repo s3://beamline/repo --min-reads 5 --days 7
+
+      hyperslab stats show --repo 3f2a9c --entry 'run42/*' --json
+    """
+    from rich.table import Table
+
+    with _errors(as_json):
+        stats = _open_stats(path)
+        summary = stats.summary()
+        known = {r.repo: r.display for r in summary.repositories}
+        ids = _stats_repos(known, repo)
+        cap = limit if limit is not None else (0 if as_json else 20)
+        hot = {
+            rid: stats.hot_chunks(
+                rid,
+                entry_glob=entry,
+                array_glob=array,
+                min_reads=min_reads,
+                days=days,
+                limit=cap or None,
+            )
+            for rid in ids
+        }
+        doc = summary.to_json()
+        doc["repositories"] = [r for r in doc["repositories"] if r["repo"] in hot]
+        query = {"repo": repo, "entry": entry, "array": array, "min_reads": min_reads}
+        if as_json:
+            rows = [{"repo": rid, **c._asdict()} for rid, chunks in hot.items() for c in chunks]
+            print(json.dumps({"ok": True, **doc, "query": {**query, "days": days}, "hot": rows}))
+            return
+        state = "on" if summary.enabled else "off (HYPERSLAB_ACCESS_STATS)"
+        out.print(f"access statistics  {summary.path}  (recording {state})", highlight=False)
+        if not doc["repositories"]:
+            out.print("no chunk reads recorded" + (f" for {repo}" if repo else ""))
+            return
+        t = Table("id", "entries", "chunks", "reads", "first", "last", "repository", box=None)
+        for r in summary.repositories:
+            if r.repo in hot:
+                counts = (f"{n:,}" for n in (r.entries, r.chunks, r.reads))
+                t.add_row(r.repo[:12], *counts, r.first_day, r.last_day, r.display)
+        out.print(t)
+        window = f" in the last {days} day(s)" if days else ""
+        for rid, chunks in hot.items():
+            title = f"{known.get(rid, rid)}: chunks read >= {min_reads} time(s){window}"
+            out.print(f"\n{title}" + ("" if chunks else ": none"), highlight=False)
+            h = Table("reads", "entry", "chunk key", box=None)
+            for c in chunks:
+                h.add_row(f"{c.reads:,}", c.entry, c.key)
+            if chunks:
+                out.print(h)
+            if cap and len(chunks) == cap:
+                out.print(f"(first {cap} shown; --limit 0 shows all)")
+
+
+@stats_app.command("clear")
+def stats_clear(
+    older_than: Annotated[
+        int | None,
+        typer.Option("--older-than", min=1, help="Forget only reads before the last D days (UTC)."),
+    ] = None,
+    path: StatsFileOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Forget recorded chunk reads (all processes'; recording goes on unless opted out).
+
+    Examples:
+
+      hyperslab stats clear
+
+      hyperslab stats clear --older-than 90 --json
+    """
+    with _errors(as_json):
+        stats = _open_stats(path)
+        removed = stats.clear(older_than=older_than)
+        doc = {"path": str(stats.path), "older_than": older_than, "removed_reads": removed}
+        if as_json:
+            print(json.dumps({"ok": True, **doc}))
+        else:
+            which = f" older than the last {older_than} day(s)" if older_than else ""
+            out.print(f"forgot {removed:,} chunk reads{which} in {stats.path}", highlight=False)

@@ -20,6 +20,8 @@ consolidated metadata at ``.zmetadata`` so opening costs no extra requests.
   from ``async`` code alike, with no ``asynchronous=True``-style flags.
 * **Picklable**: it pickles as its address (repository, entry, snapshot id, sites),
   so dask workers reopen the same pinned view.
+* **Counted**: each chunk read is counted in the local access statistics
+  (:mod:`.stats`, for the sync engine's hot-chunk policy) unless opted out.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ from zarr.core.buffer import Buffer, BufferPrototype
 
 from hyperslab.access.chunks import EagerChunks, LazyChunks, LazyRows
 from hyperslab.access.routing import ChunkRef, Location, Router
+from hyperslab.access.stats import AccessStats, resolve_stats
 from hyperslab.config import Config, load_config
 from hyperslab.errors import BadInputError, CorruptError, HyperslabError, NotFoundError
 from hyperslab.references.checksums import aligned, unpack_checksums
@@ -72,6 +75,7 @@ class StoreAddress:
     snapshot: str
     sites: tuple[str, ...]
     cache: bool
+    stats: bool | str = True  # False: none; a path: that statistics database
 
 
 class EntryView:
@@ -226,6 +230,7 @@ class HyperslabStore(Store):
         address: StoreAddress | None = None,
         *,
         read_only: bool = True,
+        stats: AccessStats | None = None,
     ) -> None:
         if not read_only:
             raise BadInputError("hyperslab stores are read-only: snapshots never change")
@@ -237,6 +242,13 @@ class HyperslabStore(Store):
         self._arrays: dict[str, ArrayRefs] = view.refmap.arrays
         self._batchers: dict[asyncio.AbstractEventLoop, _Batcher] = {}
         self._block = threading.Lock()
+        self.stats = stats
+        repo = view.repo
+        self._count = (
+            stats.recorder(repo.id or repo.display, view.snapshot, view.entry, repo.display)
+            if stats is not None
+            else None
+        )
 
     # ------------------------------------------------------------ identity
     def __repr__(self) -> str:
@@ -267,6 +279,8 @@ class HyperslabStore(Store):
         return self
 
     def close(self) -> None:
+        if self.stats is not None:
+            self.stats.flush()
         super().close()
 
     # ------------------------------------------------------------ lookups
@@ -327,6 +341,8 @@ class HyperslabStore(Store):
         if found is None:
             return None
         data = found if isinstance(found, bytes) else await self._batcher().get(found)
+        if self._count is not None and key not in self._meta:
+            self._count(key)  # a chunk read (not metadata): buffered in memory, never raises
         return prototype.buffer.from_bytes(_slice(data, byte_range))
 
     async def get_partial_values(
@@ -440,6 +456,7 @@ def _reopen(address: StoreAddress) -> HyperslabStore:
         snapshot=address.snapshot,
         sites=list(address.sites) or None,
         cache=address.cache,
+        stats=address.stats,
     )
 
 
@@ -463,6 +480,7 @@ def open_store(
     sites: Sequence[str] | None = None,
     cache: bool | ChunkCache | None = True,
     config: Config | None = None,
+    stats: bool | str | AccessStats | None = None,
 ) -> HyperslabStore:
     """A read-only Zarr store of ``entry`` at one snapshot of ``repo``.
 
@@ -478,6 +496,11 @@ def open_store(
 
     ``cache``: True (default) for the bounded local cache of ``hyperslab.toml``
     (``hyperslab cache info``), False for none, or a :class:`ChunkCache`.
+
+    ``stats``: where chunk reads are counted for hot-chunk replication (see
+    ``hyperslab stats --help``). None/True (default): the shared local database,
+    unless ``HYPERSLAB_ACCESS_STATS=0``; False: not counted; an
+    :class:`~hyperslab.access.stats.AccessStats` or a database path: that one.
     """
     if sum(x is not None for x in (branch, tag, snapshot)) > 1:
         raise BadInputError("give at most one of branch=, tag= and snapshot=")
@@ -517,5 +540,13 @@ def open_store(
     else:
         chunk_cache = cache
     router = Router(view.locations, cache=chunk_cache)
-    address = StoreAddress(spec, entry, sid, tuple(replica_specs), cache is True) if spec else None
-    return HyperslabStore(view, router, address)
+    counts = resolve_stats(stats, cfg)
+    # a pickled store reopens with the same database, the default one, or none
+    explicit = counts is not None and isinstance(stats, AccessStats | str)
+    stats_address = str(counts.path) if counts is not None and explicit else stats is not False
+    address = (
+        StoreAddress(spec, entry, sid, tuple(replica_specs), cache is True, stats_address)
+        if spec
+        else None
+    )
+    return HyperslabStore(view, router, address, stats=counts)
