@@ -7,7 +7,7 @@ HS := $(VENV)/bin/hyperslab
 STAMP := $(VENV)/.installed-stamp
 DEMO := demo-data
 
-.PHONY: install demo test lint bench clean
+.PHONY: install demo test lint bench bench-access clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -53,6 +53,14 @@ bench: install
 	$(PY) benchmarks/refgen.py
 	$(PY) benchmarks/repo.py
 	$(PY) benchmarks/commit.py
+	$(MAKE) --no-print-directory bench-access
+
+# Range reads on loopback S3 (s3rver, an npm package installed once into the
+# git-ignored benchmarks/.node; needs Node.js and npm). The first run writes a
+# 1 GB NeXus file into bench-data/access/. Extra options: make bench-access ARGS="--repeats 5"
+bench-access: install
+	$(PY) benchmarks/loopback_s3.py install
+	$(PY) benchmarks/access.py $(ARGS)
 
 clean:
 	rm -rf $(VENV) $(DEMO) bench-data .pytest_cache .mypy_cache .ruff_cache
