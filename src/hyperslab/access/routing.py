@@ -35,7 +35,7 @@ from typing import Any, Protocol
 
 from google_crc32c import value as _crc32c
 
-from hyperslab.errors import AccessDeniedError, HyperslabError, TransientError
+from hyperslab.errors import AccessDeniedError, HyperslabError, NotFoundError, TransientError
 from hyperslab.sites import Site
 
 __all__ = [
@@ -170,8 +170,10 @@ class Router:
         max_gap: int = DEFAULT_MAX_GAP,
         max_request: int = DEFAULT_MAX_REQUEST,
         workers: int = 8,
+        on_absent: Callable[[Location], None] | None = None,
     ) -> None:
         self._locations = locations
+        self._on_absent = on_absent
         self.cache = cache
         self.max_gap = max_gap
         self.max_request = max_request
@@ -243,6 +245,12 @@ class Router:
         health = self._health(loc.name)
         try:
             blobs = loc.site.get_ranges([(loc.key, start, n) for start, n, _ in requests])
+        except NotFoundError as exc:
+            # the site is fine, it just does not hold this source: no penalty, remember it
+            attempts.append(_Attempt(loc.name, exc.message))
+            if self._on_absent is not None:
+                self._on_absent(loc)
+            return idx
         except HyperslabError as exc:
             health.failed(exc.message)
             attempts.append(_Attempt(loc.name, exc.message, isinstance(exc, AccessDeniedError)))

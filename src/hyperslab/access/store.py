@@ -47,7 +47,7 @@ from hyperslab.access.chunks import EagerChunks, LazyChunks, LazyRows
 from hyperslab.access.routing import ChunkRef, Location, Router
 from hyperslab.access.stats import AccessStats, resolve_stats
 from hyperslab.config import Config, load_config
-from hyperslab.errors import BadInputError, CorruptError, HyperslabError, NotFoundError
+from hyperslab.errors import BadInputError, CorruptError, NotFoundError
 from hyperslab.references.checksums import aligned, unpack_checksums
 from hyperslab.references.packed import EXTENSIONS, read_packed_meta, unpack_refmap
 from hyperslab.references.refmap import ArrayRefs, RefMap, _key_to_linear
@@ -140,7 +140,12 @@ class EntryView:
         self._lock = threading.Lock()
 
     def locations(self, source: str) -> list[Location]:
-        """Sites holding ``source``, in preference order (existence checked once per site)."""
+        """Sites that may hold ``source``, in preference order.
+
+        No request is made here: the first range read at a site tells (a site that
+        answers "no such object" is remembered as not holding it, see :meth:`absent`),
+        which saves a round trip on every cold open.
+        """
         name = self.source_names.get(source)
         if name is None:
             return []
@@ -149,20 +154,19 @@ class EntryView:
         for display, site in self.sites:
             with self._lock:
                 held = self._held.get((display, source))
-            if held is None:
-                try:
-                    held = site.exists(key)
-                except HyperslabError:
-                    held = None  # unreachable now: keep it as a candidate, routing decides
-                if held is not None:
-                    with self._lock:
-                        self._held[(display, source)] = held
             if held is not False:
                 out.append(Location(site, key, display))
         origin = self._origin(source)
         if origin is not None:
             out.append(origin)
         return out
+
+    def absent(self, location: Location) -> None:
+        """``location`` answered that it does not hold its source: skip it from now on."""
+        source = location.key.split("/")[1] if location.key.startswith("sources/") else None
+        if source is not None:
+            with self._lock:
+                self._held[(location.name, source)] = False
 
     def _origin(self, source: str) -> Location | None:
         """The file ingest read, if it is here with its recorded size: a last resort.
@@ -539,7 +543,7 @@ def open_store(
         chunk_cache = None
     else:
         chunk_cache = cache
-    router = Router(view.locations, cache=chunk_cache)
+    router = Router(view.locations, cache=chunk_cache, on_absent=view.absent)
     counts = resolve_stats(stats, cfg)
     # a pickled store reopens with the same database, the default one, or none
     explicit = counts is not None and isinstance(stats, AccessStats | str)
