@@ -180,6 +180,19 @@ def _index_error(index: Path, exc: sqlite3.Error) -> HyperslabError:
     return HyperslabError(message)
 
 
+def discard_database(owner: Any, path: str | os.PathLike[str]) -> None:
+    """Close ``owner._conn`` (under ``owner._db_lock``) and delete the damaged SQLite
+    database at ``path`` with its WAL and shared-memory files."""
+    with owner._db_lock:
+        if owner._conn is not None:
+            with suppress(sqlite3.Error):
+                owner._conn.close()
+        owner._conn = None
+        for suffix in ("", "-wal", "-shm"):
+            with suppress(FileNotFoundError):
+                os.unlink(f"{os.fspath(path)}{suffix}")
+
+
 class ChunkCache:
     """A bounded, process-safe disk cache of immutable bytes, with an optional memory layer.
 
@@ -678,14 +691,7 @@ class ChunkCache:
                 removed += n
         except CorruptError:
             # A damaged index cannot be trusted or repaired: start afresh.
-            with self._db_lock:
-                if self._conn is not None:
-                    with suppress(sqlite3.Error):
-                        self._conn.close()
-                self._conn = None
-                for suffix in ("", "-wal", "-shm"):
-                    with suppress(FileNotFoundError):
-                        os.unlink(f"{self._index}{suffix}")
+            discard_database(self, self._index)
         return removed + self._transaction(rest, create=False)
 
     def reconcile(self) -> dict[str, int]:

@@ -62,7 +62,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from hyperslab.access.cache import ChunkCache, _index_error, _reason
+from hyperslab.access.cache import ChunkCache, _index_error, _reason, discard_database
 from hyperslab.config import Config, load_config
 from hyperslab.errors import (
     BadInputError,
@@ -527,14 +527,7 @@ class AccessStats:
         except CorruptError:
             if older_than is not None:
                 raise
-            with self._db_lock:
-                if self._conn is not None:
-                    with suppress(sqlite3.Error):
-                        self._conn.close()
-                self._conn = None
-                for suffix in ("", "-wal", "-shm"):
-                    with suppress(FileNotFoundError):
-                        os.unlink(f"{self.path}{suffix}")
+            discard_database(self, self.path)
             return 0
 
     def close(self) -> None:
