@@ -474,6 +474,20 @@ def _replica_specs(repo: str, config: Config) -> list[str]:
     return [f"{s}:{path}" for s in order]
 
 
+#: zarr's default number of chunk reads in flight (``async.concurrency``)
+_ZARR_DEFAULT_CONCURRENCY = 10
+#: what open_store raises it to when the user has not chosen: enough chunks per batch
+#: for neighbouring ranges to coalesce and for fetching to overlap decoding
+ZARR_CONCURRENCY = 64
+
+
+def _more_zarr_concurrency() -> None:
+    import zarr
+
+    if zarr.config.get("async.concurrency") == _ZARR_DEFAULT_CONCURRENCY:
+        zarr.config.set({"async.concurrency": ZARR_CONCURRENCY})
+
+
 def open_store(
     repo: str | Repository,
     entry: str,
@@ -500,6 +514,11 @@ def open_store(
 
     ``cache``: True (default) for the bounded local cache of ``hyperslab.toml``
     (``hyperslab cache info``), False for none, or a :class:`ChunkCache`.
+
+    Side effect: if zarr's ``async.concurrency`` is still zarr's default (10), it is
+    raised to :data:`ZARR_CONCURRENCY` (64), so that a read of many chunks hands
+    them to the store together (coalesced, fetched concurrently, decoded on every
+    core). Set it yourself (``zarr.config.set``) to keep another value.
 
     ``stats``: where chunk reads are counted for hot-chunk replication (see
     ``hyperslab stats --help``). None/True (default): the shared local database,
@@ -544,6 +563,7 @@ def open_store(
     else:
         chunk_cache = cache
     router = Router(view.locations, cache=chunk_cache, on_absent=view.absent)
+    _more_zarr_concurrency()
     counts = resolve_stats(stats, cfg)
     # a pickled store reopens with the same database, the default one, or none
     explicit = counts is not None and isinstance(stats, AccessStats | str)
