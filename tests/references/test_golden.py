@@ -97,3 +97,47 @@ def test_v1_refmaps_read_the_uploaded_sources_bit_exactly(
         a for a in report.arrays if not a.ok
     ]
     assert not report.missing
+
+
+# ``golden/v1.1``: format 1 as written from the session that added catalog indexes
+# (catalogs/) and per-chunk checksums (checksums/); same content as v1 otherwise.
+
+
+@pytest.fixture
+def golden_v1_1(tmp_path: Path) -> Repository:
+    copy = tmp_path / "v1.1"
+    shutil.copytree(GOLDEN / "v1.1", copy)
+    return Repository.open(str(copy))
+
+
+def test_v1_1_indexes_and_checksums(golden_v1_1: Repository) -> None:
+    repo = golden_v1_1
+    assert repo.info["version"] == 1
+    assert sorted(n for n, _ in repo.entries("main")) == [
+        "run1/scan_0001",
+        "run1/scan_0002_bslz4",
+        "run1/scan_0003_multi",
+    ]
+    report = fsck(repo)
+    assert report.clean, report.problems
+    assert not report.warnings  # every leaf has its catalog index
+    assert report.checked["catalogs"] == report.checked["manifests"] == 3
+    assert report.checked["checksums"] == 3  # dev/only shares scan_0002's file
+    hits = search(repo, "main", "sample~lab6")
+    assert [n for n, _ in hits] == ["run1/scan_0001", "run1/scan_0003_multi"]
+    assert hits.total == 2 and hits[0][1]["name"] == "run1/scan_0001"
+
+
+def test_v1_1_store_reads_uploaded_sources_verified(golden_v1_1: Repository) -> None:
+    from hyperslab.access.store import open_store
+    from hyperslab.convert.verify import verify_store
+
+    repo = golden_v1_1
+    root = Path(repo.site.url.removeprefix("file://"))
+    store = open_store(repo, "run1/scan_0002_bslz4", cache=False, stats=False)
+    assert store.view.verified  # chunk checksums recorded, checked on every read
+    rec = store.view.record
+    staged = root / source_key(rec["sources"][0]["id"], rec["sources"][0]["name"])
+    report = verify_store(staged, store, sorted(store.view.refmap.arrays), label="golden")
+    assert report.ok, [(a.path, a.detail) for a in report.arrays if not a.ok]
+    assert store.router.stats.requests > 0 and store.router.stats.fallbacks == 0
