@@ -21,11 +21,16 @@ from hyperslab.references.repository import Repository
 GOLDEN = Path(__file__).parent / "golden"
 
 
+def _golden(tmp_path: Path, version: str) -> Repository:
+    """A writable copy of ``golden/<version>`` (tests must never touch the original)."""
+    copy = tmp_path / version
+    shutil.copytree(GOLDEN / version, copy)
+    return Repository.open(str(copy))
+
+
 @pytest.fixture
 def golden_v1(tmp_path: Path) -> Repository:
-    copy = tmp_path / "v1"
-    shutil.copytree(GOLDEN / "v1", copy)
-    return Repository.open(str(copy))
+    return _golden(tmp_path, "v1")
 
 
 def test_v1_history_refs_and_entries(golden_v1: Repository) -> None:
@@ -105,9 +110,7 @@ def test_v1_refmaps_read_the_uploaded_sources_bit_exactly(
 
 @pytest.fixture
 def golden_v1_1(tmp_path: Path) -> Repository:
-    copy = tmp_path / "v1.1"
-    shutil.copytree(GOLDEN / "v1.1", copy)
-    return Repository.open(str(copy))
+    return _golden(tmp_path, "v1.1")
 
 
 def test_v1_1_indexes_and_checksums(golden_v1_1: Repository) -> None:
