@@ -28,7 +28,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -64,9 +64,9 @@ class ChunkUnavailableError(HyperslabError):
 
 
 class ChunkCache(Protocol):  # what access/cache.py provides
-    def get(self, key: str) -> bytes | None: ...
+    def get_many(self, keys: Iterable[str]) -> dict[str, bytes]: ...
 
-    def put(self, key: str, data: bytes) -> None: ...
+    def put_many(self, items: Iterable[tuple[str, bytes]]) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -194,8 +194,9 @@ class Router:
         """Bytes of each ref, in order; a ref no site delivers gets its exception instead."""
         out: list[bytes | BaseException | None] = [None] * len(refs)
         todo: dict[str, list[int]] = {}
+        cached = self.cache.get_many([r.cache_key for r in refs]) if self.cache is not None else {}
         for i, ref in enumerate(refs):
-            data = self.cache.get(ref.cache_key) if self.cache is not None else None
+            data = cached.get(ref.cache_key)
             if data is not None:
                 out[i] = data
                 with self._lock:
@@ -258,6 +259,7 @@ class Router:
             return idx
         left: list[int] = []
         bad: list[str] = []
+        fresh: list[tuple[str, bytes]] = []
         fetched = 0
         for (start, _n, members), blob in zip(requests, blobs, strict=True):
             fetched += len(blob)
@@ -275,8 +277,9 @@ class Router:
                     left.append(i)
                     continue
                 out[i] = data
-                if self.cache is not None:
-                    self.cache.put(ref.cache_key, data)
+                fresh.append((ref.cache_key, data))
+        if fresh and self.cache is not None:
+            self.cache.put_many(fresh)  # one index transaction for the whole batch
         with self._lock:
             self.stats.requests += len(requests)
             self.stats.bytes_fetched += fetched
