@@ -499,7 +499,7 @@ class FileSite(Site):
 
     def get_with_etag(self, key: str) -> tuple[bytes, str]:
         data = self.get(key)  # one open: the etag is the sha256 of exactly these bytes
-        return data, hashlib.sha256(data).hexdigest()
+        return data, _sha256(data)
 
     def _hash_file(self, path: Path) -> str:
         h = hashlib.sha256()
