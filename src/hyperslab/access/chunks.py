@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from hyperslab.errors import CorruptError
-from hyperslab.references.refmap import _arrow_ints
+from hyperslab.references.refmap import _arrow_int_column
 
 __all__ = ["EagerChunks", "LazyChunks", "LazyRows"]
 
@@ -106,14 +106,11 @@ class LazyRows:
 
 
 def _numpy(col: Any) -> np.ndarray:
-    """An integer column as numpy, from its buffers (``to_numpy`` imports pandas: ~0.3 s)."""
-    parts = []
-    for chunk in col.chunks:
-        values, valid = _arrow_ints(chunk)
-        if not valid.all():
-            raise CorruptError("a chunk-location column has missing values")
-        parts.append(values)
-    return parts[0] if len(parts) == 1 else np.concatenate(parts)
+    """A chunk-location column (never null) as numpy, without importing pandas."""
+    values, valid = _arrow_int_column(col)
+    if not valid.all():
+        raise CorruptError("a chunk-location column has missing values")
+    return values
 
 
 class EagerChunks:

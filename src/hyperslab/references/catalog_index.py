@@ -45,6 +45,7 @@ import pyarrow.parquet as pq
 from hyperslab.errors import CorruptError
 from hyperslab.references.catalog import Query, _num, _Term
 from hyperslab.references.refmap import (
+    _arrow_int_column,
     _arrow_ints,
     _arrow_primitive,
     _arrow_strings,
@@ -329,10 +330,7 @@ def _decoded(col: pa.ChunkedArray) -> np.ndarray:
 # numpy views of Arrow arrays from their buffers: Array.to_numpy and pa.array import
 # pandas (~0.5 s, ~50 MB) the first time, which a one-shot commit or search would pay
 def _col_ints(col: pa.ChunkedArray) -> np.ndarray:
-    parts = [_arrow_ints(c)[0] for c in col.chunks]
-    if not parts:
-        return np.zeros(0, np.int64)
-    return parts[0] if len(parts) == 1 else np.concatenate(parts)
+    return _arrow_int_column(col)[0]
 
 
 def _floats(a: pa.Array) -> np.ndarray:

@@ -23,14 +23,13 @@ import json
 import mmap
 import os
 from collections.abc import Mapping
-from typing import Any
 
 import numpy as np
 from google_crc32c import value as crc32c
 
 from hyperslab.errors import CorruptError, FormatVersionError, SourceChangedError
 from hyperslab.references.packed import ROW_GROUP
-from hyperslab.references.refmap import RefMap, _arrow_ints, _arrow_primitive
+from hyperslab.references.refmap import RefMap, _arrow_int_column, _arrow_primitive
 
 __all__ = [
     "ALGORITHM",
@@ -121,17 +120,14 @@ def unpack_checksums(data: bytes) -> dict[str, tuple[np.ndarray, np.ndarray]]:
             "this hyperslab reads: upgrade hyperslab"
         )
     paths = list(meta["arrays"])
-    array, index, crc = (_ints(table.column(c)) for c in ("array", "index", "crc32c"))
+    array, index, crc = (
+        _arrow_int_column(table.column(c))[0] for c in ("array", "index", "crc32c")
+    )
     bounds = np.searchsorted(array, np.arange(len(paths) + 1))
     return {
         p: (index[bounds[k] : bounds[k + 1]], crc[bounds[k] : bounds[k + 1]])
         for k, p in enumerate(paths)
     }
-
-
-def _ints(col: Any) -> np.ndarray:
-    parts = [_arrow_ints(c)[0] for c in col.chunks]  # no pandas import (to_numpy does)
-    return np.concatenate(parts) if parts else np.zeros(0, np.int64)
 
 
 def aligned(refmap: RefMap, table: Mapping[str, tuple[np.ndarray, np.ndarray]]) -> Checksums:

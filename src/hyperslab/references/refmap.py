@@ -943,6 +943,20 @@ def _arrow_ints(a: Any) -> tuple[np.ndarray, np.ndarray]:
     return values, _arrow_validity(a)
 
 
+def _arrow_int_column(col: Any) -> tuple[np.ndarray, np.ndarray]:
+    """(values, valid) of an integer ChunkedArray, read from its buffers.
+
+    ``to_numpy`` would do, but pyarrow imports pandas the first time it is called
+    (~0.5 s, ~50 MB), which a one-shot commit, search or store open should not pay.
+    """
+    parts = [_arrow_ints(c) for c in col.chunks]
+    if not parts:
+        return np.zeros(0, np.int64), np.zeros(0, bool)
+    if len(parts) == 1:
+        return parts[0]
+    return np.concatenate([v for v, _ in parts]), np.concatenate([m for _, m in parts])
+
+
 def _parquet_rows(
     row0: int,
     path: Any,
