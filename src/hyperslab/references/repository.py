@@ -344,9 +344,12 @@ class Repository:
         """
         oid = object_id(data)
         key = object_key(kind, oid, ext)
-        if len(data) <= SMALL_OBJECT or self._needs_write(key):
+        if self._should_put(key, data):
             self._put(key, data)
         return oid
+
+    def _should_put(self, key: str, data: bytes) -> bool:
+        return len(data) <= SMALL_OBJECT or self._needs_write(key)
 
     def _put(self, key: str, data: bytes) -> None:
         """PUT now, or, inside :meth:`_parallel_writes`, on a worker thread."""
@@ -415,8 +418,7 @@ class Repository:
         return doc
 
     def write_json(self, kind: Kind, doc: dict[str, Any]) -> str:
-        doc = {"format": FORMAT_VERSION, "type": kind, **doc}
-        data = canonical_json(doc)
+        data = _encode(kind, doc)
         oid = self.put_object(kind, data)
         self._cache.put(f"{kind}:{oid}", json.loads(data))
         return oid
@@ -437,12 +439,11 @@ class Repository:
             return self.write_json("manifest", doc)
         # A leaf and its catalog index (derived, named by the leaf's id): index first,
         # so every leaf this version writes is searchable without parsing it.
-        doc = {"format": FORMAT_VERSION, "type": "manifest", **doc}
-        data = canonical_json(doc)
+        data = _encode("manifest", doc)
         oid = object_id(data)
         key = object_key("manifest", oid)
         stored = json.loads(data)  # what readers will see (tuples are lists, etc.)
-        if len(data) <= SMALL_OBJECT or self._needs_write(key):
+        if self._should_put(key, data):
             self._put(catalog_key(oid), self._catalog_for(oid, stored, base).to_bytes())
             self._put(key, data)
         self._cache.put(f"manifest:{oid}", stored)
@@ -768,6 +769,11 @@ class Repository:
             "attempts; try again",
             branch=branch,
         )
+
+
+def _encode(kind: Kind, doc: dict[str, Any]) -> bytes:
+    """The stored form of a JSON object: format header, canonical bytes."""
+    return canonical_json({"format": FORMAT_VERSION, "type": kind, **doc})
 
 
 def _summarise(result: CommitResult, cap: int = 100) -> dict[str, Any]:
