@@ -58,6 +58,11 @@ class FsckReport:
     def add(self, kind: str, oid: str, problem: str, **details: Any) -> None:
         self.problems.append({"kind": kind, "id": oid, "problem": problem, **details})
 
+    def failed(self, kind: str, oid: str, exc: HyperslabError) -> None:
+        """An object that could not be read: ``missing`` if absent, else ``corrupt``."""
+        problem = "missing" if isinstance(exc, NotFoundError) else "corrupt"
+        self.add(kind, oid, problem, error=exc.message)
+
     def to_json(self) -> dict[str, Any]:
         return {
             "clean": self.clean,
@@ -104,8 +109,7 @@ def _walk(
     def bad(kind: str, oid: str, exc: HyperslabError) -> None:
         if report is None:
             raise exc
-        problem = "missing" if isinstance(exc, NotFoundError) else "corrupt"
-        report.add(kind, oid, problem, error=exc.message)
+        report.failed(kind, oid, exc)
 
     heads: list[str] = []
     for prefix, what in ((BRANCH_PREFIX, "branch"), (TAG_PREFIX, "tag")):
@@ -211,12 +215,7 @@ def fsck(
         try:
             data = repo.get_object("refmap", rid, ext)
         except HyperslabError as exc:
-            report.add(
-                "refmap",
-                rid,
-                "missing" if isinstance(exc, NotFoundError) else "corrupt",
-                error=exc.message,
-            )
+            report.failed("refmap", rid, exc)
             continue
         report.bytes_checked += len(data)
         if progress:
@@ -240,8 +239,7 @@ def fsck(
             report.bytes_checked += len(data)
             rows = sum(idx.size for idx, _ in unpack_checksums(data).values())
         except HyperslabError as exc:
-            problem = "missing" if isinstance(exc, NotFoundError) else "corrupt"
-            report.add("checksums", cid, problem, error=exc.message)
+            report.failed("checksums", cid, exc)
             continue
         if chunks >= 0 and rows != chunks:
             report.add("checksums", cid, "corrupt", error=f"{rows} rows, entry says {chunks}")
@@ -262,12 +260,7 @@ def fsck(
                     "source", key, "corrupt", error=f"size {n}, expected {r.source_sizes[key]}"
                 )
         except HyperslabError as exc:
-            report.add(
-                "source",
-                key,
-                "missing" if isinstance(exc, NotFoundError) else "corrupt",
-                error=exc.message,
-            )
+            report.failed("source", key, exc)
         if progress:
             progress("sources", 1)
     report.checked["sources"] = len(r.sources)
