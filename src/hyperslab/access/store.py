@@ -48,7 +48,7 @@ from hyperslab.access.routing import ChunkRef, Location, Router
 from hyperslab.access.stats import AccessStats, resolve_stats
 from hyperslab.config import Config, load_config
 from hyperslab.errors import BadInputError, CorruptError, NotFoundError
-from hyperslab.references.checksums import aligned, unpack_checksums
+from hyperslab.references.checksums import aligned, read_checksums_meta, unpack_checksums
 from hyperslab.references.packed import EXTENSIONS, read_packed_meta, unpack_refmap
 from hyperslab.references.refmap import ArrayRefs, RefMap, _key_to_linear
 from hyperslab.references.repository import DEFAULT_BRANCH, Repository
@@ -116,10 +116,7 @@ class EntryView:
             lazy_sums = None
             if sums_data is not None:
                 lazy_sums = LazyRows(sums_data, ["crc32c"])
-                if (
-                    json.loads(lazy_sums.metadata.get(b"hyperslab.checksums", b"{}")).get("arrays")
-                    != paths
-                ):
+                if read_checksums_meta(lazy_sums.metadata)["arrays"] != paths:
                     raise CorruptError(f"chunk checksums of entry {entry!r} list other arrays")
             self.chunks = LazyChunks(paths, refs, lazy_sums)
         else:

@@ -23,6 +23,7 @@ import json
 import mmap
 import os
 from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 from google_crc32c import value as crc32c
@@ -37,6 +38,7 @@ __all__ = [
     "aligned",
     "compute_checksums",
     "pack_checksums",
+    "read_checksums_meta",
     "unpack_checksums",
 ]
 
@@ -102,16 +104,12 @@ def pack_checksums(refmap: RefMap, sums: Checksums) -> bytes:
     return buf.getvalue()
 
 
-def unpack_checksums(data: bytes) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """``array path → (sorted linear indices, crc32c)``."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
+def read_checksums_meta(schema_metadata: Mapping[bytes, bytes] | None) -> dict[str, Any]:
+    """The checked file metadata of a checksums object (``arrays``: the array paths)."""
     try:
-        table = pq.read_table(pa.BufferReader(data))
-        meta = json.loads((table.schema.metadata or {})[_META])
-    except Exception as exc:
-        raise CorruptError(f"chunk checksums are unreadable: {exc}") from None
+        meta = json.loads((schema_metadata or {})[_META])
+    except (KeyError, ValueError) as exc:
+        raise CorruptError(f"chunk checksums have no readable metadata: {exc}") from None
     if not isinstance(meta, dict) or not isinstance(meta.get("format"), int):
         raise CorruptError("chunk checksums have no valid format version")
     if meta["format"] > _VERSION or meta.get("algorithm") != ALGORITHM:
@@ -119,7 +117,21 @@ def unpack_checksums(data: bytes) -> dict[str, tuple[np.ndarray, np.ndarray]]:
             f"chunk checksums format {meta['format']} ({meta.get('algorithm')}) is newer than "
             "this hyperslab reads: upgrade hyperslab"
         )
-    paths = list(meta["arrays"])
+    if not isinstance(meta.get("arrays"), list):
+        raise CorruptError("chunk checksums do not list their arrays")
+    return meta
+
+
+def unpack_checksums(data: bytes) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """``array path → (sorted linear indices, crc32c)``."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.read_table(pa.BufferReader(data))
+    except Exception as exc:
+        raise CorruptError(f"chunk checksums are unreadable: {exc}") from None
+    paths = read_checksums_meta(table.schema.metadata)["arrays"]
     array, index, crc = (
         _arrow_int_column(table.column(c))[0] for c in ("array", "index", "crc32c")
     )
