@@ -29,7 +29,7 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -193,15 +193,15 @@ def _node_order(key: str) -> tuple[str, ...]:
     return tuple(path.split("/")) if path else ()
 
 
-def _metadata(refmap: RefMap) -> dict[str, bytes]:
-    # Consolidated metadata ordered so that siblings are adjacent: zarr 3.1 nests the
-    # flat v2 listing with itertools.groupby and loses nodes otherwise.
-    docs = dict(sorted(refmap.metadata_items(), key=lambda kv: _node_order(kv[0])))
-    out = {k: json.dumps(v, allow_nan=True).encode() for k, v in docs.items()}
-    out[".zmetadata"] = json.dumps(
-        {"zarr_consolidated_format": 1, "metadata": docs}, allow_nan=True
-    ).encode()
-    return out
+def _metadata(refmap: RefMap) -> dict[str, Any]:
+    """Every v2 metadata document, keyed and ordered so that siblings are adjacent:
+    zarr 3.1 nests a flat consolidated listing with itertools.groupby and loses nodes
+    otherwise."""
+    return dict(sorted(refmap.metadata_items(), key=lambda kv: _node_order(kv[0])))
+
+
+def _consolidated(docs: Mapping[str, Any]) -> bytes:
+    return json.dumps({"zarr_consolidated_format": 1, "metadata": docs}, allow_nan=True).encode()
 
 
 def _slice(data: bytes, byte_range: ByteRequest | None) -> bytes:
@@ -239,7 +239,9 @@ class HyperslabStore(Store):
         self.view = view
         self.router = router
         self.address = address
-        self._meta = _metadata(view.refmap)
+        self._docs = _metadata(view.refmap)
+        self._meta = {k: json.dumps(v, allow_nan=True).encode() for k, v in self._docs.items()}
+        self._meta[".zmetadata"] = _consolidated(self._docs)
         self._arrays: dict[str, ArrayRefs] = view.refmap.arrays
         self._batchers: dict[asyncio.AbstractEventLoop, _Batcher] = {}
         self._block = threading.Lock()
@@ -291,13 +293,9 @@ class HyperslabStore(Store):
         if f"{group}/.zgroup" not in self._meta:
             return None
         base = group + "/"
-        docs = {
-            k[len(base) :]: json.loads(v)
-            for k, v in self._meta.items()
-            if k.startswith(base) and not k.endswith("/.zmetadata")
-        }
-        doc = json.dumps({"zarr_consolidated_format": 1, "metadata": docs}, allow_nan=True)
-        data = doc.encode()
+        data = _consolidated(
+            {k[len(base) :]: v for k, v in self._docs.items() if k.startswith(base)}
+        )
         self._meta[key] = data
         return data
 
