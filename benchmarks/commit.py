@@ -58,10 +58,9 @@ import time
 from collections import Counter
 from typing import Any
 
-from hyperslab.references.format import canonical_json
 from hyperslab.references.repository import Repository
 from hyperslab.sites import S3Site
-from repo import catalog
+from repo import catalog, fill
 
 BUCKET = "hyperslab-bench"
 REGION = "us-east-1"
@@ -169,20 +168,10 @@ def hs_site(url: str, prefix: str) -> S3Site:
 
 
 def hs_build(url: str, prefix: str, n: int) -> list[str]:
-    rng = random.Random(7)
     repo = Repository.init(hs_site(url, prefix))
-    values = {}
-    for i in range(n):
-        cat = catalog(i, rng)
-        values[cat["name"]] = {"id": f"{i:064x}", "catalog": cat}
-    root = repo.tree.build(values)
-    head = repo.branch_head("main")
-    snap = repo._write_snapshot(
-        parents=[head[0]], tree=root, message=f"{n} entries", author="bench", changes={}
-    )
-    repo.site.put_if_match("refs/branches/main", canonical_json({"snapshot": snap.id}), head[1])
+    names = fill(repo, n)
     repo.close()
-    return list(values)
+    return names
 
 
 def hs_change(repo: Repository, name: str, tag: str) -> tuple[float, float, int]:

@@ -64,12 +64,10 @@ def catalog(i: int, rng: random.Random) -> dict[str, Any]:
     }
 
 
-def build(path: Path, n: int) -> tuple[Repository, float]:
+def fill(repo: Repository, n: int) -> list[str]:
+    """Give a new repository's ``main`` N entries in one snapshot (built directly as one
+    trie, not N commits); returns the entry names."""
     rng = random.Random(7)
-    shutil.rmtree(path, ignore_errors=True)
-    fast = FileSite(path, fsync=False)  # building the fixture only
-    repo = Repository.init(fast)
-    t0 = time.perf_counter()
     values = {}
     for i in range(n):
         cat = catalog(i, rng)
@@ -80,6 +78,15 @@ def build(path: Path, n: int) -> tuple[Repository, float]:
         parents=[head[0]], tree=root, message=f"{n} entries", author="bench", changes={}
     )
     repo.site.put_if_match("refs/branches/main", canonical_json({"snapshot": snap.id}), head[1])
+    return list(values)
+
+
+def build(path: Path, n: int) -> tuple[Repository, float]:
+    shutil.rmtree(path, ignore_errors=True)
+    fast = FileSite(path, fsync=False)  # building the fixture only
+    repo = Repository.init(fast)
+    t0 = time.perf_counter()
+    fill(repo, n)
     return Repository.open(FileSite(path)), time.perf_counter() - t0
 
 
