@@ -207,7 +207,7 @@ class _Glob:
         else:
             rx = "^(?s:" + _glob_regex(pat) + r")\z"
             rows = cols.lower_test(lambda a: pc.match_substring_regex(a, rx))
-        return rows & (cols.kind() == _STR_KIND) if self.text_only else rows
+        return rows & (cols.kind == _STR_KIND) if self.text_only else rows
 
 
 @dataclass(frozen=True)
@@ -227,8 +227,8 @@ class _Equal:
         as_text = cols.lower_test(lambda a: pc.equal(a, low))
         if self.number is None:
             return as_text
-        valid = cols.num_valid()
-        return (valid & (cols.num() == self.number)) | (~valid & as_text)
+        valid = cols.num_valid
+        return (valid & (cols.num == self.number)) | (~valid & as_text)
 
 
 @dataclass(frozen=True)
@@ -271,10 +271,10 @@ class _Compare:
     def rows(self, cols: Any) -> Any:
         if self.number is not None:
             with np.errstate(invalid="ignore"):
-                return cols.num_valid() & _CMP[self.op](cols.num(), self.number)
+                return cols.num_valid & _CMP[self.op](cols.num, self.number)
         fn = getattr(pc, _ARROW_CMP[self.op])
         low = self.low
-        return cols.lower_test(lambda a: fn(a, low)) & (cols.kind() == _STR_KIND)
+        return cols.lower_test(lambda a: fn(a, low)) & (cols.kind == _STR_KIND)
 
 
 def _equals(value: str) -> Any:

@@ -35,6 +35,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -176,7 +177,7 @@ class LeafCatalog:
         )
         old = _plain(self.table)
         old_entity = _col_ints(old.column("entity"))
-        target = old_to_new[old_entity] if old_entity.size else old_entity.astype(np.int64)
+        target = old_to_new[old_entity]
         keep = np.flatnonzero(target >= 0)
         kept = old.take(_indices(keep)).set_column(
             0, "entity", _arrow_primitive(pa.int32(), target[keep].astype(np.int32))
@@ -186,10 +187,7 @@ class LeafCatalog:
         added = fresh.table.set_column(
             0,
             "entity",
-            _arrow_primitive(
-                pa.int32(),
-                (fresh_map[fresh_entity] if fresh_entity.size else fresh_entity).astype(np.int32),
-            ),
+            _arrow_primitive(pa.int32(), fresh_map[fresh_entity].astype(np.int32)),
         )
         both = pa.concat_tables([kept, added])
         order = np.argsort(_col_ints(both.column("entity")), kind="stable")
@@ -355,44 +353,36 @@ class _Columns:
     def __init__(self, table: pa.Table) -> None:
         self.table = table
         self.entity = _col_ints(table.column("entity"))
-        self._cache: dict[str, Any] = {}
 
     def arr(self, name: str) -> pa.Array:
         col = self.table.column(name)
         return col.chunk(0) if col.num_chunks == 1 else col.combine_chunks()
 
+    @cached_property
     def kind(self) -> np.ndarray:
-        if "kind" not in self._cache:
-            self._cache["kind"] = _arrow_ints(self.arr("kind"))[0]
-        return self._cache["kind"]
+        return _arrow_ints(self.arr("kind"))[0]
 
+    @cached_property
     def num(self) -> np.ndarray:
-        if "num" not in self._cache:
-            self._cache["num"] = _floats(self.arr("num"))  # nulls: any value (masked by valid)
-        return self._cache["num"]
+        return _floats(self.arr("num"))  # under nulls: any value (masked by num_valid)
 
+    @cached_property
     def num_valid(self) -> np.ndarray:
-        if "valid" not in self._cache:
-            self._cache["valid"] = _arrow_validity(self.arr("num"))
-        return self._cache["valid"]
+        return _arrow_validity(self.arr("num"))
 
+    @cached_property
     def keys_lower(self) -> tuple[np.ndarray, list[str]]:
-        if "keys" not in self._cache:
-            a = self.arr("key")
-            if pa.types.is_dictionary(a.type):
-                idx = _arrow_ints(a.indices)[0]
-                words = [str(k).lower() for k in a.dictionary.to_pylist()]
-            else:
-                words_all = [str(k).lower() for k in a.to_pylist()]
-                uniq = sorted(set(words_all))
-                where = {w: i for i, w in enumerate(uniq)}
-                idx = np.array([where[w] for w in words_all], dtype=np.int64)
-                words = uniq
-            self._cache["keys"] = (idx, words)
-        return self._cache["keys"]
+        """(row → key code, lower-cased key of each code)."""
+        a = self.arr("key")
+        if pa.types.is_dictionary(a.type):
+            return _arrow_ints(a.indices)[0], [str(k).lower() for k in a.dictionary.to_pylist()]
+        words_all = [str(k).lower() for k in a.to_pylist()]
+        uniq = sorted(set(words_all))
+        where = {w: i for i, w in enumerate(uniq)}
+        return np.array([where[w] for w in words_all], dtype=np.int64), uniq
 
     def key_rows(self, key: str) -> np.ndarray:
-        idx, words = self.keys_lower()
+        idx, words = self.keys_lower
         codes = [i for i, w in enumerate(words) if w == key]
         if not codes:
             return np.zeros(len(idx), dtype=bool)
