@@ -36,6 +36,7 @@ from typing import Any, Protocol
 from google_crc32c import value as _crc32c
 
 from hyperslab.errors import AccessDeniedError, HyperslabError, NotFoundError, TransientError
+from hyperslab.references.replicas import ReplicaIndex
 from hyperslab.sites import Site
 
 __all__ = [
@@ -69,13 +70,19 @@ class ChunkCache(Protocol):  # what access/cache.py provides
     def put_many(self, items: Iterable[tuple[str, bytes]]) -> None: ...
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Location:
-    """One place the bytes of a source can be read: ``key`` at ``site``."""
+    """One place the bytes of a source can be read: ``key`` at ``site``.
+
+    With ``replica``, ``key`` is a pack of hot chunks (``chunks/<sha256>``) holding only
+    the source ranges its index lists, at other offsets; chunks it does not hold go on
+    to the next location at no cost.
+    """
 
     site: Site
     key: str
     name: str  # the site's display name (redacted URL or configured name)
+    replica: ReplicaIndex | None = None
 
 
 @dataclass(frozen=True)
@@ -145,6 +152,7 @@ class _Attempt:
     site: str
     error: str
     denied: bool = False
+    absent: bool = False  # the site answered that it does not hold the object
 
 
 @dataclass
@@ -221,13 +229,22 @@ class Router:
         ordered += [loc for loc in locations if loc not in ordered]
         attempts: list[_Attempt] = []
         pending = list(idx)
-        for n, loc in enumerate(ordered):
-            if not pending:
-                break
-            if n:
+        failed: set[str] = set()  # sites that failed in this call go to the back of the queue
+        queue = list(ordered)
+        tried_any = False
+        while queue and pending:
+            loc = queue.pop(0)
+            if loc.name in failed and any(q.name not in failed for q in queue):
+                queue.append(loc)
+                continue
+            if tried_any and loc.replica is None:
                 with self._lock:
                     self.stats.fallbacks += 1
+            before = len(attempts)
             pending = self._from_location(loc, refs, pending, out, attempts)
+            tried_any = tried_any or loc.replica is None or len(attempts) > before
+            if len(attempts) > before and not attempts[-1].absent:
+                failed.add(loc.name)
         for i in pending:
             out[i] = self._unavailable(refs[i], attempts, locations)
 
@@ -240,24 +257,44 @@ class Router:
         attempts: list[_Attempt],
     ) -> list[int]:
         """Fetch ``idx`` from one site; returns the indices it did not deliver."""
+        skipped: list[int] = []
+        crcs: list[int | None] = [refs[i].checksum for i in idx]
+        if loc.replica is None:
+            starts = [refs[i].offset for i in idx]
+        else:  # a pack: only the chunks its index lists, at their places in the pack
+            held, starts, crcs = [], [], []
+            for i in idx:
+                found = loc.replica.find(refs[i].offset, refs[i].length)
+                if found is None:
+                    skipped.append(i)
+                else:
+                    held.append(i)
+                    starts.append(found[0])
+                    # the ingest checksum when there is one, else the one taken at copy time
+                    crcs.append(refs[i].checksum if refs[i].checksum is not None else found[1])
+            if not held:
+                return idx
+            idx = held
         requests = coalesce(
-            [(refs[i].offset, refs[i].length) for i in idx], self.max_gap, self.max_request
+            [(at, refs[i].length) for at, i in zip(starts, idx, strict=True)],
+            self.max_gap,
+            self.max_request,
         )
         health = self._health(loc.name)
         try:
             blobs = loc.site.get_ranges([(loc.key, start, n) for start, n, _ in requests])
         except NotFoundError as exc:
-            # the site is fine, it just does not hold this source: no penalty, remember it
-            attempts.append(_Attempt(loc.name, exc.message))
+            # the site is fine, it just does not hold this object: no penalty, remember it
+            attempts.append(_Attempt(loc.name, exc.message, absent=True))
             if self._on_absent is not None:
                 self._on_absent(loc)
-            return idx
+            return idx + skipped
         except HyperslabError as exc:
             health.failed(exc.message)
             attempts.append(_Attempt(loc.name, exc.message, isinstance(exc, AccessDeniedError)))
             log.info("site %s failed for %s: %s", loc.name, loc.key, exc.message)
-            return idx
-        left: list[int] = []
+            return idx + skipped
+        left: list[int] = list(skipped)
         bad: list[str] = []
         fresh: list[tuple[str, bytes]] = []
         fetched = 0
@@ -266,13 +303,13 @@ class Router:
             for m in members:
                 i = idx[m]
                 ref = refs[i]
-                lo = ref.offset - start
+                lo = starts[m] - start
                 data = bytes(blob[lo : lo + ref.length])
                 if len(data) != ref.length:
                     bad.append(f"{ref.label or ref.cache_key}: short read ({len(data)} bytes)")
                     left.append(i)
                     continue
-                if ref.checksum is not None and _crc32c(data) != ref.checksum:
+                if crcs[m] is not None and _crc32c(data) != crcs[m]:
                     bad.append(f"{ref.label or ref.cache_key}: checksum mismatch")
                     left.append(i)
                     continue

@@ -28,11 +28,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import threading
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from zarr.abc.store import (
     ByteRequest,
@@ -47,23 +49,42 @@ from hyperslab.access.chunks import EagerChunks, LazyChunks, LazyRows
 from hyperslab.access.routing import ChunkRef, Location, Router
 from hyperslab.access.stats import AccessStats, resolve_stats
 from hyperslab.config import Config, load_config
-from hyperslab.errors import BadInputError, CorruptError, NotFoundError
+from hyperslab.errors import BadInputError, CorruptError, HyperslabError, NotFoundError
 from hyperslab.references.checksums import aligned, read_checksums_meta, unpack_checksums
 from hyperslab.references.packed import EXTENSIONS, read_packed_meta, unpack_refmap
 from hyperslab.references.refmap import ArrayRefs, RefMap, _key_to_linear
+from hyperslab.references.replicas import ReplicaIndex, load_replicas, pack_key
 from hyperslab.references.repository import DEFAULT_BRANCH, Repository
 from hyperslab.sites import FileSite, Site, open_site
 
 if TYPE_CHECKING:
     from hyperslab.access.cache import ChunkCache
 
+_T = TypeVar("_T")
+
 __all__ = ["EntryView", "HyperslabStore", "open_store"]
+
+log = logging.getLogger(__name__)
 
 SOURCE_SCHEME = "hyperslab-source:"
 _READ_ONLY = "store was opened in read-only mode and does not support writing"
 
 
 # ----------------------------------------------------------------------- the view
+
+
+def _background(fn: Callable[[], _T]) -> Future[_T]:
+    """Run ``fn`` on a daemon thread; its result (or exception) arrives in the future."""
+    fut: Future[_T] = Future()
+
+    def run() -> None:
+        try:
+            fut.set_result(fn())
+        except BaseException as exc:  # handed to whoever waits for the result
+            fut.set_exception(exc)
+
+    threading.Thread(target=run, name="hyperslab-replicas", daemon=True).start()
+    return fut
 
 
 @dataclass(frozen=True)
@@ -93,6 +114,13 @@ class EntryView:
         self.entry = entry
         self.snapshot = snapshot
         self.record = repo.entry(snapshot, entry)
+        self.source_names = {s["id"]: s["name"] for s in self.record.get("sources", [])}
+        # the repository itself first unless the caller ordered sites explicitly
+        self.sites: list[tuple[str, Site]] = list(replicas) or [(repo.display, repo.site)]
+        # which hot chunks each site holds: listed while the refmap downloads
+        self._replicas: Future[dict[tuple[str, str], list[ReplicaIndex]]] | None = None
+        if self.source_names:
+            self._replicas = _background(self._load_replicas)
         rm = self.record.get("refmap") or {}
         fmt = rm.get("format", "json")
         if fmt not in EXTENSIONS:
@@ -130,11 +158,25 @@ class EntryView:
             s[len(SOURCE_SCHEME) :] if s.startswith(SOURCE_SCHEME) else None
             for s in self.refmap.sources
         ]
-        self.source_names = {s["id"]: s["name"] for s in self.record.get("sources", [])}
-        # the repository itself first unless the caller ordered sites explicitly
-        self.sites: list[tuple[str, Site]] = list(replicas) or [(repo.display, repo.site)]
         self._held: dict[tuple[str, str], bool] = {}
         self._lock = threading.Lock()
+
+    def _load_replicas(self) -> dict[tuple[str, str], list[ReplicaIndex]]:
+        out: dict[tuple[str, str], list[ReplicaIndex]] = {}
+        for display, site in self.sites:
+            try:
+                found = load_replicas(site, self.source_names)
+            except HyperslabError as exc:  # the site is down: its replicas cannot help now
+                log.info("cannot list chunk replicas at %s: %s", display, exc.message)
+                continue
+            for source, indexes in found.items():
+                if indexes:
+                    out[(display, source)] = indexes
+        return out
+
+    def replicas(self) -> dict[tuple[str, str], list[ReplicaIndex]]:
+        """``(site display, source) → replica indexes`` of hot chunks held at each site."""
+        return self._replicas.result() if self._replicas is not None else {}
 
     def locations(self, source: str) -> list[Location]:
         """Sites that may hold ``source``, in preference order.
@@ -147,23 +189,24 @@ class EntryView:
         if name is None:
             return []
         key = f"sources/{source}/{name}"
+        replicas = self.replicas()
         out = []
         for display, site in self.sites:
-            with self._lock:
-                held = self._held.get((display, source))
-            if held is not False:
-                out.append(Location(site, key, display))
+            # a site's hot-chunk packs first: they hold just the chunks, nothing else
+            for index in replicas.get((display, source), ()):
+                out.append(Location(site, pack_key(index.pack), display, index))
+            out.append(Location(site, key, display))
+        with self._lock:
+            out = [loc for loc in out if self._held.get((loc.name, loc.key)) is not False]
         origin = self._origin(source)
         if origin is not None:
             out.append(origin)
         return out
 
     def absent(self, location: Location) -> None:
-        """``location`` answered that it does not hold its source: skip it from now on."""
-        source = location.key.split("/")[1] if location.key.startswith("sources/") else None
-        if source is not None:
-            with self._lock:
-                self._held[(location.name, source)] = False
+        """``location`` answered that it does not hold its object: skip it from now on."""
+        with self._lock:
+            self._held[(location.name, location.key)] = False
 
     def _origin(self, source: str) -> Location | None:
         """The file ingest read, if it is here with its recorded size: a last resort.
