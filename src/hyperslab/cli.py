@@ -371,8 +371,9 @@ def sample(
 # the repository and access commands live in their own modules and register on `app`
 from hyperslab import access_cli as _access_cli  # noqa: E402
 from hyperslab import repo_cli as _repo_cli  # noqa: E402
+from hyperslab import sync_cli as _sync_cli  # noqa: E402
 
-__all__ = ["_access_cli", "_repo_cli", "app", "main"]
+__all__ = ["_access_cli", "_repo_cli", "_sync_cli", "app", "main"]
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -25,6 +25,7 @@ on every site, so a key that works on one site works on all of them.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import errno
 import fcntl
@@ -51,6 +52,7 @@ from hyperslab.errors import (
     BadInputError,
     ConfigError,
     ConflictError,
+    CorruptError,
     HyperslabError,
     NotFoundError,
     TransientError,
@@ -207,6 +209,29 @@ class Site(ABC):
             h.update(block)
             n += len(block)
         return h.hexdigest(), n
+
+    def put_verified(self, key: str, data: bytes) -> None:
+        """:meth:`put`, then check that the site holds exactly ``data`` (CorruptError if not).
+
+        Default: read the object back. S3 sites check the server's MD5 instead (no
+        second transfer).
+        """
+        self.put(key, data)
+        back = self.get(key)
+        if back != data:
+            raise self._not_stored(key, f"{len(back)} bytes read back differ from the upload")
+
+    def put_file_verified(self, key: str, path: Path | str, sha256: str) -> None:
+        """:meth:`put_file`, then check the stored object's sha256 (CorruptError if not)."""
+        self.put_file(key, path)
+        digest, _ = self.sha256(key)
+        if digest != sha256:
+            raise self._not_stored(key, "sha256 of the stored object differs from the file's")
+
+    def _not_stored(self, key: str, why: str) -> CorruptError:
+        return CorruptError(
+            f"upload of {key!r} to {self.url} did not verify: {why}", key=key, site=self.url
+        )
 
     def put_if_absent(self, key: str, data: bytes) -> None:
         """Create ``key``; ConflictError if it already exists."""
@@ -1066,6 +1091,48 @@ class S3Site(Site):
             lambda: self._fs._call_s3("put_object", Bucket=self.bucket, Key=s3key, Body=data),
         )
 
+    def put_verified(self, key: str, data: bytes) -> None:
+        """PUT with Content-MD5 (the server refuses a damaged body), then compare the ETag."""
+        s3key = self._s3key(key)
+        digest = hashlib.md5(data, usedforsecurity=False)
+        out = self._run(
+            "put",
+            key,
+            lambda: self._fs._call_s3(
+                "put_object",
+                Bucket=self.bucket,
+                Key=s3key,
+                Body=data,
+                ContentMD5=base64.b64encode(digest.digest()).decode(),
+            ),
+        )
+        etag = str(out.get("ETag", "")).strip('"')
+        if _PLAIN_ETAG.match(etag):
+            if etag != digest.hexdigest():
+                raise self._not_stored(key, f"ETag {etag} is not the MD5 of the bytes sent")
+            return
+        # encrypted buckets (SSE-KMS/-C) answer with ETags that are not MD5s: read back
+        if self.get(key) != data:
+            raise self._not_stored(key, "bytes read back differ from the upload")
+
+    def put_file_verified(self, key: str, path: Path | str, sha256: str) -> None:
+        """Upload, then compare the ETag with the MD5 (multipart: MD5 of part MD5s) of the
+        file as s3fs splits it; read the object back only if the ETag is not an MD5."""
+        import s3fs.core
+
+        self.put_file(key, path)
+        size = os.path.getsize(path)
+        part = s3fs.core.calculate_chunksize(size)
+        expected = _s3_etag(Path(path), part if size >= min(5 << 30, 2 * part) else None)
+        etag = self.head(key).etag.strip('"')
+        if etag == expected:
+            return
+        if _PLAIN_ETAG.match(etag) or _MULTIPART_ETAG.match(etag):
+            raise self._not_stored(key, f"ETag {etag} differs from the file's {expected}")
+        digest, _ = self.sha256(key)
+        if digest != sha256:
+            raise self._not_stored(key, "sha256 of the stored object differs from the file's")
+
     def put_file(self, key: str, path: Path | str) -> None:
         s3key = self._s3key(key)
         target = f"{self.bucket}/{s3key}"
@@ -1104,6 +1171,28 @@ class S3Site(Site):
             key,
             lambda: self._fs._call_s3("delete_object", Bucket=self.bucket, Key=s3key),
         )
+
+
+_PLAIN_ETAG = re.compile(r"^[0-9a-f]{32}$")
+_MULTIPART_ETAG = re.compile(r"^[0-9a-f]{32}-\d+$")
+
+
+def _s3_etag(path: Path, part_size: int | None) -> str:
+    """The ETag S3 gives a file uploaded in one PUT (``None``) or in ``part_size`` parts."""
+    md5s = []
+    whole = hashlib.md5(usedforsecurity=False)
+    with open(path, "rb") as fh:
+        while True:
+            block = fh.read(part_size or (8 << 20))
+            if not block:
+                break
+            if part_size is None:
+                whole.update(block)
+            else:
+                md5s.append(hashlib.md5(block, usedforsecurity=False).digest())
+    if part_size is None:
+        return whole.hexdigest()
+    return f"{hashlib.md5(b''.join(md5s), usedforsecurity=False).hexdigest()}-{len(md5s)}"
 
 
 # --------------------------------------------------------------------------- opening

@@ -16,13 +16,15 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import numpy as np
+from google_crc32c import value as crc32c
 
 from hyperslab.errors import BadInputError, HyperslabError, NotFoundError
 from hyperslab.references.catalog import Query, parse_query
 from hyperslab.references.catalog_index import CATALOG_PREFIX, LeafCatalog, catalog_key
 from hyperslab.references.checksums import unpack_checksums
-from hyperslab.references.format import is_object_id, object_key
+from hyperslab.references.format import is_object_id, object_id, object_key
 from hyperslab.references.packed import EXTENSIONS, unpack_refmap
+from hyperslab.references.replicas import REPLICA_PREFIX, pack_key, read_replica_index
 from hyperslab.references.repository import (
     BRANCH_PREFIX,
     REFRESH_AGE,
@@ -87,6 +89,10 @@ class Reachable:
     refmap_owner: dict[str, tuple[str, frozenset[str], int | None]] = field(default_factory=dict)
     #: size each held source must have, by key
     source_sizes: dict[str, int] = field(default_factory=dict)
+    #: every source id a reachable entry uses (held here or not): their replicas count
+    source_ids: set[str] = field(default_factory=set)
+    #: replica index keys of reachable sources → their pack keys (see _walk_replicas)
+    replicas: dict[str, str] = field(default_factory=dict)
 
     def keys(self) -> set[str]:
         out = {object_key("snapshot", s) for s in self.snapshots}
@@ -95,6 +101,7 @@ class Reachable:
         out |= {object_key("entry", e) for e in self.entries}
         out |= {object_key("refmap", r, ext) for r, ext in self.refmaps.items()}
         out |= {object_key("checksums", c, ".parquet") for c in self.checksums}
+        out |= set(self.replicas) | set(self.replicas.values())
         return out | self.sources | self.chunks
 
 
@@ -135,7 +142,45 @@ def _walk(
             progress("snapshots", 1)
         stack.extend(snap.parents)
         _walk_tree(repo, snap.tree, r, bad, progress, held)
+    _walk_replicas(repo, r, report)
     return r
+
+
+def _walk_replicas(repo: Repository, r: Reachable, report: FsckReport | None) -> None:
+    """Hot-chunk replicas of reachable sources (one listing of ``replicas/``): each index
+    and the pack it names. With ``report``, check both, chunk by chunk."""
+    for key in repo.site.list(REPLICA_PREFIX):
+        parts = key.split("/")
+        if len(parts) != 3 or parts[1] not in r.source_ids or not key.endswith(".parquet"):
+            continue  # another source's, or a completion marker (replicas/done/)
+        try:
+            index = read_replica_index(repo.site, key)
+        except HyperslabError as exc:
+            if report is None:
+                raise
+            report.failed("replica", key, exc)
+            continue
+        r.replicas[key] = pack_key(index.pack)
+        if report is None:
+            continue
+        try:
+            pack = repo.site.get(pack_key(index.pack))
+        except HyperslabError as exc:
+            report.failed("chunk pack", index.pack, exc)
+            continue
+        report.bytes_checked += len(pack)
+        if len(pack) != index.pack_size or object_id(pack) != index.pack:
+            report.add("chunk pack", index.pack, "corrupt", error="content does not match sha256")
+            continue
+        bad = [
+            int(off)
+            for off, n, crc, at in zip(
+                index.offset, index.length, index.crc32c, index.at, strict=True
+            )
+            if crc32c(pack[int(at) : int(at) + int(n)]) != int(crc)
+        ]
+        if bad:
+            report.add("replica", key, "corrupt", error=f"{len(bad)} chunk(s) fail CRC-32C")
 
 
 def _walk_tree(
@@ -182,6 +227,7 @@ def _walk_tree(
             if isinstance(sums, dict) and isinstance(sums.get("id"), str):
                 r.checksums[sums["id"]] = int(sums.get("chunks", -1))
             for s in rec.get("sources", []):
+                r.source_ids.add(s["id"])
                 key = f"sources/{s['id']}/{s['name']}"
                 # only sources this site holds are part of the repository here
                 if key in held:
@@ -274,6 +320,7 @@ def fsck(
         if hashlib.sha256(data).hexdigest() != key.rsplit("/", 1)[-1]:
             report.add("chunk", key, "corrupt", error="content does not match sha256")
     report.checked["chunks"] = len(r.chunks)
+    report.checked["replicas"] = len(r.replicas)
     _check_catalogs(repo, r, report, progress)
     return report
 
@@ -360,6 +407,7 @@ _GC_PREFIXES = (
     "refmaps/",
     "checksums/",
     "sources/",
+    REPLICA_PREFIX,  # before chunks/: an index goes before the pack it names
     "chunks/",
 )
 

@@ -52,6 +52,7 @@ __all__ = [
     "load_replicas",
     "pack_groups",
     "pack_key",
+    "read_replica_index",
     "replica_prefix",
 ]
 
@@ -201,7 +202,8 @@ def index_key(source: str, data: bytes) -> str:
     return f"{replica_prefix(source)}{object_id(data)}.parquet"
 
 
-def _read_index(site: Site, key: str) -> ReplicaIndex:
+def read_replica_index(site: Site, key: str) -> ReplicaIndex:
+    """The index at ``key``, checked against its name (sha256) and parsed."""
     data = site.get(key)
     if object_id(data) != key.rsplit("/", 1)[-1].split(".", 1)[0]:
         raise CorruptError(f"{key} does not match its sha256", where=key)
@@ -221,7 +223,9 @@ def load_replicas(
     for source in sources:
         out[source] = []
         try:
-            keys += [(source, k) for k in site.list(replica_prefix(source)) if k.endswith(".parquet")]
+            keys += [
+                (source, k) for k in site.list(replica_prefix(source)) if k.endswith(".parquet")
+            ]
         except NotFoundError:
             continue
     if not keys:
@@ -230,7 +234,7 @@ def load_replicas(
     def one(item: tuple[str, str]) -> tuple[str, ReplicaIndex | None]:
         source, key = item
         try:
-            index = _read_index(site, key)
+            index = read_replica_index(site, key)
         except HyperslabError:
             return source, None
         return source, index if index.source == source else None

@@ -1,0 +1,853 @@
+"""``hyperslab sync``: make a destination repository hold what the source's refs reach.
+
+The protocol, in the order it runs:
+
+1. **Refs.** Read the selected branches (and tags) at both sites. Equal heads need
+   nothing more, so a sync of an unchanged repository costs a constant handful of
+   requests whatever its size. A destination head the source's history does not
+   contain is a conflict (both heads named; nothing is written) unless ``force``; a
+   destination that is *ahead* is left alone (sync never moves a branch backwards).
+2. **Plan.** Walk the source snapshots from each new head back to the destination's
+   head, and diff each snapshot's entry tree against its parent's: identical subtrees
+   have identical ids, so only what changed is read (a Merkle diff, linear in the
+   change). Every object found is a candidate; the destination is asked which it
+   lacks (HEAD per object, or one listing per prefix when the destination has
+   nothing of this ref yet). ``dry_run`` stops here.
+3. **Copy**, bottom-up, with bounded concurrency: sources, refmaps, checksums and
+   hot-chunk packs, then replica indexes, then entries, catalogs, tree nodes and
+   snapshots. Every object read from the source is checked against its name (sha256)
+   before it is sent, and every upload is verified at the destination (S3: Content-MD5
+   and the ETag; files: read back). An object that fails is reported and the refs
+   are not moved.
+4. **Move refs** last, by compare-and-swap: a branch only fast-forwards; a tag is
+   only created. Two syncs racing to one destination both end consistent: the loser
+   of the CAS re-reads the head and is done if it is already there or ahead.
+
+Nothing is ever deleted at the destination. A sync killed anywhere leaves only
+unreachable objects, and re-running it copies only what is still missing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from google_crc32c import value as crc32c
+
+from hyperslab.errors import (
+    BadInputError,
+    ConflictError,
+    CorruptError,
+    HyperslabError,
+    NotFoundError,
+)
+from hyperslab.references.catalog_index import LeafCatalog, catalog_key
+from hyperslab.references.format import canonical_json, object_id, object_key
+from hyperslab.references.packed import EXTENSIONS
+from hyperslab.references.replicas import (
+    build_pack,
+    load_replicas,
+    pack_groups,
+    pack_key,
+)
+from hyperslab.references.repository import (
+    BRANCH_PREFIX,
+    REFRESH_AGE,
+    REPO_KEY,
+    TAG_PREFIX,
+    NotARepositoryError,
+    Repository,
+)
+from hyperslab.sites import open_site
+from hyperslab.sync.hot import HotChunk, HotRules, select_hot
+
+__all__ = [
+    "DivergedError",
+    "RefUpdate",
+    "RepositoryMismatchError",
+    "SyncFailedError",
+    "SyncReport",
+    "sync",
+]
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[str, int, int], None]  # (phase, objects done, bytes done)
+
+#: at least this many candidates under one prefix, at a destination that has nothing
+#: of the synced refs yet: one listing of the prefix instead of a HEAD per object
+LIST_THRESHOLD = 500
+HOT_MARKER_PREFIX = "replicas/done/"
+
+
+class DivergedError(ConflictError):
+    """The destination branch has commits the source does not have."""
+
+    code = "diverged"
+
+
+class RepositoryMismatchError(ConflictError):
+    """Source and destination are different repositories (their repo ids differ)."""
+
+    code = "repository_mismatch"
+
+
+class SyncFailedError(HyperslabError):
+    """Some objects could not be copied; no ref was moved."""
+
+    code = "sync_failed"
+    exit_status = 7
+
+
+# --------------------------------------------------------------------------- report
+
+
+@dataclass
+class RefUpdate:
+    kind: str  # "branch" | "tag"
+    name: str
+    source: str  # snapshot id at the source
+    destination: str | None  # at the destination before the sync
+    status: str  # up-to-date | create | fast-forward | ahead | forced | diverged
+    etag: str | None = None
+    chain: list[str] = field(default_factory=list)  # new snapshots, newest first
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "name": self.name,
+            "source": self.source,
+            "destination": self.destination,
+            "status": self.status,
+            "new_snapshots": len(self.chain),
+        }
+
+
+@dataclass
+class _Obj:
+    key: str
+    kind: str
+    phase: int  # copy order: 0 data (and hot-chunk packs with their indexes), 2 metadata
+    data: bytes | None = None
+    size: int | None = None
+    sha256: str | None = None  # what the bytes must hash to (sources)
+    #: builds what to store instead of copying ``key``: ``[(key, bytes), ...]`` in order
+    make: Callable[[], list[tuple[str, bytes]]] | None = None
+
+
+@dataclass
+class SyncReport:
+    source: str
+    destination: str
+    refs: list[RefUpdate] = field(default_factory=list)
+    dry_run: bool = False
+    candidates: int = 0
+    present: int = 0
+    planned: dict[str, int] = field(default_factory=dict)  # kind → objects to copy
+    planned_bytes: int | None = 0  # None when some sizes are only known while copying
+    copied: dict[str, int] = field(default_factory=dict)
+    bytes_copied: int = 0
+    hot_chunks: int = 0
+    hot_bytes: int = 0
+    hot_held: int = 0
+    failures: list[dict[str, Any]] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return not self.failures
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "ok": self.ok,
+            "source": self.source,
+            "destination": self.destination,
+            "dry_run": self.dry_run,
+            "refs": [r.to_json() for r in self.refs],
+            "candidates": self.candidates,
+            "present": self.present,
+            "planned": self.planned,
+            "planned_bytes": self.planned_bytes,
+            "copied": self.copied,
+            "objects_copied": sum(self.copied.values()),
+            "bytes_copied": self.bytes_copied,
+            "hot": {
+                "chunks": self.hot_chunks,
+                "bytes": self.hot_bytes,
+                "already_held": self.hot_held,
+            },
+            "failures": self.failures,
+            "seconds": round(self.seconds, 3),
+        }
+
+
+# --------------------------------------------------------------------------- limits
+
+
+class RateLimiter:
+    """Token bucket over bytes, shared by the copy threads (``--bwlimit``)."""
+
+    def __init__(self, rate: int | None) -> None:
+        self.rate = rate
+        self._lock = threading.Lock()
+        self._next = time.monotonic()
+
+    def take(self, n: int) -> None:
+        if not self.rate:
+            return
+        with self._lock:
+            now = time.monotonic()
+            start = max(now, self._next)
+            self._next = start + n / self.rate
+            wait = start - now
+        if wait > 0:
+            time.sleep(wait)
+
+
+# --------------------------------------------------------------------------- sync
+
+
+def sync(
+    src: str | Repository,
+    dst: str | Repository,
+    *,
+    branches: Sequence[str] | None = None,
+    all_branches: bool = False,
+    tags: bool = False,
+    hot: HotRules | None = None,
+    stats: Any = None,
+    sources: bool = False,
+    dry_run: bool = False,
+    force: bool = False,
+    jobs: int = 16,
+    bwlimit: int | None = None,
+    progress: Progress | None = None,
+    config: Any = None,
+) -> SyncReport:
+    """Copy what ``dst`` lacks of the selected refs of ``src``, verified; then move refs.
+
+    ``branches``: names to sync (default ``["main"]``); ``all_branches``: every source
+    branch; ``tags``: every source tag too. ``hot``: hot-chunk rules (with ``stats``,
+    an :class:`~hyperslab.access.stats.AccessStats`, for ``[[used]]`` rules).
+    ``sources``: copy the raw source files as well. ``force``: move a diverged
+    destination branch to the source's head (the destination's own commits become
+    unreachable there; nothing is deleted). Raises :class:`DivergedError` (nothing
+    written), :class:`SyncFailedError` (some objects failed, refs not moved) or the
+    site's error when a site is unreachable.
+    """
+    t0 = time.perf_counter()
+    if jobs < 1:
+        raise BadInputError(f"jobs must be at least 1, got {jobs}")
+    src = src if isinstance(src, Repository) else Repository.open(src, config=config)
+    dst = open_destination(dst, config)
+    if src.site.url == dst.site.url:
+        raise BadInputError(f"source and destination are the same place ({src.display})")
+    report = SyncReport(src.display, dst.display, dry_run=dry_run)
+    fresh_dst = _check_repositories(src, dst, dry_run)
+    report.refs = _plan_refs(src, dst, branches, all_branches, tags, fresh_dst)
+    diverged = [u for u in report.refs if u.status == "diverged"]
+    if diverged and not force:
+        u = diverged[0]
+        raise DivergedError(
+            f"{u.kind} {u.name!r} has diverged: the destination is at {(u.destination or '')[:12]}… "
+            f"({dst.display}), which the source's history ({u.source[:12]}… at "
+            f"{src.display}) does not contain; nothing was copied. Reconcile the two, or "
+            "pass --force to move the destination to the source's head",
+            kind=u.kind,
+            name=u.name,
+            source_head=u.source,
+            destination_head=u.destination,
+        )
+    for u in diverged:
+        u.status = "forced"
+    moving = [u for u in report.refs if u.status in ("create", "fast-forward", "forced")]
+    walker = _Walker(src, dst, sources)
+    for u in moving:
+        walker.add_chain(u.chain)
+    objs = walker.objects()
+    hot_objs, marker = _plan_hot(src, dst, report, hot, stats, jobs) if hot else ([], None)
+    all_objs = objs + hot_objs
+    report.candidates = len(all_objs)
+    fresh = fresh_dst or all(u.destination is None for u in report.refs)
+    missing = _missing(dst, all_objs, fresh, jobs)
+    report.present = len(all_objs) - len(missing)
+    for o in missing:
+        report.planned[o.kind] = report.planned.get(o.kind, 0) + 1
+    sizes = [o.size if o.size is not None else (len(o.data) if o.data else None) for o in missing]
+    report.planned_bytes = None if any(s is None for s in sizes) else sum(s or 0 for s in sizes)
+    if dry_run:
+        report.seconds = time.perf_counter() - t0
+        return report
+    if fresh_dst:
+        _create_repository(src, dst)
+    if any(u.status != "up-to-date" for u in report.refs) or missing or marker:
+        dst.check_writable()
+    _copy(src, dst, missing, report, jobs, RateLimiter(bwlimit), progress)
+    if report.failures:
+        report.seconds = time.perf_counter() - t0
+        first = report.failures[0]
+        raise SyncFailedError(
+            f"{len(report.failures)} object(s) could not be copied, so no ref was moved "
+            f"(first: {first['key']}: {first['error']}); re-run sync to finish",
+            failures=report.failures[:100],
+        )
+    for u in report.refs:
+        if u.status in ("create", "fast-forward", "forced"):
+            _move_ref(src, dst, u)
+    if marker is not None:
+        dst.site.put(marker[0], marker[1])
+    report.seconds = time.perf_counter() - t0
+    return report
+
+
+# --------------------------------------------------------------------------- refs
+
+
+def _check_repositories(src: Repository, dst: Repository, dry_run: bool) -> bool:
+    """True if ``dst`` has no repository yet (sync creates it); error if it is another."""
+    if not dst.info:
+        return True
+    if dst.id != src.id:
+        raise RepositoryMismatchError(
+            f"{dst.display} is a different repository (id {dst.id}) from {src.display} "
+            f"(id {src.id}); sync copies between replicas of one repository: sync into an "
+            "empty location instead",
+            source_id=src.id,
+            destination_id=dst.id,
+        )
+    return False
+
+
+def _create_repository(src: Repository, dst: Repository) -> None:
+    """The destination becomes a replica: the same ``repo.json`` (id, format, writers)."""
+    try:
+        dst.site.put_if_absent(REPO_KEY, src.site.get(REPO_KEY))
+    except ConflictError:
+        info = Repository.open(dst.site).info  # another sync created it meanwhile
+        if info.get("id") != src.id:
+            raise RepositoryMismatchError(
+                f"{dst.display} became a different repository during the sync"
+            ) from None
+    dst.info = dict(src.info)
+    dst.id = src.id
+    dst.single_writer = src.single_writer
+
+
+def open_destination(spec: str | Repository, config: Any = None) -> Repository:
+    """The destination repository, or an empty one there (``info`` empty) for sync to create."""
+    if isinstance(spec, Repository):
+        return spec
+    try:
+        return Repository.open(spec, config=config)
+    except NotARepositoryError:
+        site, display = open_site(spec, config)
+        return Repository(site, display, {})
+
+
+def _plan_refs(
+    src: Repository,
+    dst: Repository,
+    branches: Sequence[str] | None,
+    all_branches: bool,
+    tags: bool,
+    fresh_dst: bool,
+) -> list[RefUpdate]:
+    wanted: list[tuple[str, str, str]] = []  # kind, name, source head
+    if all_branches:
+        wanted += [("branch", n, sid) for n, sid in src.branches().items()]
+    else:
+        for name in branches or ["main"]:
+            wanted.append(("branch", name, src.branch_head(name)[0]))
+    if tags:
+        wanted += [("tag", n, sid) for n, sid in src.tags().items()]
+    updates: list[RefUpdate] = []
+    known_at_dst: set[str] = set()
+    for kind, name, sid in wanted:
+        prefix = BRANCH_PREFIX if kind == "branch" else TAG_PREFIX
+        head, etag = (None, None) if fresh_dst else _head(dst, prefix + name)
+        u = RefUpdate(kind, name, sid, head, "up-to-date", etag)
+        if head is not None:
+            known_at_dst.add(head)
+        updates.append(u)
+    others: set[str] | None = None
+    for u in updates:
+        if u.destination == u.source:
+            continue
+        if u.destination is None:
+            if others is None and not fresh_dst:
+                # a new ref usually shares history with refs the destination has
+                others = set(dst.branches().values()) | set(dst.tags().values())
+            stop = known_at_dst | (others or set())
+            u.chain = _chain(src, u.source, stop)
+            u.status = "create"
+            continue
+        if u.kind == "tag":
+            u.status = "diverged"  # tags never move
+            u.chain = _chain(src, u.source, known_at_dst)
+            continue
+        chain = _chain(src, u.source, known_at_dst | {u.destination}, until=u.destination)
+        if chain and chain[-1] == "":  # reached the destination head
+            u.chain = chain[:-1]
+            u.status = "fast-forward"
+        elif _is_ancestor(dst, u.source, u.destination):
+            u.status = "ahead"
+        else:
+            u.chain = [c for c in chain if c]
+            u.status = "diverged"
+    return updates
+
+
+def _head(repo: Repository, key: str) -> tuple[str | None, str | None]:
+    try:
+        return repo._read_ref(key)
+    except NotFoundError:
+        return None, None
+
+
+def _chain(src: Repository, head: str, stop: set[str], until: str | None = None) -> list[str]:
+    """Snapshots reachable from ``head`` not in ``stop``, newest first; with ``until``, a
+    trailing ``""`` marks that ``until`` was reached (the walk is a fast-forward)."""
+    out: list[str] = []
+    seen: set[str] = set()
+    todo = [head]
+    reached = False
+    while todo:
+        sid = todo.pop(0)
+        if sid in seen:
+            continue
+        seen.add(sid)
+        if sid == until:
+            reached = True
+            continue
+        if sid in stop:
+            continue
+        out.append(sid)
+        todo.extend(src.snapshot(sid).parents)
+    return [*out, ""] if reached else out
+
+
+def _is_ancestor(repo: Repository, ancestor: str, head: str, limit: int = 100_000) -> bool:
+    seen: set[str] = set()
+    todo = [head]
+    while todo and len(seen) < limit:
+        sid = todo.pop(0)
+        if sid == ancestor:
+            return True
+        if sid in seen:
+            continue
+        seen.add(sid)
+        try:
+            todo.extend(repo.snapshot(sid).parents)
+        except NotFoundError:
+            continue
+    return False
+
+
+def _move_ref(src: Repository, dst: Repository, u: RefUpdate) -> None:
+    if u.kind == "tag":
+        body = src.site.get(TAG_PREFIX + u.name)  # message and author travel with it
+        try:
+            dst.site.put_if_absent(TAG_PREFIX + u.name, body)
+        except ConflictError:
+            now, _ = _head(dst, TAG_PREFIX + u.name)
+            if now != u.source:
+                raise DivergedError(
+                    f"tag {u.name!r} at {dst.display} names {str(now)[:12]}…, the source's "
+                    f"{u.source[:12]}…; tags never move",
+                    name=u.name,
+                    source_head=u.source,
+                    destination_head=now,
+                ) from None
+        return
+    key = BRANCH_PREFIX + u.name
+    body = canonical_json({"snapshot": u.source})
+    etag = u.etag
+    for _ in range(20):
+        try:
+            dst.site.put_if_match(key, body, etag)
+            return
+        except ConflictError:
+            now, etag = _head(dst, key)
+        if now == u.source or (now is not None and _is_ancestor(dst, u.source, now)):
+            u.status = "ahead" if now != u.source else u.status
+            return  # another sync got there first, or the destination moved on
+        if now is not None and not _is_ancestor(src, now, u.source):
+            raise DivergedError(
+                f"branch {u.name!r} at {dst.display} moved to {now[:12]}… during the sync, "
+                f"which the source's history does not contain; the copied objects stay, the "
+                "branch was not moved",
+                name=u.name,
+                source_head=u.source,
+                destination_head=now,
+            )
+    raise ConflictError(f"branch {u.name!r} at {dst.display} kept changing; re-run sync")
+
+
+# --------------------------------------------------------------------------- walk
+
+
+class _Walker:
+    """The objects new snapshots need, found by diffing each tree against its parent's."""
+
+    def __init__(self, src: Repository, dst: Repository, sources: bool) -> None:
+        self.src = src
+        self.dst = dst
+        self.sources = sources
+        self.found: dict[str, _Obj] = {}
+        self.done_snapshots: set[str] = set()
+        self.seen_nodes: set[str] = set()
+        self.seen_entries: set[str] = set()
+
+    def objects(self) -> list[_Obj]:
+        return list(self.found.values())
+
+    def _add(self, obj: _Obj) -> None:
+        self.found.setdefault(obj.key, obj)
+
+    def _json(self, kind: Any, oid: str) -> tuple[bytes, dict[str, Any]]:
+        data = self.src.get_object(kind, oid)  # checked against its sha256
+        return data, json.loads(data)
+
+    def add_chain(self, chain: list[str]) -> None:
+        for sid in reversed(chain):  # oldest first: its parent's tree is the diff base
+            if sid in self.done_snapshots:
+                continue
+            self.done_snapshots.add(sid)
+            data, doc = self._json("snapshot", sid)
+            self._add(_Obj(object_key("snapshot", sid), "snapshot", 2, data))
+            base = None
+            parents = doc.get("parents") or []
+            if parents:
+                base = self.src.snapshot(parents[0]).tree
+            self._diff_tree(doc.get("tree"), base)
+
+    def _read_nodes(self, ids: list[str], with_bytes: bool) -> dict[str, tuple[bytes, dict]]:
+        if not ids:
+            return {}
+        fetch = self._json if with_bytes else (lambda k, o: (b"", self.src.read_json(k, o)))
+        with ThreadPoolExecutor(min(16, len(ids))) as pool:
+            got = list(pool.map(lambda o: fetch("manifest", o), ids))
+        return dict(zip(ids, got, strict=True))
+
+    def _diff_tree(self, new: str | None, old: str | None) -> None:
+        frontier: list[tuple[str, str | None]] = [(new, old)] if new and new != old else []
+        entry_ids: list[str] = []
+        while frontier:
+            pairs = [(n, o) for n, o in frontier if n not in self.seen_nodes]
+            self.seen_nodes.update(n for n, _ in pairs)
+            news = self._read_nodes([n for n, _ in pairs], True)
+            olds = self._read_nodes(sorted({o for _, o in pairs if o}), False)
+            frontier = []
+            for n, o in pairs:
+                data, node = news[n]
+                self._add(_Obj(object_key("manifest", n), "manifest", 2, data))
+                old_node = olds[o][1] if o else None
+                if node.get("kind") == "inner":
+                    old_children = (
+                        old_node.get("children", {})
+                        if old_node and old_node.get("kind") == "inner"
+                        else {}
+                    )
+                    for k, (cid, _count) in node["children"].items():
+                        ocid = old_children.get(k, [None])[0]
+                        if cid != ocid:
+                            frontier.append((cid, ocid))
+                    continue
+                self._add(
+                    _Obj(catalog_key(n), "catalog", 2, make=_catalog_maker(self.src, n, node))
+                )
+                old_entries = (
+                    old_node.get("entries", {})
+                    if old_node and old_node.get("kind") == "leaf"
+                    else {}
+                )
+                for name, value in node.get("entries", {}).items():
+                    eid = value.get("id")
+                    if old_entries.get(name, {}).get("id") == eid or eid in self.seen_entries:
+                        continue
+                    self.seen_entries.add(eid)
+                    entry_ids.append(eid)
+        if not entry_ids:
+            return
+        with ThreadPoolExecutor(min(16, len(entry_ids))) as pool:
+            records = list(pool.map(lambda e: self._json("entry", e), entry_ids))
+        for eid, (data, rec) in zip(entry_ids, records, strict=True):
+            self._add(_Obj(object_key("entry", eid), "entry", 2, data))
+            rm = rec.get("refmap") or {}
+            ext = EXTENSIONS.get(rm.get("format", "json"), ".json")
+            self._add(_Obj(object_key("refmap", rm["id"], ext), "refmap", 0))
+            sums = rec.get("checksums")
+            if isinstance(sums, dict) and isinstance(sums.get("id"), str):
+                self._add(_Obj(object_key("checksums", sums["id"], ".parquet"), "checksums", 0))
+            if self.sources:
+                for s in rec.get("sources", []):
+                    key = f"sources/{s['id']}/{s['name']}"
+                    self._add(_Obj(key, "source", 0, size=int(s["size"]), sha256=s["id"]))
+
+
+def _catalog_maker(
+    src: Repository, leaf: str, node: dict[str, Any]
+) -> Callable[[], list[tuple[str, bytes]]]:
+    def make() -> list[tuple[str, bytes]]:
+        try:
+            data = src.site.get(catalog_key(leaf))
+            LeafCatalog.from_bytes(data, leaf)  # page checksums and shape
+        except NotFoundError:  # written by an older hyperslab: build it here
+            data = LeafCatalog.from_leaf(leaf, node).to_bytes()
+        return [(catalog_key(leaf), data)]
+
+    return make
+
+
+# --------------------------------------------------------------------------- hot
+
+
+def _plan_hot(
+    src: Repository,
+    dst: Repository,
+    report: SyncReport,
+    rules: HotRules,
+    stats: Any,
+    jobs: int,
+) -> tuple[list[_Obj], tuple[str, bytes] | None]:
+    """Packs and indexes of the selected chunks ``dst`` does not hold yet, plus the marker
+    that says this selection is complete (so an unchanged re-sync checks one object)."""
+    heads = sorted({u.source for u in report.refs})
+    used: dict[str, list[tuple[str, str, int]]] = {}
+    if rules.used and stats is not None:
+        for k, ur in enumerate(rules.used):
+            rows = stats.hot_chunks(
+                src.id, entry_glob=ur.entries, array_glob=ur.arrays,
+                min_reads=ur.min_reads, days=ur.days,
+            )  # fmt: skip
+            used[str(k)] = [(h.entry, h.key, h.reads) for h in rows]
+    marker_doc = {"heads": heads, "rules": rules.to_json(), "used": used}
+    marker_key = f"{HOT_MARKER_PREFIX}{object_id(canonical_json(marker_doc))}.json"
+    try:
+        dst.site.head(marker_key)
+        return [], None  # this exact selection was completed before
+    except NotFoundError:
+        pass
+    from hyperslab.access.store import EntryView  # zarr & co: only when there is work
+
+    chosen: dict[tuple[str, int, int], HotChunk] = {}
+    views: dict[str, Any] = {}
+    globs = [r.entries for r in rules.rules] + [u.entries for u in rules.used]
+    for sid in heads:
+        names = [n for n, _ in src.entries(sid) if any(_fn(n, g) for g in globs)]
+        here = {n: EntryView(src, n, sid) for n in names}
+        for c in select_hot(here, rules, used):
+            chosen.setdefault((c.source, c.offset, c.length), c)
+            views.setdefault(c.source, here[c.entry])
+    chunks = sorted(chosen.values())
+    report.hot_chunks = len(chunks)
+    report.hot_bytes = sum(c.length for c in chunks)
+    sources = sorted({c.source for c in chunks})
+    held = load_replicas(dst.site, sources) if sources else {}
+    todo: dict[tuple[str, int], list[HotChunk]] = {}
+    for c in chunks:
+        if any(ix.find(c.offset, c.length) is not None for ix in held.get(c.source, [])):
+            report.hot_held += 1
+            continue
+        todo.setdefault((c.source, int(pack_groups(np.array([c.offset]))[0])), []).append(c)
+    objs = [
+        _Obj(f"pack:{source}:{group}", "pack", 0, size=sum(c.length for c in group_chunks),
+             make=_pack_maker(src, dst, views[source], group_chunks))
+        for (source, group), group_chunks in sorted(todo.items())
+    ]  # fmt: skip
+    return objs, (marker_key, canonical_json({**marker_doc, "time": _now()}))
+
+
+def _fn(name: str, pattern: str) -> bool:
+    import fnmatch
+
+    return fnmatch.fnmatchcase(name, pattern)
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def _pack_maker(
+    src: Repository, dst: Repository, view: Any, chunks: list[HotChunk]
+) -> Callable[[], list[tuple[str, bytes]]]:
+    """Reads the chunks from the source site (coalesced, CRC-checked by the router) and
+    packs them; returns the pack (unless the destination has it: a killed sync's upload)
+    and then its index."""
+
+    def make() -> list[tuple[str, bytes]]:
+        from hyperslab.access.routing import ChunkRef, Router
+
+        router = Router(view.locations, on_absent=view.absent)
+        try:
+            refs = [ChunkRef(c.source, c.offset, c.length, c.checksum, c.key) for c in chunks]
+            got = router.fetch(refs)
+        finally:
+            router.close()
+        rows = []
+        for c, data in zip(chunks, got, strict=True):
+            if isinstance(data, BaseException):
+                raise data
+            rows.append((c.offset, c.length, crc32c(data), data))
+        pack, index, index_bytes = build_pack(chunks[0].source, rows)
+        out = [(index.key, index_bytes)]
+        try:
+            dst.site.head(pack_key(index.pack))
+        except NotFoundError:
+            out.insert(0, (pack_key(index.pack), pack))
+        return out
+
+    return make
+
+
+# --------------------------------------------------------------------------- presence
+
+
+def _missing(dst: Repository, objs: list[_Obj], fresh: bool, jobs: int) -> list[_Obj]:
+    """The objects ``dst`` does not hold (or holds so old that gc may be about to take
+    them: those are rewritten, which refreshes their age)."""
+    packs = [o for o in objs if o.kind == "pack"]  # known missing: their index was absent
+    rest = [o for o in objs if o.kind != "pack"]
+    by_prefix: dict[str, list[_Obj]] = {}
+    for o in rest:
+        by_prefix.setdefault(o.key.split("/", 1)[0] + "/", []).append(o)
+    out: list[_Obj] = list(packs)
+    heads: list[_Obj] = []
+    for prefix, group in by_prefix.items():
+        if fresh and len(group) >= LIST_THRESHOLD:
+            have = set(dst.site.list(prefix))
+            out += [o for o in group if o.key not in have]
+        else:
+            heads += group
+    if heads:
+        cutoff = datetime.now(UTC) - REFRESH_AGE
+
+        def absent(o: _Obj) -> bool:
+            try:
+                return dst.site.head(o.key).mtime < cutoff
+            except NotFoundError:
+                return True
+
+        with ThreadPoolExecutor(min(jobs, len(heads))) as pool:
+            flags = list(pool.map(absent, heads))
+        out += [o for o, f in zip(heads, flags, strict=True) if f]
+    return out
+
+
+# --------------------------------------------------------------------------- copy
+
+
+def _copy(
+    src: Repository,
+    dst: Repository,
+    objs: list[_Obj],
+    report: SyncReport,
+    jobs: int,
+    limiter: RateLimiter,
+    progress: Progress | None,
+) -> None:
+    lock = threading.Lock()
+
+    def done(kind: str, n: int) -> None:
+        with lock:
+            report.copied[kind] = report.copied.get(kind, 0) + 1
+            report.bytes_copied += n
+        if progress:
+            progress(kind, 1, n)
+
+    def one(o: _Obj) -> None:
+        try:
+            n = _copy_one(src, dst, o, limiter)
+        except HyperslabError as exc:
+            with lock:
+                report.failures.append({"key": o.key, "kind": o.kind, "error": exc.message,
+                                        "code": exc.code})  # fmt: skip
+            log.warning("sync: %s failed: %s", o.key, exc.message)
+            return
+        done(o.kind, n)
+
+    for phase in (0, 2):
+        batch = [o for o in objs if o.phase == phase]
+        if not batch:
+            continue
+        if report.failures and phase == 2:
+            return  # never write metadata over missing data
+        with ThreadPoolExecutor(min(jobs, len(batch))) as pool:
+            list(pool.map(one, batch))
+
+
+def _copy_one(src: Repository, dst: Repository, o: _Obj, limiter: RateLimiter) -> int:
+    if o.kind == "source":
+        return _copy_source(src, dst, o, limiter)
+    if o.make is not None:
+        items = o.make()
+    elif o.data is not None:
+        items = [(o.key, o.data)]
+    else:
+        kind, oid_ext = o.key.split("/", 1)
+        oid, _, ext = oid_ext.partition(".")
+        items = [(o.key, src.get_object(_KINDS[kind], oid, "." + ext))]  # sha256-checked
+    total = 0
+    for key, data in items:  # in order: a pack before its index
+        limiter.take(len(data))
+        dst.site.put_verified(key, data)
+        total += len(data)
+    return total
+
+
+_KINDS: dict[str, Any] = {
+    "snapshots": "snapshot",
+    "manifests": "manifest",
+    "entries": "entry",
+    "refmaps": "refmap",
+    "checksums": "checksums",
+}
+
+
+def _copy_source(src: Repository, dst: Repository, o: _Obj, limiter: RateLimiter) -> int:
+    """Stream a source file through a temporary file, hashing it; upload it; verify."""
+    assert o.sha256 is not None
+    h = hashlib.sha256()
+    n = 0
+    fd, tmp = tempfile.mkstemp(prefix="hyperslab-sync-")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            for block in src.site.iter_bytes(o.key):
+                limiter.take(len(block))
+                h.update(block)
+                fh.write(block)
+                n += len(block)
+        if h.hexdigest() != o.sha256 or (o.size is not None and n != o.size):
+            raise CorruptError(
+                f"source {o.key} at {src.display} is corrupt: {n} bytes hashing to "
+                f"{h.hexdigest()[:12]}…, expected {o.size} bytes hashing to {o.sha256[:12]}…",
+                key=o.key,
+            )
+        dst.site.put_file_verified(o.key, Path(tmp), o.sha256)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+    return n
+
+
+def describe_plan(report: SyncReport) -> Iterable[str]:
+    """Human lines for a plan (``--dry-run``)."""
+    for u in report.refs:
+        yield f"{u.kind} {u.name}: {u.status} ({(u.destination or 'absent')[:12]} → {u.source[:12]})"
+    if report.planned:
+        parts = ", ".join(f"{n} {k}" for k, n in sorted(report.planned.items()))
+        size = "?" if report.planned_bytes is None else f"{report.planned_bytes:,}"
+        yield f"to copy: {parts} ({size} bytes); {report.present} already there"
+    else:
+        yield "nothing to copy"

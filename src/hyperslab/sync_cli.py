@@ -1,0 +1,198 @@
+"""Replication commands of the ``hyperslab`` CLI: ``hyperslab sync`` and
+``hyperslab replicate``. (Registered on :data:`hyperslab.cli.app`.)
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TransferSpeedColumn,
+)
+
+from hyperslab.cli import JsonOpt, QuietOpt, _errors, _show_progress, app, err, out
+from hyperslab.errors import BadInputError
+
+SYNC_HELP = """Copy a repository's branches (and tags, hot chunks, source files) to another site.
+
+SRC and DST are repositories: a local path, file:// or s3:// URL, or SITE:path
+with SITE from hyperslab.toml. DST may be empty: sync creates the replica.
+
+What happens: the selected refs are compared (equal heads: done, a constant
+few requests whatever the size); the source history is walked back to what DST
+has, diffing entry trees so only changes are read; DST is asked what it lacks;
+the missing objects are copied in parallel, each checked against its sha256
+when read and verified at DST after upload; then DST's branches fast-forward by
+compare-and-swap and tags are created. Nothing at DST is ever deleted or moved
+backwards. Killed? Run the same command again: it copies only what is missing.
+
+A DST branch with commits the source lacks is a conflict (exit 5, both heads
+shown, nothing written); --force moves it anyway (its commits stay stored, only
+unreferenced). An object that fails verification fails the sync (exit 7), and
+no ref moves.
+
+Hot chunks (--hot RULES.toml) are read from the source's files, packed, stored
+in DST's chunks/ and indexed there, so readers at DST get them without the
+source file; --stats adds chunks read often on this machine ([[used]] rules).
+See `hyperslab sync --help` in the README for the rules format.
+
+Examples:
+
+  hyperslab sync beamline:mx cloud:mx                       # branch main
+  hyperslab sync beamline:mx cloud:mx --all-branches --tags --dry-run
+  hyperslab sync beamline:mx ~/mx-copy --sources            # with the HDF5 files
+  hyperslab sync beamline:mx cloud:mx --hot hot.toml --json
+"""
+
+
+def _rate(text: str | None) -> int | None:
+    if text is None:
+        return None
+    from hyperslab.config import parse_size
+
+    value = text[:-2] if text.lower().endswith("/s") else text
+    if value[-1:].isdigit() or value[-1:] in "kKmMgG":  # rclone style: 10M = 10 MiB/s
+        units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+        try:
+            if value[-1:].lower() in units:
+                return int(float(value[:-1]) * units[value[-1].lower()])
+            return int(value)
+        except ValueError:
+            pass
+    return parse_size(value, where="--bwlimit")
+
+
+def _sync_progress(enabled: bool) -> Progress:
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TextColumn("{task.fields[objects]} objects", style="dim"),
+        TimeElapsedColumn(),
+        console=err,
+        disable=not enabled,
+        transient=True,
+    )
+
+
+def run_sync(
+    src: str,
+    dst: str,
+    *,
+    show: bool,
+    **kw: Any,
+) -> Any:
+    """One sync with a progress bar (bytes) when ``show``; returns the report."""
+    from hyperslab.sync import sync
+
+    with _sync_progress(show) as prog:
+        task = prog.add_task("syncing", total=None, objects=0)
+        count = [0]
+
+        def tick(kind: str, n: int, nbytes: int) -> None:
+            count[0] += n
+            prog.update(task, advance=nbytes, objects=count[0], description=f"copying {kind}")
+
+        return sync(src, dst, progress=tick, **kw)
+
+
+def print_report(report: Any) -> None:
+    from hyperslab.sync.engine import describe_plan
+
+    for line in describe_plan(report):
+        out.print(line, highlight=False)
+    if report.dry_run:
+        out.print("[yellow]dry run[/]: nothing was written")
+        return
+    copied = sum(report.copied.values())
+    hot = (
+        f"; hot chunks: {report.hot_chunks} selected, {report.hot_held} already held"
+        if report.hot_chunks
+        else ""
+    )
+    out.print(
+        f"[green]synced[/]: {copied} objects, {report.bytes_copied:,} bytes copied "
+        f"in {report.seconds:.2f} s{hot}",
+        highlight=False,
+    )
+
+
+@app.command("sync", help=SYNC_HELP)
+def sync_cmd(
+    src: Annotated[str, typer.Argument(help="Source repository (path, URL or SITE:path).")],
+    dst: Annotated[str, typer.Argument(help="Destination repository (created if empty).")],
+    branch: Annotated[
+        list[str] | None,
+        typer.Option("--branch", "-b", help="Branch to sync (repeatable; default main)."),
+    ] = None,
+    all_branches: Annotated[
+        bool, typer.Option("--all-branches", help="Sync every branch of the source.")
+    ] = False,
+    tags: Annotated[bool, typer.Option("--tags", help="Also create the source's tags.")] = False,
+    hot: Annotated[
+        Path | None,
+        typer.Option("--hot", help="Hot-chunk rules (TOML) saying which chunks to copy into DST."),
+    ] = None,
+    stats: Annotated[
+        Path | None,
+        typer.Option(
+            "--stats",
+            help="Access statistics database for [[used]] rules (default: this machine's).",
+        ),
+    ] = None,
+    sources: Annotated[
+        bool, typer.Option("--sources", help="Also copy the raw HDF5 files (sha256-verified).")
+    ] = False,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Print the plan (objects, bytes); write nothing.")
+    ] = False,
+    force: Annotated[
+        bool, typer.Option("--force", help="Move a diverged destination branch anyway.")
+    ] = False,
+    jobs: Annotated[int, typer.Option("--jobs", "-j", help="Parallel transfers.")] = 16,
+    bwlimit: Annotated[
+        str | None,
+        typer.Option("--bwlimit", help="Bandwidth cap for transfers, e.g. 10M (MiB/s), 500KB."),
+    ] = None,
+    as_json: JsonOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    with _errors(as_json):
+        if all_branches and branch:
+            raise BadInputError("give --branch or --all-branches, not both")
+        from hyperslab.sync import HotRules
+
+        rules = HotRules.load(hot) if hot is not None else None
+        counts = None
+        if rules is not None and rules.used:
+            from hyperslab.access.stats import resolve_stats
+
+            counts = resolve_stats(str(stats) if stats else None, None)
+        report = run_sync(
+            src,
+            dst,
+            show=_show_progress(as_json, quiet),
+            branches=branch or None,
+            all_branches=all_branches,
+            tags=tags,
+            hot=rules,
+            stats=counts,
+            sources=sources,
+            dry_run=dry_run,
+            force=force,
+            jobs=jobs,
+            bwlimit=_rate(bwlimit),
+        )
+        if as_json:
+            print(json.dumps(report.to_json()))
+        else:
+            print_report(report)
