@@ -10,6 +10,7 @@ fixture is alive, and the user's own AWS config files/profile are hidden meanwhi
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
@@ -170,3 +171,51 @@ def s3_bucket(s3_endpoint: S3Endpoint) -> Iterator[S3Bucket]:
         _empty(client, bucket, f"{prefix}/" if prefix else "")
         if not s3_endpoint.real:
             client.delete_bucket(Bucket=bucket)
+
+
+@dataclass
+class OwnS3Server:
+    """A moto server of one test's own (on its own port), so the test can stop it."""
+
+    server: Any
+    endpoint_url: str
+
+    def bucket(self, stem: str) -> str:
+        """A fresh bucket: moto's backend is per process, every server sees every bucket."""
+        import boto3
+
+        name = f"{stem}-{uuid.uuid4().hex[:10]}"
+        boto3.client("s3", endpoint_url=self.endpoint_url, region_name="us-east-1").create_bucket(
+            Bucket=name
+        )
+        return name
+
+    def site(self, bucket: str, prefix: str = "") -> S3Site:
+        """A site that fails fast once the server is stopped (no long client retries)."""
+        return S3Site(
+            bucket,
+            prefix,
+            endpoint_url=self.endpoint_url,
+            options={"retries": 1, "config_kwargs": {"connect_timeout": 2, "read_timeout": 5}},
+        )
+
+    def stop(self) -> None:
+        with contextlib.suppress(Exception):  # stopping twice is fine
+            self.server.stop()
+
+
+@contextlib.contextmanager
+def own_s3_server(s3_endpoint: S3Endpoint) -> Iterator[OwnS3Server]:
+    """Start a loopback moto server for one test (skips against a real endpoint)."""
+    if s3_endpoint.real:
+        pytest.skip("needs a server the test can stop (loopback moto)")
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    own = OwnS3Server(server, f"http://{host}:{port}")
+    try:
+        yield own
+    finally:
+        own.stop()

@@ -30,30 +30,41 @@ def _s3_spec(s3_endpoint: S3Endpoint, name: str) -> str:
     return f"s3://{bucket}/{name}-{uuid.uuid4().hex[:8]}"
 
 
+def corpus_files(directory: Path) -> list[Path]:
+    """The test corpus files that ingest as entries (the link cycle cannot)."""
+    return [
+        f
+        for f in build_corpus(directory)
+        if f.suffix in (".h5", ".nxs") and f.stem != "corpus_cycle"
+    ]
+
+
+def ingest_corpus(repo: Repository, files: list[Path]) -> None:
+    """Every corpus file into ``repo`` with its source uploaded (dangling links allowed
+    for the files built to have them)."""
+    plain = [str(f) for f in files if "dangling" not in f.name]
+    ingest(repo, plain, upload_sources=True, fail_fast=True)
+    dangling = [str(f) for f in files if "dangling" in f.name]
+    ingest(
+        repo,
+        dangling,
+        upload_sources=True,
+        fail_fast=True,
+        options=ConvertOptions(allow_broken_links=True),
+    )
+
+
 @pytest.fixture(scope="session")
 def corpus_repo(
     s3_endpoint: S3Endpoint, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[CorpusRepo]:
     """The whole test corpus ingested (sources uploaded) into a repository on loopback S3."""
-    files = [
-        f
-        for f in build_corpus(tmp_path_factory.mktemp("corpus"))
-        if f.suffix in (".h5", ".nxs") and f.stem != "corpus_cycle"
-    ]
+    files = corpus_files(tmp_path_factory.mktemp("corpus"))
     spec = _s3_spec(s3_endpoint, "access")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("AWS_ENDPOINT_URL", s3_endpoint.endpoint_url)
         repo = Repository.init(spec)
-        plain = [str(f) for f in files if "dangling" not in f.name]
-        ingest(repo, plain, upload_sources=True, fail_fast=True)
-        dangling = [str(f) for f in files if "dangling" in f.name]
-        ingest(
-            repo,
-            dangling,
-            upload_sources=True,
-            fail_fast=True,
-            options=ConvertOptions(allow_broken_links=True),
-        )
+        ingest_corpus(repo, files)
         yield CorpusRepo(spec, {f.stem: f for f in files})
 
 

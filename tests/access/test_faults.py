@@ -6,10 +6,8 @@ replica of the same repository (every object copied, as a sync would).
 
 from __future__ import annotations
 
-import contextlib
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -27,7 +25,7 @@ from hyperslab.convert.ingest import ingest
 from hyperslab.errors import AccessDeniedError
 from hyperslab.references.repository import Repository
 from hyperslab.sites import FileSite, S3Site, Site
-from tests.conftest import S3Endpoint
+from tests.conftest import S3Endpoint, own_s3_server
 
 ENTRY = "frames"
 
@@ -63,48 +61,29 @@ def _copy(src: Site, dst: Site) -> None:
 def two_sites(
     s3_endpoint: S3Endpoint, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[TwoSites]:
-    if s3_endpoint.real:
-        pytest.skip("needs a server the test can stop (loopback moto)")
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    endpoint = f"http://{host}:{port}"
-    import boto3
-
-    # moto's backend is per process: every server sees every bucket, so use a fresh name
-    bucket = f"site-a-{uuid.uuid4().hex[:10]}"
-    boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1").create_bucket(Bucket=bucket)
-    monkeypatch.setenv("AWS_ENDPOINT_URL", endpoint)
-    # a stopped server must fail fast: no long client retries
-    a_site = S3Site(
-        bucket,
-        "repo",
-        endpoint_url=endpoint,
-        options={"retries": 1, "config_kwargs": {"connect_timeout": 2, "read_timeout": 5}},
-    )
-    truth = _frames(tmp_path / "frames.h5")
-    repo = Repository.init(a_site)
-    ingest(repo, [str(tmp_path / "frames.h5")], upload_sources=True)
-    b_dir = tmp_path / "site-b"
-    b_site = FileSite(b_dir)
-    _copy(a_site, b_site)
-    src = repo.entry("main", ENTRY)["sources"][0]
-    try:
-        yield TwoSites(
-            a_spec=f"s3://{bucket}/repo",
-            a_site=a_site,
-            b_spec=str(b_dir),
-            b_site=b_site,
-            server=server,
-            truth=truth,
-            source_key=f"sources/{src['id']}/{src['name']}",
-        )
-    finally:
-        a_site.close()
-        with contextlib.suppress(Exception):  # already stopped by the test
-            server.stop()
+    with own_s3_server(s3_endpoint) as server:
+        bucket = server.bucket("site-a")
+        monkeypatch.setenv("AWS_ENDPOINT_URL", server.endpoint_url)
+        a_site = server.site(bucket, "repo")
+        truth = _frames(tmp_path / "frames.h5")
+        repo = Repository.init(a_site)
+        ingest(repo, [str(tmp_path / "frames.h5")], upload_sources=True)
+        b_dir = tmp_path / "site-b"
+        b_site = FileSite(b_dir)
+        _copy(a_site, b_site)
+        src = repo.entry("main", ENTRY)["sources"][0]
+        try:
+            yield TwoSites(
+                a_spec=f"s3://{bucket}/repo",
+                a_site=a_site,
+                b_spec=str(b_dir),
+                b_site=b_site,
+                server=server,
+                truth=truth,
+                source_key=f"sources/{src['id']}/{src['name']}",
+            )
+        finally:
+            a_site.close()
 
 
 def _open(ts: TwoSites, **kw: Any) -> Any:
