@@ -70,7 +70,7 @@ from hyperslab.references.repository import (
     NotARepositoryError,
     Repository,
 )
-from hyperslab.sites import open_site
+from hyperslab.sites import Site
 from hyperslab.sync.hot import HotChunk, HotRules, select_hot
 
 __all__ = [
@@ -220,8 +220,8 @@ class RateLimiter:
 
 
 def sync(
-    src: str | Repository,
-    dst: str | Repository,
+    src: str | Site | Repository,
+    dst: str | Site | Repository,
     *,
     branches: Sequence[str] | None = None,
     all_branches: bool = False,
@@ -345,14 +345,14 @@ def _create_repository(src: Repository, dst: Repository) -> None:
     dst.single_writer = src.single_writer
 
 
-def open_destination(spec: str | Repository, config: Any = None) -> Repository:
+def open_destination(spec: str | Site | Repository, config: Any = None) -> Repository:
     """The destination repository, or an empty one there (``info`` empty) for sync to create."""
     if isinstance(spec, Repository):
         return spec
     try:
         return Repository.open(spec, config=config)
     except NotARepositoryError:
-        site, display = open_site(spec, config)
+        site, display = Repository._site(spec, config)
         return Repository(site, display, {})
 
 
