@@ -196,3 +196,90 @@ def sync_cmd(
             print(json.dumps(report.to_json()))
         else:
             print_report(report)
+
+
+REPLICATE_HELP = """Run declarative replication jobs (for cron, systemd timers or --watch).
+
+RULES is a TOML file of [[job]] tables, each one sync: `from` and `to`
+repositories, `branches` (default ["main"]; ["*"] for all), `tags` (true or a
+list), `hot` (a hot-chunk rules file) or inline `hot_rules`, `sources`.
+Jobs run in order; a failing job does not stop the others.
+
+Exit status: 0 when every job succeeded, else the status of the first failure
+(5 conflict, 7 transient/failed copy, ...). With --watch, rounds repeat every
+--interval seconds (default: the file's `interval`, else 60) until interrupted,
+and the exit status is that of the last round. --json prints one report per
+round (one JSON document per line).
+
+Example replication.toml:
+
+  [[job]]
+  from = "beamline:mx"
+  to = "cloud:mx"
+  hot = "hot.toml"
+
+  [[job]]
+  from = "cloud:mx"
+  to = "~/mx"
+  branches = []
+  tags = ["paper-2026"]
+"""
+
+
+@app.command("replicate", help=REPLICATE_HELP)
+def replicate_cmd(
+    rules: Annotated[Path, typer.Option("--rules", "-r", help="Replication rules (TOML).")],
+    watch: Annotated[bool, typer.Option("--watch", help="Repeat until interrupted.")] = False,
+    interval: Annotated[
+        float | None, typer.Option("--interval", help="Seconds between rounds with --watch.")
+    ] = None,
+    stats: Annotated[
+        Path | None,
+        typer.Option("--stats", help="Access statistics database for [[used]] hot rules."),
+    ] = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Plan every job; write nothing.")
+    ] = False,
+    as_json: JsonOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    import functools
+    import time
+
+    from hyperslab.sync.replicate import ReplicationRules, run_round
+
+    status = 0
+    with _errors(as_json):
+        if interval is not None and interval <= 0:
+            raise BadInputError("--interval must be a positive number of seconds")
+        spec = ReplicationRules.load(rules)
+        counts = None
+        if any(j.hot is not None and j.hot.used for j in spec.jobs):
+            from hyperslab.access.stats import resolve_stats
+
+            counts = resolve_stats(str(stats) if stats else None, None)
+        run = functools.partial(run_sync, show=_show_progress(as_json, quiet))
+        while True:
+            rnd = run_round(spec, dry_run=dry_run, stats=counts, run=run)
+            status = rnd.exit_status
+            if as_json:
+                print(json.dumps(rnd.to_json()), flush=True)
+            else:
+                for r in rnd.results:
+                    if r.error is not None:
+                        err.print(
+                            f"[red]✗[/] {r.job.name}: [dim]({r.error.code})[/] {r.error.message}",
+                            highlight=False,
+                        )
+                    elif r.report is not None:
+                        rep = r.report
+                        moved = ", ".join(f"{u.kind} {u.name} {u.status}" for u in rep.refs)
+                        out.print(
+                            f"[green]✓[/] {r.job.name}: {moved or 'no refs'}; "
+                            f"{sum(rep.copied.values())} objects, {rep.bytes_copied:,} bytes",
+                            highlight=False,
+                        )
+            if not watch:
+                break
+            time.sleep(interval if interval is not None else spec.interval)
+    raise typer.Exit(status)

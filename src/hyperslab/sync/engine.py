@@ -225,7 +225,7 @@ def sync(
     *,
     branches: Sequence[str] | None = None,
     all_branches: bool = False,
-    tags: bool = False,
+    tags: bool | Sequence[str] = False,
     hot: HotRules | None = None,
     stats: Any = None,
     sources: bool = False,
@@ -239,7 +239,7 @@ def sync(
     """Copy what ``dst`` lacks of the selected refs of ``src``, verified; then move refs.
 
     ``branches``: names to sync (default ``["main"]``); ``all_branches``: every source
-    branch; ``tags``: every source tag too. ``hot``: hot-chunk rules (with ``stats``,
+    branch; ``tags``: every source tag too (True) or the named ones. ``hot``: hot-chunk rules (with ``stats``,
     an :class:`~hyperslab.access.stats.AccessStats`, for ``[[used]]`` rules).
     ``sources``: copy the raw source files as well. ``force``: move a diverged
     destination branch to the source's head (the destination's own commits become
@@ -285,9 +285,8 @@ def sync(
     report.present = len(all_objs) - len(missing)
     for o in missing:
         report.planned[o.kind] = report.planned.get(o.kind, 0) + 1
-    sizes = [o.size if o.size is not None else (len(o.data) if o.data else None) for o in missing]
-    report.planned_bytes = None if any(s is None for s in sizes) else sum(s or 0 for s in sizes)
     if dry_run:
+        report.planned_bytes = _planned_bytes(src, missing, jobs)
         report.seconds = time.perf_counter() - t0
         return report
     if fresh_dst:
@@ -361,17 +360,26 @@ def _plan_refs(
     dst: Repository,
     branches: Sequence[str] | None,
     all_branches: bool,
-    tags: bool,
+    tags: bool | Sequence[str],
     fresh_dst: bool,
 ) -> list[RefUpdate]:
     wanted: list[tuple[str, str, str]] = []  # kind, name, source head
     if all_branches:
         wanted += [("branch", n, sid) for n, sid in src.branches().items()]
     else:
-        for name in branches or ["main"]:
+        for name in branches if branches is not None else ["main"]:
             wanted.append(("branch", name, src.branch_head(name)[0]))
-    if tags:
+    if tags is True:
         wanted += [("tag", n, sid) for n, sid in src.tags().items()]
+    elif tags:
+        have = src.tags()
+        for name in tags:
+            if name not in have:
+                raise NotFoundError(
+                    f"no tag {name!r} in {src.display} (tags: {', '.join(have) or 'none'})",
+                    tag=name,
+                )
+            wanted.append(("tag", name, have[name]))
     updates: list[RefUpdate] = []
     known_at_dst: set[str] = set()
     for kind, name, sid in wanted:
@@ -744,6 +752,37 @@ def _missing(dst: Repository, objs: list[_Obj], fresh: bool, jobs: int) -> list[
             flags = list(pool.map(absent, heads))
         out += [o for o, f in zip(heads, flags, strict=True) if f]
     return out
+
+
+def _planned_bytes(src: Repository, objs: list[_Obj], jobs: int) -> int | None:
+    """Bytes the plan would copy: known sizes, else the source's HEAD (None if unknown)."""
+    unknown = [o for o in objs if o.size is None and o.data is None and o.make is None]
+
+    def size(o: _Obj) -> int | None:
+        try:
+            return src.site.head(o.key).size
+        except HyperslabError:
+            return None
+
+    heads = {}
+    if unknown:
+        with ThreadPoolExecutor(min(jobs, len(unknown))) as pool:
+            heads = dict(zip([o.key for o in unknown], pool.map(size, unknown), strict=True))
+    total = 0
+    for o in objs:
+        n = (
+            o.size
+            if o.size is not None
+            else len(o.data)
+            if o.data is not None
+            else heads.get(o.key)
+        )
+        if n is None:
+            if o.kind == "catalog":
+                continue  # derived, small: built or copied at copy time
+            return None
+        total += n
+    return total
 
 
 # --------------------------------------------------------------------------- copy

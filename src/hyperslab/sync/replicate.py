@@ -1,0 +1,205 @@
+"""``hyperslab replicate``: declarative replication jobs for cron, systemd or a loop.
+
+A rules file says what each site keeps::
+
+    interval = 60                          # seconds between rounds with --watch
+
+    [[job]]
+    name = "cloud keeps main"              # optional; shown in reports
+    from = "beamline:mx"                   # source repository (SITE:path, URL or path)
+    to = "cloud:mx"                        # destination repository
+    branches = ["main"]                    # default ["main"]; ["*"] for every branch
+    hot = "hot.toml"                       # optional rules file (relative to this file) ...
+    sources = false                        # copy the raw HDF5 files too
+
+    [job.hot_rules]                        # ... or the same rules inline
+    [[job.hot_rules.rule]]
+    entries = "run42/*"
+    arrays = "entry/data/data"
+
+    [[job]]
+    name = "laptop keeps the paper"
+    from = "cloud:mx"
+    to = "~/mx"
+    branches = []                          # no branch ...
+    tags = ["paper-2026"]                  # ... just this tag (true: every tag)
+
+Jobs run in order (a later job may copy what an earlier one brought). A failing job
+does not stop the others; the round's exit status is that of the first failure.
+"""
+
+from __future__ import annotations
+
+import time
+import tomllib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hyperslab.errors import BadInputError, ConfigError, HyperslabError
+from hyperslab.sync.engine import SyncReport, sync
+from hyperslab.sync.hot import HotRules
+
+__all__ = ["Job", "ReplicationRules", "run_round"]
+
+_JOB_KEYS = {"name", "from", "to", "branches", "tags", "hot", "hot_rules", "sources", "force"}
+
+
+@dataclass(frozen=True)
+class Job:
+    name: str
+    source: str
+    destination: str
+    branches: tuple[str, ...] | None  # None: every branch
+    tags: bool | tuple[str, ...] = False
+    hot: HotRules | None = None
+    sources: bool = False
+    force: bool = False
+
+
+@dataclass(frozen=True)
+class ReplicationRules:
+    jobs: tuple[Job, ...]
+    interval: float = 60.0
+
+    @classmethod
+    def load(cls, path: str | Path) -> ReplicationRules:
+        p = Path(path)
+        try:
+            doc = tomllib.loads(p.read_text())
+        except FileNotFoundError:
+            raise BadInputError(f"replication rules file {p} does not exist") from None
+        except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"replication rules file {p}: {exc}") from None
+        return cls.from_dict(doc, str(p), p.parent)
+
+    @classmethod
+    def from_dict(cls, doc: dict[str, Any], where: str, base: Path = Path()) -> ReplicationRules:
+        extra = set(doc) - {"interval", "job"}
+        if extra:
+            raise ConfigError(f"{where}: unknown keys {sorted(extra)} (interval, job)")
+        interval = doc.get("interval", 60)
+        if not isinstance(interval, int | float) or isinstance(interval, bool) or interval <= 0:
+            raise ConfigError(f"{where}: interval must be a positive number of seconds")
+        tables = doc.get("job")
+        if (
+            not isinstance(tables, list)
+            or not tables
+            or not all(isinstance(t, dict) for t in tables)
+        ):
+            raise ConfigError(f"{where}: needs at least one [[job]] table")
+        jobs = tuple(_job(t, i, where, base) for i, t in enumerate(tables))
+        return cls(jobs, float(interval))
+
+
+def _job(t: dict[str, Any], i: int, where: str, base: Path) -> Job:
+    label = f"{where}: job {i + 1}"
+    extra = set(t) - _JOB_KEYS
+    if extra:
+        raise ConfigError(f"{label}: unknown keys {sorted(extra)} ({', '.join(sorted(_JOB_KEYS))})")
+    for key in ("from", "to"):
+        if not isinstance(t.get(key), str) or not t[key]:
+            raise ConfigError(f"{label}: `{key}` (a repository) is required")
+    branches = t.get("branches", ["main"])
+    if not isinstance(branches, list) or not all(isinstance(b, str) for b in branches):
+        raise ConfigError(f"{label}: branches must be a list of names")
+    tags = t.get("tags", False)
+    if not (
+        isinstance(tags, bool) or (isinstance(tags, list) and all(isinstance(x, str) for x in tags))
+    ):
+        raise ConfigError(f"{label}: tags must be true/false or a list of tag names")
+    if "hot" in t and "hot_rules" in t:
+        raise ConfigError(f"{label}: give hot (a file) or hot_rules (inline), not both")
+    hot = None
+    if "hot" in t:
+        if not isinstance(t["hot"], str):
+            raise ConfigError(f"{label}: hot must be the path of a rules file")
+        hot = HotRules.load(base / Path(t["hot"]).expanduser())
+    elif "hot_rules" in t:
+        hot = HotRules.from_dict(t["hot_rules"], f"{label} hot_rules")
+    for key in ("sources", "force"):
+        if not isinstance(t.get(key, False), bool):
+            raise ConfigError(f"{label}: {key} must be true or false")
+    return Job(
+        name=str(t.get("name") or f"{t['from']} -> {t['to']}"),
+        source=t["from"],
+        destination=t["to"],
+        branches=None if branches == ["*"] else tuple(branches),
+        tags=tuple(tags) if isinstance(tags, list) else tags,
+        hot=hot,
+        sources=bool(t.get("sources", False)),
+        force=bool(t.get("force", False)),
+    )
+
+
+@dataclass
+class JobResult:
+    job: Job
+    report: SyncReport | None = None
+    error: HyperslabError | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "name": self.job.name,
+            "from": self.job.source,
+            "to": self.job.destination,
+            "ok": self.error is None,
+        }
+        if self.report is not None:
+            out["report"] = self.report.to_json()
+        if self.error is not None:
+            out["error"] = self.error.to_json()
+        return out
+
+
+@dataclass
+class Round:
+    results: list[JobResult] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return all(r.error is None for r in self.results)
+
+    @property
+    def exit_status(self) -> int:
+        return next((r.error.exit_status for r in self.results if r.error is not None), 0)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "ok": self.ok,
+            "jobs": [r.to_json() for r in self.results],
+            "seconds": round(self.seconds, 3),
+        }
+
+
+def run_round(
+    rules: ReplicationRules,
+    *,
+    dry_run: bool = False,
+    stats: Any = None,
+    run: Callable[..., SyncReport] = sync,
+) -> Round:
+    """Run every job once; a job's failure is recorded and the next job runs."""
+    t0 = time.perf_counter()
+    out = Round()
+    for job in rules.jobs:
+        try:
+            report = run(
+                job.source,
+                job.destination,
+                branches=list(job.branches) if job.branches is not None else None,
+                all_branches=job.branches is None,
+                tags=list(job.tags) if isinstance(job.tags, tuple) else job.tags,
+                hot=job.hot,
+                stats=stats,
+                sources=job.sources,
+                force=job.force,
+                dry_run=dry_run,
+            )
+            out.results.append(JobResult(job, report=report))
+        except HyperslabError as exc:
+            out.results.append(JobResult(job, error=exc))
+    out.seconds = time.perf_counter() - t0
+    return out

@@ -1,0 +1,111 @@
+"""``hyperslab replicate`` job mode and the ``hyperslab sync`` command line."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from hyperslab.cli import app
+from hyperslab.errors import ConfigError
+from hyperslab.references.repository import Repository
+from hyperslab.sync.replicate import ReplicationRules
+from tests.sync.test_sync_protocol import _grow
+
+runner = CliRunner()
+
+
+def _cli(*args: str) -> tuple[int, str]:
+    res = runner.invoke(app, list(args), catch_exceptions=False)
+    return res.exit_code, res.stdout
+
+
+@pytest.fixture
+def beamline(tmp_path: Path) -> Path:
+    repo = Repository.init(str(tmp_path / "beamline"))
+    _grow(repo, tmp_path / "files", 0, 2)
+    repo.create_tag("paper-2026", "main")
+    _grow(repo, tmp_path / "files", 10, 1)
+    return tmp_path / "beamline"
+
+
+def test_replicate_runs_every_job_and_reports_failures(beamline: Path, tmp_path: Path) -> None:
+    rules = tmp_path / "replication.toml"
+    rules.write_text(
+        f"""
+[[job]]
+name = "cloud keeps main with hot frames"
+from = "{beamline}"
+to = "{tmp_path / "cloud"}"
+tags = true
+[job.hot_rules]
+[[job.hot_rules.rule]]
+arrays = "entry/data/data"
+frames = "-2:"
+
+[[job]]
+name = "broken"
+from = "{tmp_path / "nowhere"}"
+to = "{tmp_path / "x"}"
+
+[[job]]
+name = "laptop keeps the paper"
+from = "{tmp_path / "cloud"}"
+to = "{tmp_path / "laptop"}"
+branches = []
+tags = ["paper-2026"]
+"""
+    )
+    code, out = _cli("replicate", "--rules", str(rules), "--json")
+    doc = json.loads(out)
+    assert code == 3 and not doc["ok"]  # the broken job: not a repository (not found)
+    ok = {j["name"]: j["ok"] for j in doc["jobs"]}
+    assert ok == {
+        "cloud keeps main with hot frames": True,
+        "broken": False,
+        "laptop keeps the paper": True,
+    }
+    cloud = doc["jobs"][0]["report"]
+    assert cloud["hot"]["chunks"] == 6 and cloud["copied"]["pack"] == 3
+    laptop = Repository.open(str(tmp_path / "laptop"))
+    assert laptop.branches() == {} and laptop.tags() == Repository.open(str(beamline)).tags()
+    code, out = _cli("replicate", "--rules", str(rules), "--json")
+    again = json.loads(out)["jobs"]
+    assert again[0]["report"]["bytes_copied"] == 0 and again[2]["report"]["bytes_copied"] == 0
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        "[[job]]\nfrom = 'a'",
+        "[[job]]\nfrom = 'a'\nto = 'b'\nbranch = ['main']",
+        "[[job]]\nfrom = 'a'\nto = 'b'\ntags = 'x'",
+        "interval = -1\n[[job]]\nfrom = 'a'\nto = 'b'",
+    ],
+)
+def test_bad_replication_rules_are_config_errors(tmp_path: Path, text: str) -> None:
+    p = tmp_path / "r.toml"
+    p.write_text(text)
+    with pytest.raises(ConfigError):
+        ReplicationRules.load(p)
+    code, out = _cli("replicate", "--rules", str(p), "--json")
+    assert code == 2 and json.loads(out)["error"]["code"] == "config"
+
+
+def test_sync_cli_dry_run_then_sync_then_conflict(beamline: Path, tmp_path: Path) -> None:
+    dst = tmp_path / "copy"
+    code, out = _cli("sync", str(beamline), str(dst), "--dry-run", "--json")
+    plan = json.loads(out)
+    assert code == 0 and plan["dry_run"] and plan["planned"]["entry"] == 3 and not dst.exists()
+    assert plan["planned_bytes"] > 0
+    code, out = _cli("sync", str(beamline), str(dst), "--sources", "--tags", "--json")
+    assert code == 0 and json.loads(out)["copied"]["source"] == 3
+    _grow(Repository.open(str(dst)), tmp_path / "more", 50, 1)
+    _grow(Repository.open(str(beamline)), tmp_path / "more", 60, 1)
+    code, out = _cli("sync", str(beamline), str(dst), "--json")
+    assert code == 5 and json.loads(out)["error"]["code"] == "diverged"
+    code, _ = _cli("sync", str(beamline), str(dst), "--all-branches", "--branch", "main")
+    assert code == 2
