@@ -7,7 +7,7 @@ HS := $(VENV)/bin/hyperslab
 STAMP := $(VENV)/.installed-stamp
 DEMO := demo-data
 
-.PHONY: install demo test lint bench bench-access clean
+.PHONY: install demo test lint bench bench-access bench-sync clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -32,9 +32,12 @@ demo: install
 	$(HS) log $(DEMO)/repo
 	$(HS) search $(DEMO)/repo 'sample~insulin energy>12'
 	$(HS) fsck $(DEMO)/repo -q
-	@echo "== 5. sync to a second site: not built yet (issue 'sync/'), skipped"
-	@echo "== 6. read a slice with xarray from the repository (hyperslab.open_dataset)"
-	$(PY) examples/open_dataset.py $(DEMO)/repo run42/scan_0001_gzip
+	@echo "== 5. sync to a second site (the 'cloud' directory): refs, source files, hot frames"
+	$(HS) sync $(DEMO)/repo $(DEMO)/cloud --sources --hot examples/hot.toml
+	$(HS) sync $(DEMO)/repo $(DEMO)/cloud --sources --hot examples/hot.toml
+	$(HS) fsck $(DEMO)/cloud -q
+	@echo "== 6. read a slice with xarray from the second site (hyperslab.open_dataset)"
+	$(PY) examples/open_dataset.py $(DEMO)/cloud run42/scan_0001_gzip
 	@echo "== 7. export plain kerchunk refs for users without hyperslab; read them with fsspec"
 	$(HS) export-refs $(DEMO)/repo run42/scan_0001_gzip --site $(DEMO)/repo -o $(DEMO)/export/scan_0001_gzip.json
 	$(PY) examples/read_slice.py $(DEMO)/export/scan_0001_gzip.json
@@ -54,6 +57,7 @@ bench: install
 	$(PY) benchmarks/repo.py
 	$(PY) benchmarks/commit.py
 	$(MAKE) --no-print-directory bench-access
+	$(MAKE) --no-print-directory bench-sync
 
 # Range reads on loopback S3 (s3rver, an npm package installed once into the
 # git-ignored benchmarks/.node; needs Node.js and npm). The first run writes a
@@ -61,6 +65,16 @@ bench: install
 bench-access: install
 	$(PY) benchmarks/loopback_s3.py install
 	$(PY) benchmarks/access.py $(ARGS)
+
+# hyperslab sync against rclone 1.60 and a plain s3fs copy between loopback s3rver
+# servers. rclone is Debian's package, fetched with `apt-get download` (no root) and
+# unpacked into the git-ignored benchmarks/.rclone. The first run builds the fixture
+# repositories (~10,000 objects + a 78 MB file) into bench-data/sync/.
+# `sync.py install` also installs s3rver. Extra options (SYNC_ARGS, since `make bench`
+# passes ARGS to bench-access): make bench-sync SYNC_ARGS="--entries 2500 --increments 10"
+bench-sync: install
+	$(PY) benchmarks/sync.py install
+	$(PY) benchmarks/sync.py $(SYNC_ARGS)
 
 clean:
 	rm -rf $(VENV) $(DEMO) bench-data .pytest_cache .mypy_cache .ruff_cache
