@@ -156,7 +156,7 @@ class SyncReport:
     candidates: int = 0
     present: int = 0
     planned: dict[str, int] = field(default_factory=dict)  # kind → objects to copy
-    planned_bytes: int | None = 0  # None when some sizes are only known while copying
+    planned_bytes: int | None = None  # dry runs: what the copy would move (None: unknown)
     copied: dict[str, int] = field(default_factory=dict)
     bytes_copied: int = 0
     hot_chunks: int = 0
@@ -886,7 +886,7 @@ def describe_plan(report: SyncReport) -> Iterable[str]:
         yield f"{u.kind} {u.name}: {u.status} ({(u.destination or 'absent')[:12]} → {u.source[:12]})"
     if report.planned:
         parts = ", ".join(f"{n} {k}" for k, n in sorted(report.planned.items()))
-        size = "?" if report.planned_bytes is None else f"{report.planned_bytes:,}"
-        yield f"to copy: {parts} ({size} bytes); {report.present} already there"
+        size = "" if report.planned_bytes is None else f" ({report.planned_bytes:,} bytes)"
+        yield f"to copy: {parts}{size}; {report.present} already there"
     else:
         yield "nothing to copy"
