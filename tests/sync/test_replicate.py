@@ -109,3 +109,13 @@ def test_sync_cli_dry_run_then_sync_then_conflict(beamline: Path, tmp_path: Path
     assert code == 5 and json.loads(out)["error"]["code"] == "diverged"
     code, _ = _cli("sync", str(beamline), str(dst), "--all-branches", "--branch", "main")
     assert code == 2
+
+
+def test_the_shipped_examples_parse() -> None:
+    from hyperslab.sync import HotRules
+
+    root = Path(__file__).resolve().parents[2]
+    spec = ReplicationRules.load(root / "infra" / "replication.example.toml")
+    assert [j.tags for j in spec.jobs] == [True, ("paper-2026",)]
+    assert spec.jobs[0].hot is not None and spec.jobs[0].hot.used
+    assert HotRules.load(root / "examples" / "hot.toml").rules[0].frames == "-5:"
