@@ -327,3 +327,32 @@ def test_rate_limiter_spaces_transfers_by_bytes() -> None:
     limiter.take(500)
     assert limiter._next - start >= 1.0  # 1000 bytes at 1000 B/s: one second of budget
     RateLimiter(None).take(10**9)  # no limit: returns at once
+
+
+def test_hot_by_use_copies_the_chunks_read_often(tmp_path: Path) -> None:
+    from hyperslab.access.stats import AccessStats
+
+    src_site, dst_site = _site("src"), _site("dst")
+    src = Repository.init(src_site)
+    ingest(src, [str(_h5(tmp_path / "scan.h5", 2, frames=8))], upload_sources=False)
+    stats = AccessStats(tmp_path / "stats.sqlite")
+    for _ in range(3):  # frames 2 and 5 read three times, frame 0 once
+        store = open_store(src, "scan", cache=False, stats=stats)
+        arr = zarr.open_group(store, mode="r")["entry/data/data"]
+        arr[2], arr[5]
+    arr[0]
+    stats.flush()
+    rules = HotRules.from_dict({"used": [{"min_reads": 2}]})
+    report = sync(src, dst_site, hot=rules, stats=stats)
+    assert report.hot_chunks == 2
+    held = {int(o) for ix in _indexes(dst_site) for o in ix.offset}
+    view = open_store(src, "scan", cache=False).view
+    want = {view.chunks.find("entry/data/data", lin)[1] for lin in (2, 5)}  # type: ignore[index]
+    assert held == want
+
+
+def _indexes(site: Site) -> list[Any]:
+    from hyperslab.references.replicas import read_replica_index
+
+    keys = [k for k in site.list("replicas/") if k.endswith(".parquet")]
+    return [read_replica_index(site, k) for k in keys]
