@@ -198,6 +198,19 @@ def load_config(path: Path | None = None, env: Mapping[str, str] = os.environ) -
     return _build(raw, path, env)
 
 
+def read_toml(path: str | Path, what: str) -> dict[str, Any]:
+    """A TOML file as a dict: BadInputError if it does not exist, ConfigError if unreadable."""
+    from hyperslab.errors import BadInputError
+
+    p = Path(path)
+    try:
+        return tomllib.loads(p.read_text())
+    except FileNotFoundError:
+        raise BadInputError(f"{what} {p} does not exist", file=str(p)) from None
+    except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{what} {p}: {exc}", file=str(p)) from None
+
+
 def _where(path: Path | None) -> str:
     return str(path) if path is not None else "configuration"
 

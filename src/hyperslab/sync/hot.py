@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import fnmatch
 import re
-import tomllib
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,8 +35,8 @@ from typing import Any
 
 import numpy as np
 
-from hyperslab.config import parse_size
-from hyperslab.errors import BadInputError, ConfigError, HyperslabError
+from hyperslab.config import parse_size, read_toml
+from hyperslab.errors import ConfigError, HyperslabError
 from hyperslab.references.refmap import _key_to_linear
 
 __all__ = ["HotChunk", "HotRule", "HotRules", "UsedRule", "select_hot"]
@@ -84,12 +83,7 @@ class HotRules:
     @classmethod
     def load(cls, path: str | Path) -> HotRules:
         p = Path(path)
-        try:
-            doc = tomllib.loads(p.read_text())
-        except FileNotFoundError:
-            raise BadInputError(f"hot-chunk rules file {p} does not exist") from None
-        except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"hot-chunk rules file {p}: {exc}") from None
+        doc = read_toml(p, "hot-chunk rules file")
         return cls.from_dict(doc, str(p))
 
     @classmethod

@@ -31,13 +31,13 @@ does not stop the others; the round's exit status is that of the first failure.
 from __future__ import annotations
 
 import time
-import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hyperslab.errors import BadInputError, ConfigError, HyperslabError
+from hyperslab.config import read_toml
+from hyperslab.errors import ConfigError, HyperslabError
 from hyperslab.sync.engine import SyncReport, sync
 from hyperslab.sync.hot import HotRules
 
@@ -66,12 +66,7 @@ class ReplicationRules:
     @classmethod
     def load(cls, path: str | Path) -> ReplicationRules:
         p = Path(path)
-        try:
-            doc = tomllib.loads(p.read_text())
-        except FileNotFoundError:
-            raise BadInputError(f"replication rules file {p} does not exist") from None
-        except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"replication rules file {p}: {exc}") from None
+        doc = read_toml(p, "replication rules file")
         return cls.from_dict(doc, str(p), p.parent)
 
     @classmethod
