@@ -255,7 +255,11 @@ def test_destination_down_mid_sync_then_rerun_completes(tmp_path: Path) -> None:
     assert fsck(Repository.open(dst_site)).clean
 
 
-def test_two_syncs_at_once_both_end_consistent(tmp_path: Path) -> None:
+@pytest.mark.parametrize("small_source", [64 << 20, 0], ids=["in-memory", "streamed"])
+def test_two_syncs_at_once_both_end_consistent(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, small_source: int
+) -> None:
+    monkeypatch.setattr("hyperslab.sync.engine.SMALL_SOURCE", small_source)
     src_site = _site("src")
     dst_dir = tmp_path / "dst"
     src = Repository.init(src_site)

@@ -52,6 +52,8 @@ def replicas(
         s3_endpoint.client().create_bucket(Bucket=bucket_b)
         b = f"s3://{bucket_b}/repo"
         c, d = str(tmp / "site-c"), str(tmp / "site-d")
+        # sources stream through a temporary file and upload_file (the large-file path)
+        mp.setattr("hyperslab.sync.engine.SMALL_SOURCE", 0)
         reports = {
             "b": sync(a, b, sources=True).to_json(),
             "c": sync(a, c, hot=ALL_HOT).to_json(),

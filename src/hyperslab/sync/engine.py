@@ -87,8 +87,12 @@ log = logging.getLogger(__name__)
 Progress = Callable[[str, int, int], None]  # (phase, objects done, bytes done)
 
 #: at least this many candidates under one prefix, at a destination that has nothing
-#: of the synced refs yet: one listing of the prefix instead of a HEAD per object
-LIST_THRESHOLD = 500
+#: of the synced refs yet (a resumed first sync): one listing of the prefix (1,000 keys
+#: per request) instead of a HEAD per object
+LIST_THRESHOLD = 50
+#: source files up to this size are copied in memory (one GET, one verified PUT)
+#: rather than streamed through a temporary file
+SMALL_SOURCE = 64 << 20
 HOT_MARKER_PREFIX = "replicas/done/"
 
 
@@ -280,8 +284,13 @@ def sync(
     hot_objs, marker = _plan_hot(src, dst, report, hot, stats, jobs) if hot else ([], None)
     all_objs = objs + hot_objs
     report.candidates = len(all_objs)
-    fresh = fresh_dst or all(u.destination is None for u in report.refs)
-    missing = _missing(dst, all_objs, fresh, jobs)
+    if fresh_dst:
+        # no repo.json there: not even a killed sync of ours wrote anything (it writes
+        # repo.json first), so everything is missing and asking would only cost requests
+        missing = list(all_objs)
+    else:
+        fresh = all(u.destination is None for u in report.refs)
+        missing = _missing(dst, all_objs, fresh, jobs)
     report.present = len(all_objs) - len(missing)
     for o in missing:
         report.planned[o.kind] = report.planned.get(o.kind, 0) + 1
@@ -858,6 +867,12 @@ _KINDS: dict[str, Any] = {
 def _copy_source(src: Repository, dst: Repository, o: _Obj, limiter: RateLimiter) -> int:
     """Stream a source file through a temporary file, hashing it; upload it; verify."""
     assert o.sha256 is not None
+    if o.size is not None and o.size <= SMALL_SOURCE:
+        data = src.site.get(o.key)
+        limiter.take(len(data))
+        _check_source(src, o, len(data), hashlib.sha256(data).hexdigest())
+        dst.site.put_verified(o.key, data)
+        return len(data)
     h = hashlib.sha256()
     n = 0
     fd, tmp = tempfile.mkstemp(prefix="hyperslab-sync-")
@@ -868,16 +883,20 @@ def _copy_source(src: Repository, dst: Repository, o: _Obj, limiter: RateLimiter
                 h.update(block)
                 fh.write(block)
                 n += len(block)
-        if h.hexdigest() != o.sha256 or (o.size is not None and n != o.size):
-            raise CorruptError(
-                f"source {o.key} at {src.display} is corrupt: {n} bytes hashing to "
-                f"{h.hexdigest()[:12]}…, expected {o.size} bytes hashing to {o.sha256[:12]}…",
-                key=o.key,
-            )
+        _check_source(src, o, n, h.hexdigest())
         dst.site.put_file_verified(o.key, Path(tmp), o.sha256)
     finally:
         Path(tmp).unlink(missing_ok=True)
     return n
+
+
+def _check_source(src: Repository, o: _Obj, n: int, digest: str) -> None:
+    if digest != o.sha256 or (o.size is not None and n != o.size):
+        raise CorruptError(
+            f"source {o.key} at {src.display} is corrupt: {n} bytes hashing to "
+            f"{digest[:12]}…, expected {o.size} bytes hashing to {str(o.sha256)[:12]}…",
+            key=o.key,
+        )
 
 
 def describe_plan(report: SyncReport) -> Iterable[str]:
