@@ -84,6 +84,13 @@ def ensure_s3rver(*, install: bool = True, quiet: bool = False) -> tuple[str, Pa
     return node, S3RVER_JS
 
 
+def _node_legacy_openssl(node: str) -> list[str]:
+    """``--openssl-legacy-provider`` where Node.js has it (17 and later), else nothing."""
+    out = subprocess.run([node, "--version"], capture_output=True, text=True).stdout
+    m = re.match(r"v(\d+)\.", out.strip())
+    return ["--openssl-legacy-provider"] if m and int(m.group(1)) >= 17 else []
+
+
 def _die_with_parent() -> None:
     """preexec_fn: ask Linux to SIGTERM the child when this process dies (even SIGKILL)."""
     with contextlib.suppress(Exception):
@@ -115,7 +122,11 @@ class S3rver:
         else:
             self.directory = Path(self._given_dir)
             self.directory.mkdir(parents=True, exist_ok=True)
-        cmd = [self._node, str(self._js), "--directory", str(self.directory)]
+        # s3rver encrypts ListObjectsV2 continuation tokens with DES, which OpenSSL 3
+        # (Node >= 17) only offers through its legacy provider: without it every listing
+        # of more than 1,000 keys fails with InternalError (ERR_OSSL_EVP_UNSUPPORTED)
+        cmd = [self._node, *_node_legacy_openssl(self._node), str(self._js)]
+        cmd += ["--directory", str(self.directory)]
         cmd += ["--address", "127.0.0.1", "--port", "0", "--silent"]
         cmd += ["--configure-bucket", self.bucket]
         self.proc = subprocess.Popen(
