@@ -20,7 +20,7 @@ Why packs and not one object per chunk: a hot set is typically thousands of
 sub-MB chunks; one object per chunk costs one PUT per chunk to write and one GET
 per chunk to read, where a pack is written with one PUT and read with coalesced
 range GETs, exactly like the source file itself. Packs are deterministic (see
-:func:`pack_groups`): a sync killed after uploading a pack rebuilds the same pack,
+:func:`pack_group`): a sync killed after uploading a pack rebuilds the same pack,
 finds it present and does not upload it again.
 
 Replicas are site-local: they are not part of any snapshot (two sites holding the
@@ -50,7 +50,7 @@ __all__ = [
     "ReplicaIndex",
     "build_pack",
     "load_replicas",
-    "pack_groups",
+    "pack_group",
     "pack_key",
     "read_replica_index",
     "replica_prefix",
@@ -95,12 +95,6 @@ class ReplicaIndex:
         if pos < self.offset.size and self.offset[pos] == offset and self.length[pos] == length:
             return int(self.at[pos]), int(self.crc32c[pos])
         return None
-
-    def holds(self, offsets: np.ndarray) -> np.ndarray:
-        """Boolean mask: which source ``offsets`` this pack holds a chunk at."""
-        pos = np.searchsorted(self.offset, offsets)
-        pos = np.minimum(pos, max(self.offset.size - 1, 0))
-        return (self.offset.size > 0) & (self.offset[pos] == offsets)
 
     def to_bytes(self) -> bytes:
         import pyarrow as pa
@@ -165,9 +159,9 @@ class ReplicaIndex:
             raise CorruptError(f"{where}: a row points outside its pack", where=where)
 
 
-def pack_groups(offsets: np.ndarray) -> np.ndarray:
-    """Pack number of each chunk offset (deterministic: the offset's PACK_SPAN window)."""
-    return np.asarray(offsets, np.int64) // PACK_SPAN
+def pack_group(offset: int) -> int:
+    """Pack number of a chunk at ``offset`` (deterministic: the offset's PACK_SPAN window)."""
+    return int(offset) // PACK_SPAN
 
 
 def build_pack(

@@ -36,14 +36,16 @@ import os
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence, Set
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from fnmatch import fnmatchcase
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from google_crc32c import value as crc32c
 
 from hyperslab.errors import (
@@ -59,7 +61,7 @@ from hyperslab.references.packed import EXTENSIONS
 from hyperslab.references.replicas import (
     build_pack,
     load_replicas,
-    pack_groups,
+    pack_group,
     pack_key,
 )
 from hyperslab.references.repository import (
@@ -127,6 +129,11 @@ class RefUpdate:
     status: str  # up-to-date | create | fast-forward | ahead | forced | diverged
     etag: str | None = None
     chain: list[str] = field(default_factory=list)  # new snapshots, newest first
+
+    @property
+    def moves(self) -> bool:
+        """Whether the sync writes this ref at the destination."""
+        return self.status in ("create", "fast-forward", "forced")
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -243,8 +250,9 @@ def sync(
     """Copy what ``dst`` lacks of the selected refs of ``src``, verified; then move refs.
 
     ``branches``: names to sync (default ``["main"]``); ``all_branches``: every source
-    branch; ``tags``: every source tag too (True) or the named ones. ``hot``: hot-chunk rules (with ``stats``,
-    an :class:`~hyperslab.access.stats.AccessStats`, for ``[[used]]`` rules).
+    branch; ``tags``: every source tag too (True) or the named ones. ``hot``: hot-chunk
+    rules (with ``stats``, an :class:`~hyperslab.access.stats.AccessStats`, for
+    ``[[used]]`` rules).
     ``sources``: copy the raw source files as well. ``force``: move a diverged
     destination branch to the source's head (the destination's own commits become
     unreachable there; nothing is deleted). Raises :class:`DivergedError` (nothing
@@ -259,7 +267,7 @@ def sync(
     if src.site.url == dst.site.url:
         raise BadInputError(f"source and destination are the same place ({src.display})")
     report = SyncReport(src.display, dst.display, dry_run=dry_run)
-    fresh_dst = _check_repositories(src, dst, dry_run)
+    fresh_dst = _check_repositories(src, dst)
     report.refs = _plan_refs(src, dst, branches, all_branches, tags, fresh_dst)
     diverged = [u for u in report.refs if u.status == "diverged"]
     if diverged and not force:
@@ -276,12 +284,12 @@ def sync(
         )
     for u in diverged:
         u.status = "forced"
-    moving = [u for u in report.refs if u.status in ("create", "fast-forward", "forced")]
-    walker = _Walker(src, dst, sources)
-    for u in moving:
-        walker.add_chain(u.chain)
+    walker = _Walker(src, sources)
+    for u in report.refs:
+        if u.moves:
+            walker.add_chain(u.chain)
     objs = walker.objects()
-    hot_objs, marker = _plan_hot(src, dst, report, hot, stats, jobs) if hot else ([], None)
+    hot_objs, marker = _plan_hot(src, dst, report, hot, stats) if hot else ([], None)
     all_objs = objs + hot_objs
     report.candidates = len(all_objs)
     if fresh_dst:
@@ -300,7 +308,7 @@ def sync(
         return report
     if fresh_dst:
         _create_repository(src, dst)
-    if any(u.status != "up-to-date" for u in report.refs) or missing or marker:
+    if any(u.moves for u in report.refs) or missing or marker:
         dst.check_writable()
     _copy(src, dst, missing, report, jobs, RateLimiter(bwlimit), progress)
     if report.failures:
@@ -312,7 +320,7 @@ def sync(
             failures=report.failures[:100],
         )
     for u in report.refs:
-        if u.status in ("create", "fast-forward", "forced"):
+        if u.moves:
             _move_ref(src, dst, u)
     if marker is not None:
         dst.site.put(marker[0], marker[1])
@@ -323,7 +331,7 @@ def sync(
 # --------------------------------------------------------------------------- refs
 
 
-def _check_repositories(src: Repository, dst: Repository, dry_run: bool) -> bool:
+def _check_repositories(src: Repository, dst: Repository) -> bool:
     """True if ``dst`` has no repository yet (sync creates it); error if it is another."""
     if not dst.info:
         return True
@@ -406,22 +414,21 @@ def _plan_refs(
             if others is None and not fresh_dst:
                 # a new ref usually shares history with refs the destination has
                 others = set(dst.branches().values()) | set(dst.tags().values())
-            stop = known_at_dst | (others or set())
-            u.chain = _chain(src, u.source, stop)
+            u.chain = list(_history(src, u.source, known_at_dst | (others or set())))
             u.status = "create"
             continue
         if u.kind == "tag":
             u.status = "diverged"  # tags never move
-            u.chain = _chain(src, u.source, known_at_dst)
+            u.chain = list(_history(src, u.source, known_at_dst))
             continue
-        chain = _chain(src, u.source, known_at_dst | {u.destination}, until=u.destination)
-        if chain and chain[-1] == "":  # reached the destination head
-            u.chain = chain[:-1]
+        chain = list(_history(src, u.source, known_at_dst | {u.destination}))
+        if _reaches(src, chain, u.destination):
+            u.chain = chain
             u.status = "fast-forward"
         elif _is_ancestor(dst, u.source, u.destination):
             u.status = "ahead"
         else:
-            u.chain = [c for c in chain if c]
+            u.chain = chain
             u.status = "diverged"
     return updates
 
@@ -433,43 +440,35 @@ def _head(repo: Repository, key: str) -> tuple[str | None, str | None]:
         return None, None
 
 
-def _chain(src: Repository, head: str, stop: set[str], until: str | None = None) -> list[str]:
-    """Snapshots reachable from ``head`` not in ``stop``, newest first; with ``until``, a
-    trailing ``""`` marks that ``until`` was reached (the walk is a fast-forward)."""
-    out: list[str] = []
+def _history(
+    repo: Repository, head: str, stop: Set[str] = frozenset(), *, missing_ok: bool = False
+) -> Iterator[str]:
+    """Snapshot ids from ``head`` back through parents, breadth first, each once; ids in
+    ``stop`` are neither yielded nor walked past. ``missing_ok``: a snapshot that cannot
+    be found ends that line of history instead of raising."""
     seen: set[str] = set()
-    todo = [head]
-    reached = False
+    todo = deque([head])
     while todo:
-        sid = todo.pop(0)
-        if sid in seen:
+        sid = todo.popleft()
+        if sid in seen or sid in stop:
             continue
         seen.add(sid)
-        if sid == until:
-            reached = True
-            continue
-        if sid in stop:
-            continue
-        out.append(sid)
-        todo.extend(src.snapshot(sid).parents)
-    return [*out, ""] if reached else out
-
-
-def _is_ancestor(repo: Repository, ancestor: str, head: str, limit: int = 100_000) -> bool:
-    seen: set[str] = set()
-    todo = [head]
-    while todo and len(seen) < limit:
-        sid = todo.pop(0)
-        if sid == ancestor:
-            return True
-        if sid in seen:
-            continue
-        seen.add(sid)
+        yield sid
         try:
             todo.extend(repo.snapshot(sid).parents)
         except NotFoundError:
-            continue
-    return False
+            if not missing_ok:
+                raise
+
+
+def _reaches(repo: Repository, chain: list[str], target: str) -> bool:
+    """Whether a snapshot of ``chain`` has ``target`` as a parent (snapshots are cached)."""
+    return any(target in repo.snapshot(sid).parents for sid in chain)
+
+
+def _is_ancestor(repo: Repository, ancestor: str, head: str, limit: int = 100_000) -> bool:
+    walk = islice(_history(repo, head, missing_ok=True), limit)
+    return any(sid == ancestor for sid in walk)
 
 
 def _move_ref(src: Repository, dst: Repository, u: RefUpdate) -> None:
@@ -498,7 +497,8 @@ def _move_ref(src: Repository, dst: Repository, u: RefUpdate) -> None:
         except ConflictError:
             now, etag = _head(dst, key)
         if now == u.source or (now is not None and _is_ancestor(dst, u.source, now)):
-            u.status = "ahead" if now != u.source else u.status
+            if now != u.source:
+                u.status = "ahead"
             return  # another sync got there first, or the destination moved on
         if now is not None and not _is_ancestor(src, now, u.source):
             raise DivergedError(
@@ -518,9 +518,8 @@ def _move_ref(src: Repository, dst: Repository, u: RefUpdate) -> None:
 class _Walker:
     """The objects new snapshots need, found by diffing each tree against its parent's."""
 
-    def __init__(self, src: Repository, dst: Repository, sources: bool) -> None:
+    def __init__(self, src: Repository, sources: bool) -> None:
         self.src = src
-        self.dst = dst
         self.sources = sources
         self.found: dict[str, _Obj] = {}
         self.done_snapshots: set[str] = set()
@@ -550,13 +549,12 @@ class _Walker:
                 base = self.src.snapshot(parents[0]).tree
             self._diff_tree(doc.get("tree"), base)
 
-    def _read_nodes(self, ids: list[str], with_bytes: bool) -> dict[str, tuple[bytes, dict]]:
-        if not ids:
-            return {}
-        fetch = self._json if with_bytes else (lambda k, o: (b"", self.src.read_json(k, o)))
+    def _fetch(self, kind: Any, ids: list[str]) -> list[tuple[bytes, dict[str, Any]]]:
+        """``_json`` of several objects, concurrently (order kept)."""
+        if len(ids) <= 1:
+            return [self._json(kind, o) for o in ids]
         with ThreadPoolExecutor(min(16, len(ids))) as pool:
-            got = list(pool.map(lambda o: fetch("manifest", o), ids))
-        return dict(zip(ids, got, strict=True))
+            return list(pool.map(lambda o: self._json(kind, o), ids))
 
     def _diff_tree(self, new: str | None, old: str | None) -> None:
         frontier: list[tuple[str, str | None]] = [(new, old)] if new and new != old else []
@@ -564,13 +562,13 @@ class _Walker:
         while frontier:
             pairs = [(n, o) for n, o in frontier if n not in self.seen_nodes]
             self.seen_nodes.update(n for n, _ in pairs)
-            news = self._read_nodes([n for n, _ in pairs], True)
-            olds = self._read_nodes(sorted({o for _, o in pairs if o}), False)
+            news = self._fetch("manifest", [n for n, _ in pairs])
+            old_ids = sorted({o for _, o in pairs if o})
+            olds = dict(zip(old_ids, self.src.read_many("manifest", old_ids), strict=True))
             frontier = []
-            for n, o in pairs:
-                data, node = news[n]
+            for (n, o), (data, node) in zip(pairs, news, strict=True):
                 self._add(_Obj(object_key("manifest", n), "manifest", 2, data))
-                old_node = olds[o][1] if o else None
+                old_node = olds[o] if o else None
                 if node.get("kind") == "inner":
                     old_children = (
                         old_node.get("children", {})
@@ -598,9 +596,7 @@ class _Walker:
                     entry_ids.append(eid)
         if not entry_ids:
             return
-        with ThreadPoolExecutor(min(16, len(entry_ids))) as pool:
-            records = list(pool.map(lambda e: self._json("entry", e), entry_ids))
-        for eid, (data, rec) in zip(entry_ids, records, strict=True):
+        for eid, (data, rec) in zip(entry_ids, self._fetch("entry", entry_ids), strict=True):
             self._add(_Obj(object_key("entry", eid), "entry", 2, data))
             rm = rec.get("refmap") or {}
             ext = EXTENSIONS.get(rm.get("format", "json"), ".json")
@@ -637,7 +633,6 @@ def _plan_hot(
     report: SyncReport,
     rules: HotRules,
     stats: Any,
-    jobs: int,
 ) -> tuple[list[_Obj], tuple[str, bytes] | None]:
     """Packs and indexes of the selected chunks ``dst`` does not hold yet, plus the marker
     that says this selection is complete (so an unchanged re-sync checks one object)."""
@@ -663,7 +658,7 @@ def _plan_hot(
     views: dict[str, Any] = {}
     globs = [r.entries for r in rules.rules] + [u.entries for u in rules.used]
     for sid in heads:
-        names = [n for n, _ in src.entries(sid) if any(_fn(n, g) for g in globs)]
+        names = [n for n, _ in src.entries(sid) if any(fnmatchcase(n, g) for g in globs)]
         here = {n: EntryView(src, n, sid) for n in names}
         for c in select_hot(here, rules, used):
             chosen.setdefault((c.source, c.offset, c.length), c)
@@ -678,19 +673,13 @@ def _plan_hot(
         if any(ix.find(c.offset, c.length) is not None for ix in held.get(c.source, [])):
             report.hot_held += 1
             continue
-        todo.setdefault((c.source, int(pack_groups(np.array([c.offset]))[0])), []).append(c)
+        todo.setdefault((c.source, pack_group(c.offset)), []).append(c)
     objs = [
         _Obj(f"pack:{source}:{group}", "pack", 0, size=sum(c.length for c in group_chunks),
              make=_pack_maker(src, dst, views[source], group_chunks))
         for (source, group), group_chunks in sorted(todo.items())
     ]  # fmt: skip
     return objs, (marker_key, canonical_json({**marker_doc, "time": _now()}))
-
-
-def _fn(name: str, pattern: str) -> bool:
-    import fnmatch
-
-    return fnmatch.fnmatchcase(name, pattern)
 
 
 def _now() -> str:
