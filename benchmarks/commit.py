@@ -60,6 +60,7 @@ from typing import Any
 
 from hyperslab.references.repository import Repository
 from hyperslab.sites import S3Site
+from loopback_s3 import use_loopback_credentials
 from repo import catalog, fill
 
 BUCKET = "hyperslab-bench"
@@ -70,27 +71,7 @@ CHUNK = 1024  # uint32 values per Icechunk array (4 KiB)
 
 
 def _set_env() -> None:
-    for var in (
-        "AWS_PROFILE",
-        "AWS_DEFAULT_PROFILE",
-        "AWS_SESSION_TOKEN",
-        "AWS_SECURITY_TOKEN",
-        "AWS_ENDPOINT_URL",
-        "AWS_ENDPOINT_URL_S3",
-        "AWS_ROLE_ARN",
-        "AWS_WEB_IDENTITY_TOKEN_FILE",
-        "AWS_CONTAINER_CREDENTIALS_FULL_URI",
-        "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
-    ):
-        os.environ.pop(var, None)
-    os.environ.update(
-        AWS_ACCESS_KEY_ID=KEY,
-        AWS_SECRET_ACCESS_KEY=SECRET,
-        AWS_DEFAULT_REGION=REGION,
-        AWS_CONFIG_FILE=os.devnull,
-        AWS_SHARED_CREDENTIALS_FILE=os.devnull,
-        AWS_EC2_METADATA_DISABLED="true",
-    )
+    use_loopback_credentials(KEY, SECRET, REGION)
     os.environ.setdefault("ICECHUNK_LOG", "error")  # not its cache-size warnings
 
 

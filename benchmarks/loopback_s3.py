@@ -44,6 +44,24 @@ S3RVER_JS = NODE_DIR / "node_modules" / "s3rver" / "bin" / "s3rver.js"
 KEY = "S3RVER"
 SECRET = "S3RVER"
 
+
+def use_loopback_credentials(
+    key: str = KEY, secret: str = SECRET, region: str = "us-east-1"
+) -> None:
+    """This process talks to loopback servers only: drop every ``AWS_*`` variable (profiles,
+    tokens, endpoints), set dummy credentials, and never read the user's AWS files."""
+    for var in [v for v in os.environ if v.startswith("AWS_")]:
+        del os.environ[var]
+    os.environ.update(
+        AWS_ACCESS_KEY_ID=key,
+        AWS_SECRET_ACCESS_KEY=secret,
+        AWS_DEFAULT_REGION=region,
+        AWS_CONFIG_FILE=os.devnull,
+        AWS_SHARED_CREDENTIALS_FILE=os.devnull,
+        AWS_EC2_METADATA_DISABLED="true",
+    )
+
+
 _LISTENING = re.compile(r"S3rver listening on ([0-9.]+):(\d+)")
 
 

@@ -47,7 +47,16 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from loopback_s3 import KEY, SECRET, BenchSetupError, CountingProxy, Counts, S3rver, ensure_s3rver
+from loopback_s3 import (
+    KEY,
+    SECRET,
+    BenchSetupError,
+    CountingProxy,
+    Counts,
+    S3rver,
+    ensure_s3rver,
+    use_loopback_credentials,
+)
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -740,21 +749,6 @@ def cli_floor(spawner: Spawner, hs: list[str]) -> float:
     return min(spawner.run([*hs, "--version"], dict(os.environ), 60)[0].wall_s for _ in range(3))
 
 
-def _set_env() -> None:
-    """Dummy credentials for this process (boto3 and S3Site read the AWS chain)."""
-    for var in list(os.environ):
-        if var.startswith("AWS_"):
-            del os.environ[var]
-    os.environ.update(
-        AWS_ACCESS_KEY_ID=KEY,
-        AWS_SECRET_ACCESS_KEY=SECRET,
-        AWS_DEFAULT_REGION=REGION,
-        AWS_CONFIG_FILE=os.devnull,
-        AWS_SHARED_CREDENTIALS_FILE=os.devnull,
-        AWS_EC2_METADATA_DISABLED="true",
-    )
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("command", nargs="?", choices=["run", "install"], default="run")
@@ -782,7 +776,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "install":
             print(f"{rclone_version(rclone)}: {rclone}")
             return 0
-        _set_env()
+        use_loopback_credentials(region=REGION)
         data = args.dir.resolve() / "sync"
         data.mkdir(parents=True, exist_ok=True)
         hs: list[str] | None = hyperslab_cmd()
