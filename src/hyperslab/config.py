@@ -12,6 +12,7 @@ Example::
     [cache]
     dir = "/scratch/hyperslab-cache"     # default: platformdirs.user_cache_dir("hyperslab")
     size = "20GB"                        # KB/MB/GB/TB (10^3), KiB/MiB/GiB/TiB (2^10), int
+    memory = "256MiB"                    # decoded chunks kept in each process's memory; 0: none
 
     [sites.beamline]
     url = "s3://beamline"
@@ -23,7 +24,7 @@ Example::
     config_kwargs = { connect_timeout = 3 }
 
 Environment overrides (applied after the file): ``HYPERSLAB_CACHE_DIR``,
-``HYPERSLAB_CACHE_SIZE``, ``HYPERSLAB_PREFERENCE`` (comma list) and, per site,
+``HYPERSLAB_CACHE_SIZE``, ``HYPERSLAB_CACHE_MEMORY``, ``HYPERSLAB_PREFERENCE`` (comma list) and, per site,
 ``HYPERSLAB_SITE_<NAME>_URL``, ``_ENDPOINT_URL``, ``_REGION``, ``_PROFILE``, ``_ANON``
 (``<NAME>`` is the site name upper-cased with ``-`` as ``_``). A ``_URL`` variable for
 an unknown name defines a new site.
@@ -60,6 +61,8 @@ __all__ = [
 ]
 
 DEFAULT_CACHE_SIZE = 20 * 10**9
+#: decoded chunks each process keeps in memory (access/decode.py), like HDF5's chunk cache
+DEFAULT_CACHE_MEMORY = 256 << 20
 CONFIG_FILENAME = "hyperslab.toml"
 
 _SITE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
@@ -129,6 +132,7 @@ class Config:
     preference: tuple[str, ...] = ()
     cache_dir: Path = field(default_factory=lambda: Path(platformdirs.user_cache_dir("hyperslab")))
     cache_size: int = DEFAULT_CACHE_SIZE
+    cache_memory: int = DEFAULT_CACHE_MEMORY
     source: Path | None = None
 
     def site(self, name: str) -> SiteConfig:
@@ -246,19 +250,24 @@ def _build(raw: dict[str, Any], path: Path | None, env: Mapping[str, str]) -> Co
     cache = raw.get("cache", {})
     if not isinstance(cache, dict):
         raise ConfigError(f"{where}: 'cache' must be a table")
-    unknown = set(cache) - {"dir", "size"}
+    unknown = set(cache) - {"dir", "size", "memory"}
     if unknown:
         raise ConfigError(f"{where}: unknown [cache] key(s) {', '.join(sorted(unknown))}")
     cache_dir_value = cache.get("dir")
     if cache_dir_value is not None and not isinstance(cache_dir_value, str):
         raise ConfigError(f"{where}: [cache] dir must be a string")
     cache_size = parse_size(cache.get("size", DEFAULT_CACHE_SIZE), where=f"{where}: [cache] size")
+    cache_memory = parse_size(
+        cache.get("memory", DEFAULT_CACHE_MEMORY), where=f"{where}: [cache] memory"
+    )
 
     # Environment overrides.
     if env.get("HYPERSLAB_CACHE_DIR"):
         cache_dir_value = env["HYPERSLAB_CACHE_DIR"]
     if env.get("HYPERSLAB_CACHE_SIZE"):
         cache_size = parse_size(env["HYPERSLAB_CACHE_SIZE"], where="HYPERSLAB_CACHE_SIZE")
+    if env.get("HYPERSLAB_CACHE_MEMORY"):
+        cache_memory = parse_size(env["HYPERSLAB_CACHE_MEMORY"], where="HYPERSLAB_CACHE_MEMORY")
     new_sites = _apply_site_env(fields, env)
     if not explicit_preference:
         preference = list(preference) + [n for n in new_sites if n not in preference]
@@ -306,6 +315,7 @@ def _build(raw: dict[str, Any], path: Path | None, env: Mapping[str, str]) -> Co
         preference=tuple(preference),
         cache_dir=cache_dir,
         cache_size=cache_size,
+        cache_memory=cache_memory,
         source=path,
     )
 

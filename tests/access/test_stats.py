@@ -115,7 +115,7 @@ def test_cache_hits_count_as_reads(local_repo: LocalRepo, tmp_path: Path) -> Non
     stats = AccessStats(tmp_path / "s.sqlite")
     cache = ChunkCache(tmp_path / "chunks", max_bytes=1 << 24)
     for _ in range(3):
-        store = open_store(local_repo.spec, "scan", cache=cache, stats=stats)
+        store = open_store(local_repo.spec, "scan", cache=cache, stats=stats, memory_cache=False)
         _read(store, FRAMES, 3)
     assert store.router.stats.cache_hits == 1 and store.router.stats.requests == 0
     assert stats.hot_chunks(local_repo.id, min_reads=3) == [

@@ -40,12 +40,12 @@ def test_cache_makes_second_read_free(
     from hyperslab.access.cache import ChunkCache
 
     cache = ChunkCache(tmp_path / "cache", max_bytes=64 << 20)
-    first = open_store(corpus_repo.spec, "corpus_filters", cache=cache)
+    first = open_store(corpus_repo.spec, "corpus_filters", cache=cache, memory_cache=False)
     g = zarr.open_group(first, mode="r")
     paths = sorted(first.view.refmap.arrays)
     want = {p: g[p][...] for p in paths}
     assert first.router.stats.requests > 0 and first.router.stats.cache_hits == 0
-    second = open_store(corpus_repo.spec, "corpus_filters", cache=cache)
+    second = open_store(corpus_repo.spec, "corpus_filters", cache=cache, memory_cache=False)
     g2 = zarr.open_group(second, mode="r")
     for p in paths:
         np.testing.assert_array_equal(g2[p][...], want[p])

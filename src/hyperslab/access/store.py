@@ -46,9 +46,10 @@ from zarr.abc.store import (
 from zarr.core.buffer import Buffer, BufferPrototype
 
 from hyperslab.access.chunks import EagerChunks, LazyChunks, LazyRows
+from hyperslab.access.decode import ChunkDecoder, DecodedCache, decode_pool, shared_decoded_cache
 from hyperslab.access.routing import ChunkRef, Location, Router
 from hyperslab.access.stats import AccessStats, resolve_stats
-from hyperslab.config import Config, load_config
+from hyperslab.config import Config, load_config, parse_size
 from hyperslab.errors import BadInputError, CorruptError, HyperslabError, NotFoundError
 from hyperslab.references.checksums import aligned, read_checksums_meta, unpack_checksums
 from hyperslab.references.packed import EXTENSIONS, read_packed_meta, unpack_refmap
@@ -97,6 +98,7 @@ class StoreAddress:
     sites: tuple[str, ...]
     cache: bool
     stats: bool | str = True  # False: none; a path: that statistics database
+    memory_cache: bool | int = True  # decoded chunks in memory: the configured size, or bytes
 
 
 class EntryView:
@@ -275,6 +277,8 @@ class HyperslabStore(Store):
         *,
         read_only: bool = True,
         stats: AccessStats | None = None,
+        decode: bool = True,
+        memory: DecodedCache | None = None,
     ) -> None:
         if not read_only:
             raise BadInputError("hyperslab stores are read-only: snapshots never change")
@@ -282,7 +286,16 @@ class HyperslabStore(Store):
         self.view = view
         self.router = router
         self.address = address
+        self.memory = memory
         self._docs = _metadata(view.refmap)
+        # arrays whose chunks this store decodes itself (see .decode): served codec-free
+        self._decoders: dict[str, ChunkDecoder] = {}
+        for key, doc in list(self._docs.items()) if decode else ():
+            if key == ".zarray" or key.endswith("/.zarray"):
+                decoder = ChunkDecoder.for_array(doc)
+                if decoder is not None:
+                    self._decoders[key[: -len(".zarray")].rstrip("/")] = decoder
+                    self._docs[key] = {**doc, "filters": None, "compressor": None}
         self._meta = {k: json.dumps(v, allow_nan=True).encode() for k, v in self._docs.items()}
         self._meta[".zmetadata"] = _consolidated(self._docs)
         self._arrays: dict[str, ArrayRefs] = view.refmap.arrays
@@ -376,15 +389,33 @@ class HyperslabStore(Store):
         return b
 
     # ------------------------------------------------------------ reads
+    def _decoder(self, key: str) -> ChunkDecoder | None:
+        """The decoder of the array holding chunk ``key`` (None: served as stored)."""
+        return self._decoders.get(key.rpartition("/")[0]) if self._decoders else None
+
     async def get(
         self, key: str, prototype: BufferPrototype, byte_range: ByteRequest | None = None
     ) -> Buffer | None:
         found = self._locate(key)
         if found is None:
             return None
-        data = found if isinstance(found, bytes) else await self._batcher().get(found)
-        if self._count is not None and key not in self._meta:
-            self._count(key)  # a chunk read (not metadata): buffered in memory, never raises
+        if key in self._meta:  # metadata
+            return prototype.buffer.from_bytes(_slice(found, byte_range))  # type: ignore[arg-type]
+        decoder = self._decoder(key)
+        data: Any
+        if decoder is None:
+            data = found if isinstance(found, bytes) else await self._batcher().get(found)
+        elif isinstance(found, bytes):
+            data = decoder(found, key)  # inline: a few hundred stored bytes
+        else:
+            ckey = f"{found.cache_key}/{decoder.fingerprint}"
+            data = self.memory.get(ckey) if self.memory is not None else None
+            if data is None:
+                data = await self._batcher().get(found, decoder)
+                if self.memory is not None:
+                    self.memory.put(ckey, data)
+        if self._count is not None:
+            self._count(key)  # a chunk read: buffered in memory, never raises
         return prototype.buffer.from_bytes(_slice(data, byte_range))
 
     async def get_partial_values(
@@ -401,6 +432,9 @@ class HyperslabStore(Store):
         found = self._locate(key)
         if found is None:
             raise FileNotFoundError(key)
+        decoder = self._decoder(key) if key not in self._meta else None
+        if decoder is not None:
+            return decoder.nbytes
         return len(found) if isinstance(found, bytes) else found.length
 
     # ------------------------------------------------------------ writes: never
@@ -443,18 +477,22 @@ class HyperslabStore(Store):
                 yield child
 
 
+_Pending = tuple[ChunkRef, "ChunkDecoder | None", "asyncio.Future[Any]"]
+
+
 class _Batcher:
-    """Collects the chunk requests of one event-loop turn and fetches them together."""
+    """Collects the chunk requests of one event-loop turn and fetches them together;
+    with a decoder, each chunk is decoded on the decode threads as the batch arrives."""
 
     def __init__(self, router: Router) -> None:
         self.router = router
-        self.pending: list[tuple[ChunkRef, asyncio.Future[bytes]]] = []
+        self.pending: list[_Pending] = []
         self.tasks: set[asyncio.Task[None]] = set()
 
-    async def get(self, ref: ChunkRef) -> bytes:
+    async def get(self, ref: ChunkRef, decoder: ChunkDecoder | None = None) -> Any:
         loop = asyncio.get_running_loop()
-        fut: asyncio.Future[bytes] = loop.create_future()
-        self.pending.append((ref, fut))
+        fut: asyncio.Future[Any] = loop.create_future()
+        self.pending.append((ref, decoder, fut))
         if len(self.pending) == 1:
             loop.call_soon(self._flush, loop)
         return await fut
@@ -465,27 +503,37 @@ class _Batcher:
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
 
-    async def _run(
-        self,
-        loop: asyncio.AbstractEventLoop,
-        batch: list[tuple[ChunkRef, asyncio.Future[bytes]]],
-    ) -> None:
+    async def _run(self, loop: asyncio.AbstractEventLoop, batch: list[_Pending]) -> None:
         try:
             results = await loop.run_in_executor(
-                self.router._pool, self.router.fetch, [r for r, _ in batch]
+                self.router._pool, self.router.fetch, [r for r, _, _ in batch]
             )
         except BaseException as exc:
-            for _, fut in batch:
+            for _, _, fut in batch:
                 if not fut.done():
                     fut.set_exception(exc)
             return
-        for (_, fut), res in zip(batch, results, strict=True):
+        for (ref, decoder, fut), res in zip(batch, results, strict=True):
             if fut.done():
                 continue
             if isinstance(res, BaseException):
                 fut.set_exception(res)
-            else:
+            elif decoder is None:
                 fut.set_result(res)
+            else:
+                decoded = loop.run_in_executor(decode_pool(), decoder, res, ref.label)
+                decoded.add_done_callback(lambda d, fut=fut: _settle(fut, d))  # type: ignore[misc]
+
+
+def _settle(fut: asyncio.Future[Any], done: asyncio.Future[Any]) -> None:
+    if fut.done():
+        return
+    if done.cancelled():
+        fut.cancel()
+    elif (exc := done.exception()) is not None:
+        fut.set_exception(exc)
+    else:
+        fut.set_result(done.result())
 
 
 # ----------------------------------------------------------------------- opening
@@ -499,6 +547,7 @@ def _reopen(address: StoreAddress) -> HyperslabStore:
         sites=list(address.sites) or None,
         cache=address.cache,
         stats=address.stats,
+        memory_cache=address.memory_cache,
     )
 
 
@@ -537,6 +586,8 @@ def open_store(
     cache: bool | ChunkCache | None = True,
     config: Config | None = None,
     stats: bool | str | AccessStats | None = None,
+    memory_cache: bool | int | str | None = None,
+    decode: bool = True,
 ) -> HyperslabStore:
     """A read-only Zarr store of ``entry`` at one snapshot of ``repo``.
 
@@ -557,6 +608,17 @@ def open_store(
     raised to :data:`ZARR_CONCURRENCY` (64), so that a read of many chunks hands
     them to the store together (coalesced, fetched concurrently, decoded on every
     core). Set it yourself (``zarr.config.set``) to keep another value.
+
+    ``memory_cache``: decoded chunks kept in this process's memory, so that re-reading a
+    frame skips the fetch and the decode (HDF5's chunk cache does the same). True: the
+    process-wide cache of ``[cache] memory`` bytes (256 MiB unless configured,
+    ``HYPERSLAB_CACHE_MEMORY``), shared by every store; a size (bytes or ``"1GiB"``): a
+    cache of that size, shared with stores asking for the same size; False or 0: none.
+    None (default): True, unless ``cache=False`` asked for no caching at all.
+
+    ``decode``: True (default) decodes chunks in the store (libdeflate, multi-core; see
+    :mod:`.decode`) and serves arrays without codecs; False serves the bytes as
+    stored, with the original codecs, for zarr to decode.
 
     ``stats``: where chunk reads are counted for hot-chunk replication (see
     ``hyperslab stats --help``). None/True (default): the shared local database,
@@ -601,14 +663,37 @@ def open_store(
     else:
         chunk_cache = cache
     router = Router(view.locations, cache=chunk_cache, on_absent=view.absent)
+    if memory_cache is None:
+        memory_cache = cache is not False and cache is not None
+    if memory_cache is True:
+        memory_bytes = cfg.cache_memory
+    elif memory_cache is False:
+        memory_bytes = 0
+    else:
+        memory_bytes = parse_size(memory_cache, where="memory_cache")
     _more_zarr_concurrency()
     counts = resolve_stats(stats, cfg)
     # a pickled store reopens with the same database, the default one, or none
     explicit = counts is not None and isinstance(stats, AccessStats | str)
     stats_address = str(counts.path) if counts is not None and explicit else stats is not False
     address = (
-        StoreAddress(spec, entry, sid, tuple(replica_specs), cache is True, stats_address)
+        StoreAddress(
+            spec,
+            entry,
+            sid,
+            tuple(replica_specs),
+            cache is True,
+            stats_address,
+            memory_cache if isinstance(memory_cache, bool) else memory_bytes,
+        )
         if spec
         else None
     )
-    return HyperslabStore(view, router, address, stats=counts)
+    return HyperslabStore(
+        view,
+        router,
+        address,
+        stats=counts,
+        decode=decode,
+        memory=shared_decoded_cache(memory_bytes) if decode else None,
+    )
