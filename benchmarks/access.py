@@ -488,6 +488,7 @@ def hyperslab_reader(env: Env) -> list[Contender] | str:
     import zarr
 
     from hyperslab.access.cache import ChunkCache
+    from hyperslab.access.decode import DecodedCache
     from hyperslab.convert.ingest import ingest
     from hyperslab.references.repository import Repository
     from hyperslab.sites import S3Site
@@ -520,7 +521,9 @@ def hyperslab_reader(env: Env) -> list[Contender] | str:
         r = Repository.open(site)
         cache_dir = Path(tempfile.mkdtemp(prefix="hs-cache-", dir=env.tmp))
         chunk_cache = ChunkCache(cache_dir, max_bytes=4 << 30)
-        store = open_store(r, HS_ENTRY, snapshot=snapshot, cache=chunk_cache)
+        # and a fresh decoded-chunk memory cache: nothing from an earlier handle helps
+        memory = DecodedCache(256 << 20)
+        store = open_store(r, HS_ENTRY, snapshot=snapshot, cache=chunk_cache, memory_cache=memory)
         arr = zarr.open_array(store, path=DATASET, mode="r")
         return arr, store, r, cache_dir, chunk_cache
 

@@ -5,6 +5,7 @@ reference maps; see :mod:`hyperslab.convert`. Reading::
 
     ds = hyperslab.open_dataset("s3://beamline/repo", "run42/scan_0007")
     store = hyperslab.open_store("s3://beamline/repo", "run42/scan_0007")
+    frames = hyperslab.open_array("s3://beamline/repo", "run42/scan_0007", "entry/data/data")
 
 (both imported on first use, so ``import hyperslab`` stays cheap; see :mod:`hyperslab.access`).
 """
@@ -14,16 +15,17 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from hyperslab.access.array import open_array
     from hyperslab.access.dataset import open_dataset
     from hyperslab.access.store import open_store
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "open_dataset", "open_store"]
+__all__ = ["__version__", "open_array", "open_dataset", "open_store"]
 
 
 def __getattr__(name: str) -> Any:
-    if name in ("open_dataset", "open_store"):
+    if name in ("open_array", "open_dataset", "open_store"):
         from hyperslab import access
 
         return getattr(access, name)

@@ -10,12 +10,15 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from hyperslab.access.array import HyperslabArray, open_array
     from hyperslab.access.dataset import open_dataset
     from hyperslab.access.store import HyperslabStore, open_store
 
-__all__ = ["HyperslabStore", "open_dataset", "open_store"]
+__all__ = ["HyperslabArray", "HyperslabStore", "open_array", "open_dataset", "open_store"]
 
 _LAZY = {
+    "open_array": "hyperslab.access.array",
+    "HyperslabArray": "hyperslab.access.array",
     "open_dataset": "hyperslab.access.dataset",
     "open_store": "hyperslab.access.store",
     "HyperslabStore": "hyperslab.access.store",

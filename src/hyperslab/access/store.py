@@ -586,7 +586,7 @@ def open_store(
     cache: bool | ChunkCache | None = True,
     config: Config | None = None,
     stats: bool | str | AccessStats | None = None,
-    memory_cache: bool | int | str | None = None,
+    memory_cache: bool | int | str | DecodedCache | None = None,
     decode: bool = True,
 ) -> HyperslabStore:
     """A read-only Zarr store of ``entry`` at one snapshot of ``repo``.
@@ -613,7 +613,8 @@ def open_store(
     frame skips the fetch and the decode (HDF5's chunk cache does the same). True: the
     process-wide cache of ``[cache] memory`` bytes (256 MiB unless configured,
     ``HYPERSLAB_CACHE_MEMORY``), shared by every store; a size (bytes or ``"1GiB"``): a
-    cache of that size, shared with stores asking for the same size; False or 0: none.
+    cache of that size, shared with stores asking for the same size; a
+    :class:`~hyperslab.access.decode.DecodedCache`: that one; False or 0: none.
     None (default): True, unless ``cache=False`` asked for no caching at all.
 
     ``decode``: True (default) decodes chunks in the store (libdeflate, multi-core; see
@@ -665,12 +666,17 @@ def open_store(
     router = Router(view.locations, cache=chunk_cache, on_absent=view.absent)
     if memory_cache is None:
         memory_cache = cache is not False and cache is not None
-    if memory_cache is True:
-        memory_bytes = cfg.cache_memory
-    elif memory_cache is False:
-        memory_bytes = 0
+    memory: DecodedCache | None = None
+    if isinstance(memory_cache, DecodedCache):
+        memory, memory_bytes = memory_cache, memory_cache.limit
     else:
-        memory_bytes = parse_size(memory_cache, where="memory_cache")
+        if memory_cache is True:
+            memory_bytes = cfg.cache_memory
+        elif memory_cache is False:
+            memory_bytes = 0
+        else:
+            memory_bytes = parse_size(memory_cache, where="memory_cache")
+        memory = shared_decoded_cache(memory_bytes)
     _more_zarr_concurrency()
     counts = resolve_stats(stats, cfg)
     # a pickled store reopens with the same database, the default one, or none
@@ -695,5 +701,5 @@ def open_store(
         address,
         stats=counts,
         decode=decode,
-        memory=shared_decoded_cache(memory_bytes) if decode else None,
+        memory=memory if decode else None,
     )

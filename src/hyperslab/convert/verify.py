@@ -144,9 +144,19 @@ def verify_store(
     *,
     label: str,
     progress: Callable[[str, int, int], None] | None = None,
+    open_array: Callable[[str], Any] | None = None,
 ) -> VerifyReport:
-    """Compare arrays ``paths`` of any Zarr ``store`` with ``source``, bit for bit."""
+    """Compare arrays ``paths`` of any Zarr ``store`` with ``source``, bit for bit.
+
+    ``open_array(path)``: how to open each array (anything with ``shape``, ``attrs`` and
+    NumPy-style indexing); default ``zarr.open_array`` on ``store``.
+    """
     import zarr
+
+    if open_array is None:
+
+        def open_array(path: str) -> Any:
+            return zarr.open_array(store, path=path, mode="r", zarr_format=2)
 
     t0 = time.perf_counter()
     report = VerifyReport(source=str(source), refs=label)
@@ -156,7 +166,7 @@ def verify_store(
             if progress:
                 progress(path, i, len(paths))
             try:
-                z = zarr.open_array(store, path=path, mode="r", zarr_format=2)
+                z = open_array(path)
             except Exception as exc:
                 report.arrays.append(ArrayCheck(path, False, "virtual", f"cannot open: {exc}"))
                 continue
