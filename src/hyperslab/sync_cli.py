@@ -85,8 +85,8 @@ def _sync_progress(enabled: bool) -> Progress:
 
 
 def run_sync(
-    src: str,
-    dst: str,
+    src: Any,
+    dst: Any,
     *,
     show: bool,
     **kw: Any,
@@ -246,7 +246,7 @@ def replicate_cmd(
     import functools
     import time
 
-    from hyperslab.sync.replicate import ReplicationRules, run_round
+    from hyperslab.sync.replicate import OpenRepositories, ReplicationRules, run_round
 
     status = 0
     with _errors(as_json):
@@ -259,8 +259,9 @@ def replicate_cmd(
 
             counts = resolve_stats(str(stats) if stats else None, None)
         run = functools.partial(run_sync, show=_show_progress(as_json, quiet))
+        opened = OpenRepositories() if watch else None
         while True:
-            rnd = run_round(spec, dry_run=dry_run, stats=counts, run=run)
+            rnd = run_round(spec, dry_run=dry_run, stats=counts, run=run, opened=opened)
             status = rnd.exit_status
             if as_json:
                 print(json.dumps(rnd.to_json()), flush=True)

@@ -119,3 +119,33 @@ def test_the_shipped_examples_parse() -> None:
     assert [j.tags for j in spec.jobs] == [True, ("paper-2026",)]
     assert spec.jobs[0].hot is not None and spec.jobs[0].hot.used
     assert HotRules.load(root / "examples" / "hot.toml").rules[0].frames == "-5:"
+
+
+def test_watch_rounds_reuse_open_repositories_and_still_see_new_commits(
+    beamline: Path, tmp_path: Path
+) -> None:
+    from hyperslab.sync.replicate import OpenRepositories, run_round
+
+    rules = ReplicationRules.from_dict(
+        {"job": [{"from": str(beamline), "to": str(tmp_path / "cloud")}]}, "test rules"
+    )
+    opened = OpenRepositories()
+    first = run_round(rules, opened=opened)
+    assert first.ok and first.results[0].report is not None
+    assert first.results[0].report.refs[0].status == "create"
+    assert len(opened) == 1  # the destination did not exist: not kept until it does
+    second = run_round(rules, opened=opened)
+    assert second.ok and len(opened) == 2
+    assert second.results[0].report is not None
+    assert [u.status for u in second.results[0].report.refs] == ["up-to-date"]
+    kept = opened.get(str(beamline)), opened.get(str(tmp_path / "cloud"), destination=True)
+    # a commit at the source between rounds is seen: refs are read every round
+    _grow(Repository.open(str(beamline)), tmp_path / "files", 20, 1)
+    third = run_round(rules, opened=opened)
+    assert third.results[0].report is not None
+    assert [u.status for u in third.results[0].report.refs] == ["fast-forward"]
+    assert (opened.get(str(beamline)), opened.get(str(tmp_path / "cloud"))) == kept
+    assert (
+        Repository.open(str(tmp_path / "cloud")).branches()
+        == Repository.open(str(beamline)).branches()
+    )

@@ -45,6 +45,7 @@ import pyarrow.parquet as pq
 
 from hyperslab.errors import CorruptError
 from hyperslab.references.catalog import Query, _num, _Term
+from hyperslab.references.format import CATALOG_PREFIX, catalog_key
 from hyperslab.references.refmap import (
     _arrow_int_column,
     _arrow_ints,
@@ -55,7 +56,6 @@ from hyperslab.references.refmap import (
 
 __all__ = ["CATALOG_PREFIX", "LeafCatalog", "catalog_key", "leaf_records"]
 
-CATALOG_PREFIX = "catalogs/"
 _META = b"hyperslab.catalog"
 _VERSION = 1
 _KIND_STR, _KIND_INT, _KIND_FLOAT, _KIND_BOOL, _KIND_NULL = range(5)
@@ -72,10 +72,6 @@ SCHEMA = pa.schema(
     ]
 )
 _DICT_COLUMNS = ["key", "text", "lower"]
-
-
-def catalog_key(leaf_id: str) -> str:
-    return f"{CATALOG_PREFIX}{leaf_id}.parquet"
 
 
 def leaf_records(leaf: Mapping[str, Any]) -> dict[str, dict[str, Any]]:

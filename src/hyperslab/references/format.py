@@ -150,3 +150,16 @@ def check_entry_name(name: str) -> str:
                 name=name,
             )
     return name
+
+
+#: where each trie leaf's catalog index lives (references/catalog_index.py)
+CATALOG_PREFIX = "catalogs/"
+
+
+def catalog_key(leaf_id: str) -> str:
+    """Key of the catalog index of trie leaf ``leaf_id``."""
+    return f"{CATALOG_PREFIX}{leaf_id}.parquet"
+
+
+#: file name extension of a stored reference map, by its format
+REFMAP_EXTENSIONS: dict[str, str] = {"json": ".json", "parquet": ".parquet"}

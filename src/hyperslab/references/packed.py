@@ -23,6 +23,7 @@ from typing import Any, Literal
 import numpy as np
 
 from hyperslab.errors import CorruptError, FormatVersionError
+from hyperslab.references.format import REFMAP_EXTENSIONS
 from hyperslab.references.refmap import (
     PARQUET_THRESHOLD,
     InlineChunks,
@@ -40,7 +41,7 @@ RefmapFormat = Literal["json", "parquet"]
 PACKED_META_KEY = b"hyperslab.refmap"
 PACKED_VERSION = 1
 ROW_GROUP = 100_000
-EXTENSIONS: dict[str, str] = {"json": ".json", "parquet": ".parquet"}
+EXTENSIONS = REFMAP_EXTENSIONS
 
 
 def pack_refmap(refmap: RefMap, fmt: RefmapFormat | None = None) -> tuple[bytes, RefmapFormat]:

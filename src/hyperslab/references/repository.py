@@ -26,7 +26,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hyperslab.config import Config
 from hyperslab.errors import (
@@ -38,12 +38,12 @@ from hyperslab.errors import (
     NotFoundError,
     TransientError,
 )
-from hyperslab.references.catalog_index import LeafCatalog, catalog_key, leaf_records
 from hyperslab.references.format import (
     FORMAT_NAME,
     FORMAT_VERSION,
     Kind,
     canonical_json,
+    catalog_key,
     check_entry_name,
     check_ref_name,
     is_object_id,
@@ -54,6 +54,9 @@ from hyperslab.references.format import (
 )
 from hyperslab.references.tree import EntryTree
 from hyperslab.sites import Site, open_site
+
+if TYPE_CHECKING:  # pyarrow and numpy load only when a catalog is built or searched
+    from hyperslab.references.catalog_index import LeafCatalog
 
 __all__ = [
     "BranchConflictError",
@@ -452,6 +455,8 @@ class Repository:
     def _catalog_for(self, oid: str, leaf: dict[str, Any], base: str | None) -> LeafCatalog:
         """A new leaf's catalog index: from its ``base`` leaf's index when there is one
         (only changed entries are encoded: O(changed)), else built from scratch."""
+        from hyperslab.references.catalog_index import LeafCatalog, leaf_records
+
         records = leaf_records(leaf)
         if base is not None:
             try:
@@ -467,6 +472,8 @@ class Repository:
 
     def leaf_catalog(self, leaf_id: str) -> LeafCatalog:
         """The columnar catalog of one entry-tree leaf (rebuilt from the leaf if need be)."""
+        from hyperslab.references.catalog_index import LeafCatalog
+
         ck = f"catalog:{leaf_id}"
         cat: LeafCatalog | None = self._cache.get(ck)
         if cat is not None:

@@ -55,15 +55,8 @@ from hyperslab.errors import (
     HyperslabError,
     NotFoundError,
 )
-from hyperslab.references.catalog_index import LeafCatalog, catalog_key
-from hyperslab.references.format import canonical_json, object_id, object_key
-from hyperslab.references.packed import EXTENSIONS
-from hyperslab.references.replicas import (
-    build_pack,
-    load_replicas,
-    pack_group,
-    pack_key,
-)
+from hyperslab.references.format import REFMAP_EXTENSIONS as EXTENSIONS
+from hyperslab.references.format import canonical_json, catalog_key, object_id, object_key
 from hyperslab.references.repository import (
     BRANCH_PREFIX,
     REFRESH_AGE,
@@ -614,6 +607,8 @@ def _catalog_maker(
     src: Repository, leaf: str, node: dict[str, Any]
 ) -> Callable[[], list[tuple[str, bytes]]]:
     def make() -> list[tuple[str, bytes]]:
+        from hyperslab.references.catalog_index import LeafCatalog  # pyarrow, when needed
+
         try:
             data = src.site.get(catalog_key(leaf))
             LeafCatalog.from_bytes(data, leaf)  # page checksums and shape
@@ -636,6 +631,8 @@ def _plan_hot(
 ) -> tuple[list[_Obj], tuple[str, bytes] | None]:
     """Packs and indexes of the selected chunks ``dst`` does not hold yet, plus the marker
     that says this selection is complete (so an unchanged re-sync checks one object)."""
+    from hyperslab.references.replicas import load_replicas, pack_group  # numpy, pyarrow
+
     heads = sorted({u.source for u in report.refs})
     used: dict[str, list[tuple[str, str, int]]] = {}
     if rules.used and stats is not None:
@@ -692,6 +689,7 @@ def _pack_maker(
     """Reads the chunks from the source site (coalesced, CRC-checked by the router) and
     packs them; returns the pack (unless the destination has it: a killed sync's upload)
     and then its index."""
+    from hyperslab.references.replicas import build_pack, pack_key
 
     def make() -> list[tuple[str, bytes]]:
         from hyperslab.access.routing import ChunkRef, Router

@@ -33,11 +33,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from hyperslab.config import parse_size, read_toml
 from hyperslab.errors import ConfigError, HyperslabError
-from hyperslab.references.refmap import _key_to_linear
 
 __all__ = ["HotChunk", "HotRule", "HotRules", "UsedRule", "select_hot"]
 
@@ -204,6 +201,8 @@ def select_hot(
     rules: HotRules,
     used: Mapping[str, list[tuple[str, str, int]]] | None = None,
 ) -> list[HotChunk]:
+    from hyperslab.references.refmap import _key_to_linear  # numpy: only when selecting
+
     """The chunks ``rules`` select among ``views`` (entry name → access ``EntryView``).
 
     ``used``: per :class:`UsedRule` position (as a string), the ``(entry, zarr key,
@@ -259,11 +258,15 @@ def select_hot(
 
 
 def _chunk_name(view: Any, path: str, lin: int) -> str:
+    import numpy as np
+
     grid = view.refmap.arrays[path].grid
     return ".".join(str(int(i)) for i in np.unravel_index(lin, grid)) if grid else "0"
 
 
 def _rule_chunks(view: Any, path: str, rule: HotRule) -> Iterator[int]:
+    import numpy as np
+
     indices = np.asarray(view.chunks.indices(path), np.int64)
     frames = rule.frame_slice()
     arr = view.refmap.arrays[path]

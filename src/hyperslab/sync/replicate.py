@@ -26,6 +26,10 @@ A rules file says what each site keeps::
 
 Jobs run in order (a later job may copy what an earlier one brought). A failing job
 does not stop the others; the round's exit status is that of the first failure.
+
+With ``--watch`` the repositories stay open between rounds (:class:`OpenRepositories`):
+an unchanged round then costs its ref reads and nothing else, no new S3 clients and no
+``repo.json`` re-reads.
 """
 
 from __future__ import annotations
@@ -38,10 +42,11 @@ from typing import Any
 
 from hyperslab.config import read_toml
 from hyperslab.errors import ConfigError, HyperslabError
+from hyperslab.references.repository import NotARepositoryError, Repository
 from hyperslab.sync.engine import SyncReport, sync
 from hyperslab.sync.hot import HotRules
 
-__all__ = ["Job", "ReplicationRules", "run_round"]
+__all__ = ["Job", "OpenRepositories", "ReplicationRules", "run_round"]
 
 _JOB_KEYS = {"name", "from", "to", "branches", "tags", "hot", "hot_rules", "sources", "force"}
 
@@ -169,21 +174,54 @@ class Round:
         }
 
 
+class OpenRepositories:
+    """Repositories kept open across rounds, by spec.
+
+    Only what never changes is reused: the site clients and the repository's immutable
+    objects and ``repo.json``. Branches and tags are read again by every sync. A
+    destination that is not a repository yet is opened afresh each round until a sync
+    has created it.
+    """
+
+    def __init__(self) -> None:
+        self._repos: dict[str, Repository] = {}
+
+    def __len__(self) -> int:
+        return len(self._repos)
+
+    def get(self, spec: str, *, destination: bool = False) -> str | Repository:
+        repo = self._repos.get(spec)
+        if repo is not None:
+            return repo
+        try:
+            repo = Repository.open(spec)
+        except NotARepositoryError:
+            if destination:
+                return spec  # sync creates it there
+            raise
+        self._repos[spec] = repo
+        return repo
+
+
 def run_round(
     rules: ReplicationRules,
     *,
     dry_run: bool = False,
     stats: Any = None,
     run: Callable[..., SyncReport] = sync,
+    opened: OpenRepositories | None = None,
 ) -> Round:
-    """Run every job once; a job's failure is recorded and the next job runs."""
+    """Run every job once; a job's failure is recorded and the next job runs.
+    ``opened``: repositories to reuse (and keep) across rounds, as ``--watch`` does."""
     t0 = time.perf_counter()
     out = Round()
     for job in rules.jobs:
         try:
             report = run(
-                job.source,
-                job.destination,
+                opened.get(job.source) if opened is not None else job.source,
+                opened.get(job.destination, destination=True)
+                if opened is not None
+                else job.destination,
                 branches=list(job.branches) if job.branches is not None else None,
                 all_branches=job.branches is None,
                 tags=list(job.tags) if isinstance(job.tags, tuple) else job.tags,
