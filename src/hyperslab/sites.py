@@ -1093,18 +1093,20 @@ class S3Site(Site):
 
     def put_verified(self, key: str, data: bytes) -> None:
         """PUT with Content-MD5 (the server refuses a damaged body), then compare the ETag."""
+        self._run("put", key, lambda: self._aput_verified(key, data))
+
+    async def _aput_verified(self, key: str, data: bytes) -> None:
         s3key = self._s3key(key)
-        digest = hashlib.md5(data, usedforsecurity=False)
-        out = self._run(
-            "put",
-            key,
-            lambda: self._fs._call_s3(
-                "put_object",
-                Bucket=self.bucket,
-                Key=s3key,
-                Body=data,
-                ContentMD5=base64.b64encode(digest.digest()).decode(),
-            ),
+        if len(data) > 1 << 20:  # off the IO loop: other requests go on meanwhile
+            digest = await asyncio.to_thread(hashlib.md5, data, usedforsecurity=False)
+        else:
+            digest = hashlib.md5(data, usedforsecurity=False)
+        out = await self._fs._call_s3(
+            "put_object",
+            Bucket=self.bucket,
+            Key=s3key,
+            Body=data,
+            ContentMD5=base64.b64encode(digest.digest()).decode(),
         )
         etag = str(out.get("ETag", "")).strip('"')
         if _PLAIN_ETAG.match(etag):
@@ -1112,8 +1114,35 @@ class S3Site(Site):
                 raise self._not_stored(key, f"ETag {etag} is not the MD5 of the bytes sent")
             return
         # encrypted buckets (SSE-KMS/-C) answer with ETags that are not MD5s: read back
-        if self.get(key) != data:
+        if await self._aget(key, None, None) != data:
             raise self._not_stored(key, "bytes read back differ from the upload")
+
+    # ----- coroutines for callers already on the IO loop (sync's copy runs there)
+
+    @property
+    def io_loop(self) -> asyncio.AbstractEventLoop:
+        """The event loop this site's requests run on (shared by every S3 site)."""
+        loop: asyncio.AbstractEventLoop = self._fs.loop
+        return loop
+
+    async def aget(self, key: str) -> bytes:
+        """:meth:`get` as a coroutine on :attr:`io_loop`, with the same errors."""
+        validate_key(key)
+        try:
+            return await self._aget(key, None, None)
+        except HyperslabError:
+            raise
+        except Exception as exc:
+            raise self._error(exc, "get", key) from exc
+
+    async def aput_verified(self, key: str, data: bytes) -> None:
+        """:meth:`put_verified` as a coroutine on :attr:`io_loop`, with the same errors."""
+        try:
+            await self._aput_verified(key, data)
+        except HyperslabError:
+            raise
+        except Exception as exc:
+            raise self._error(exc, "put", key) from exc
 
     def put_file_verified(self, key: str, path: Path | str, sha256: str) -> None:
         """Upload, then compare the ETag with the MD5 (multipart: MD5 of part MD5s) of the

@@ -24,7 +24,7 @@ from hyperslab.references.maintenance import fsck
 from hyperslab.references.repository import Repository
 from hyperslab.sync import HotRules, sync
 from tests.access.conftest import corpus_files, ingest_corpus
-from tests.conftest import S3Endpoint, own_s3_server
+from tests.conftest import S3Bucket, S3Endpoint, own_s3_server
 
 ALL_HOT = HotRules.from_dict({"rule": [{"entries": "*", "arrays": "*"}]})
 
@@ -111,3 +111,35 @@ def test_cold_chunks_without_sources_fail_naming_the_chunk(replicas: Replicas) -
         g[path][...]
     assert path in info.value.message and "no site could deliver it" in info.value.message
     assert fsck(Repository.open(replicas.d)).clean
+
+
+def test_s3_to_s3_copies_on_the_io_loop_and_still_verifies(
+    s3_bucket: S3Bucket, tmp_path: Path
+) -> None:
+    """Between two S3 sites the copy runs as coroutines on the IO loop (no thread per
+    request); it must check every object exactly as the threaded copy does."""
+    from hyperslab.errors import HyperslabError
+    from hyperslab.sync.engine import _shared_loop
+    from tests.sync.test_sync_protocol import _grow
+
+    src = Repository.init(s3_bucket.site("src"))
+    _grow(src, tmp_path / "files", 0, 3)
+    dst_site = s3_bucket.site("dst")
+    assert _shared_loop(src.site, dst_site) is not None  # the path under test
+    # damage one refmap at the source, behind the repository's back
+    refmap = next(iter(src.site.list("refmaps/")))
+    original = src.site.get(refmap)
+    client = s3_bucket.endpoint.client()
+    client.put_object(Bucket=s3_bucket.bucket, Key=s3_bucket.key(f"src/{refmap}"), Body=b"{}")
+    with pytest.raises(HyperslabError) as err:
+        sync(src, dst_site, sources=True)
+    assert err.value.code == "sync_failed" and refmap in str(err.value.details)
+    assert not list(dst_site.list("refs/"))  # the branch did not move
+    assert not dst_site.exists(refmap)
+    # repaired, the re-run completes and the copy holds every object bit for bit
+    client.put_object(Bucket=s3_bucket.bucket, Key=s3_bucket.key(f"src/{refmap}"), Body=original)
+    report = sync(src, dst_site, sources=True)
+    assert report.ok and report.refs[0].status == "create"
+    assert fsck(Repository.open(dst_site)).clean
+    for key in src.site.list(""):
+        assert dst_site.get(key) == src.site.get(key), key

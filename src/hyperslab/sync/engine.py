@@ -813,6 +813,18 @@ def _copy(
             return
         done(o.kind, n)
 
+    async def fast(o: _Obj) -> None:
+        try:
+            n = await _copy_on_loop(src, dst, o)
+        except HyperslabError as exc:
+            with lock:
+                report.failures.append({"key": o.key, "kind": o.kind, "error": exc.message,
+                                        "code": exc.code})  # fmt: skip
+            log.warning("sync: %s failed: %s", o.key, exc.message)
+            return
+        done(o.kind, n)
+
+    loop = _shared_loop(src.site, dst.site) if not limiter.rate else None
     for phase in (0, 2):
         batch = [o for o in objs if o.phase == phase]
         if not batch:
@@ -820,7 +832,84 @@ def _copy(
         if report.failures and phase == 2:
             return  # never write metadata over missing data
         with ThreadPoolExecutor(min(jobs, len(batch))) as pool:
-            list(pool.map(one, batch))
+            if loop is None:
+                list(pool.map(one, batch))
+            else:
+                from fsspec.asyn import sync as run_on
+
+                run_on(loop, _drain, batch, jobs, fast, one, pool)
+
+
+def _shared_loop(a: Site, b: Site) -> Any:
+    """The IO loop both sites' requests run on (two S3 sites), else None."""
+    loop = getattr(a, "io_loop", None)
+    return loop if loop is not None and loop is getattr(b, "io_loop", None) else None
+
+
+#: objects up to this size are copied as coroutines on the IO loop; larger ones, hot-chunk
+#: packs and catalogs (built, not copied) go through threads
+LOOP_COPY_MAX = 4 << 20
+
+
+async def _drain(
+    batch: list[_Obj],
+    jobs: int,
+    fast: Callable[[_Obj], Any],
+    slow: Callable[[_Obj], None],
+    pool: ThreadPoolExecutor,
+) -> None:
+    """Copy ``batch`` with ``jobs`` workers on the IO loop: a plain object is one GET and
+    one PUT awaited in place (no thread hop per request, which is what a first sync of
+    many small objects spends its CPU on); the rest run ``slow`` on ``pool``."""
+    import asyncio
+
+    loop = asyncio.get_running_loop()
+    todo = iter(batch)
+
+    async def worker() -> None:
+        for o in todo:
+            if o.make is None and (o.size or 0) <= LOOP_COPY_MAX:
+                await fast(o)
+            else:
+                await loop.run_in_executor(pool, slow, o)
+
+    await asyncio.gather(*(worker() for _ in range(min(jobs, len(batch)))))
+
+
+async def _copy_on_loop(src: Repository, dst: Repository, o: _Obj) -> int:
+    """:func:`_copy_one` for an object copied as is, as a coroutine on the IO loop."""
+    import asyncio
+
+    data = o.data if o.data is not None else await src.site.aget(o.key)  # type: ignore[attr-defined]
+    if o.kind == "source" or o.data is None:
+        # hashing a large object would stall every other request on the loop
+        digest = (
+            await asyncio.to_thread(_sha256_hex, data)
+            if len(data) > 1 << 20
+            else _sha256_hex(data)
+        )
+        if o.kind == "source":
+            _check_source(src, o, len(data), digest)
+        else:
+            _check_object(src, o.key, digest)
+    await dst.site.aput_verified(o.key, data)  # type: ignore[attr-defined]
+    return len(data)
+
+
+def _sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _check_object(src: Repository, key: str, got: str) -> None:
+    """A content-addressed object's bytes must hash to its id (as Repository.get_object)."""
+    kind, oid_ext = key.split("/", 1)
+    oid = oid_ext.partition(".")[0]
+    if got != oid:
+        raise CorruptError(
+            f"{_KINDS.get(kind, kind)} {oid} at {src.display} is corrupt: its bytes hash to {got}",
+            key=key,
+            object=oid,
+        )
 
 
 def _copy_one(src: Repository, dst: Repository, o: _Obj, limiter: RateLimiter) -> int:
