@@ -59,15 +59,21 @@ def _rate(text: str | None) -> int | None:
     from hyperslab.config import parse_size
 
     value = text[:-2] if text.lower().endswith("/s") else text
+    rate: int | None = None
     if value[-1:].isdigit() or value[-1:] in "kKmMgG":  # rclone style: 10M = 10 MiB/s
         units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
         try:
             if value[-1:].lower() in units:
-                return int(float(value[:-1]) * units[value[-1].lower()])
-            return int(value)
+                rate = int(float(value[:-1]) * units[value[-1].lower()])
+            else:
+                rate = int(value)
         except ValueError:
             pass
-    return parse_size(value, where="--bwlimit")
+    if rate is None:
+        rate = parse_size(value, where="--bwlimit")
+    if rate < 0:
+        raise BadInputError(f"--bwlimit must not be negative, got {text!r} (0: no limit)")
+    return rate or None
 
 
 def _sync_progress(enabled: bool) -> Progress:

@@ -109,6 +109,10 @@ def test_sync_cli_dry_run_then_sync_then_conflict(beamline: Path, tmp_path: Path
     assert code == 5 and json.loads(out)["error"]["code"] == "diverged"
     code, _ = _cli("sync", str(beamline), str(dst), "--all-branches", "--branch", "main")
     assert code == 2
+    for bad in ("-5M", "-100", "fast"):
+        code, out = _cli("sync", str(beamline), str(tmp_path / "c2"), "--bwlimit", bad, "--json")
+        assert code == 2 and json.loads(out)["error"]["code"] in ("bad_input", "config"), bad
+    assert not (tmp_path / "c2").exists()
 
 
 def test_the_shipped_examples_parse() -> None:

@@ -219,6 +219,13 @@ def test_tags_and_other_branches(tmp_path: Path) -> None:
     Repository.open(other).create_tag("paper-2026", Repository.open(other).resolve("main~1"))
     with pytest.raises(DivergedError):
         sync(src, other, tags=True)
+    # not even with --force, and refused before anything is copied or moved
+    _grow(src, tmp_path, 1, 1)
+    other_site = other
+    before = {k: other_site.get(k) for k in other_site.list("")}
+    with pytest.raises(DivergedError, match="not even with --force"):
+        sync(src, other, tags=True, force=True)
+    assert {k: other_site.get(k) for k in other_site.list("")} == before
 
 
 def test_corrupt_source_object_fails_the_sync_and_moves_no_ref(tmp_path: Path) -> None:

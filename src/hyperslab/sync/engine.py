@@ -263,6 +263,18 @@ def sync(
     fresh_dst = _check_repositories(src, dst)
     report.refs = _plan_refs(src, dst, branches, all_branches, tags, fresh_dst)
     diverged = [u for u in report.refs if u.status == "diverged"]
+    tags_differ = [u for u in diverged if u.kind == "tag"]
+    if tags_differ:  # refused before anything is copied, --force or not
+        u = tags_differ[0]
+        raise DivergedError(
+            f"tag {u.name!r} at {dst.display} names {(u.destination or '')[:12]}…, the "
+            f"source's names {u.source[:12]}…; tags never move, not even with --force, "
+            "so nothing was copied. Delete one of them, or leave the tag out (--tags NAME…)",
+            kind=u.kind,
+            name=u.name,
+            source_head=u.source,
+            destination_head=u.destination,
+        )
     if diverged and not force:
         u = diverged[0]
         raise DivergedError(
@@ -884,9 +896,7 @@ async def _copy_on_loop(src: Repository, dst: Repository, o: _Obj) -> int:
     if o.kind == "source" or o.data is None:
         # hashing a large object would stall every other request on the loop
         digest = (
-            await asyncio.to_thread(_sha256_hex, data)
-            if len(data) > 1 << 20
-            else _sha256_hex(data)
+            await asyncio.to_thread(_sha256_hex, data) if len(data) > 1 << 20 else _sha256_hex(data)
         )
         if o.kind == "source":
             _check_source(src, o, len(data), digest)
