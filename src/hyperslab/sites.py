@@ -1030,12 +1030,9 @@ class S3Site(Site):
 
             async def one(key: str, start: int, length: int) -> bytes:
                 async with sem:
-                    try:
-                        return await self._aget_range(key, start, length)
-                    except HyperslabError:
-                        raise
-                    except Exception as exc:
-                        raise self._error(exc, "get range of", key) from exc
+                    return await self._translated(
+                        "get range of", key, self._aget_range(key, start, length)
+                    )
 
             return list(await asyncio.gather(*(one(*r) for r in ranges)))
 
@@ -1125,24 +1122,23 @@ class S3Site(Site):
         loop: asyncio.AbstractEventLoop = self._fs.loop
         return loop
 
+    async def _translated(self, op: str, key: str, aw: Awaitable[_T]) -> _T:
+        """Await ``aw``, turning failures into our errors (as :meth:`_run` does)."""
+        try:
+            return await aw
+        except HyperslabError:
+            raise
+        except Exception as exc:
+            raise self._error(exc, op, key) from exc
+
     async def aget(self, key: str) -> bytes:
         """:meth:`get` as a coroutine on :attr:`io_loop`, with the same errors."""
         validate_key(key)
-        try:
-            return await self._aget(key, None, None)
-        except HyperslabError:
-            raise
-        except Exception as exc:
-            raise self._error(exc, "get", key) from exc
+        return await self._translated("get", key, self._aget(key, None, None))
 
     async def aput_verified(self, key: str, data: bytes) -> None:
         """:meth:`put_verified` as a coroutine on :attr:`io_loop`, with the same errors."""
-        try:
-            await self._aput_verified(key, data)
-        except HyperslabError:
-            raise
-        except Exception as exc:
-            raise self._error(exc, "put", key) from exc
+        await self._translated("put", key, self._aput_verified(key, data))
 
     def put_file_verified(self, key: str, path: Path | str, sha256: str) -> None:
         """Upload, then compare the ETag with the MD5 (multipart: MD5 of part MD5s) of the

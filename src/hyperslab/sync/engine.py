@@ -128,6 +128,16 @@ class RefUpdate:
         """Whether the sync writes this ref at the destination."""
         return self.status in ("create", "fast-forward", "forced")
 
+    def diverged(self, message: str) -> DivergedError:
+        """The conflict error for this ref, naming both heads."""
+        return DivergedError(
+            message,
+            kind=self.kind,
+            name=self.name,
+            source_head=self.source,
+            destination_head=self.destination,
+        )
+
     def to_json(self) -> dict[str, Any]:
         return {
             "kind": self.kind,
@@ -266,26 +276,18 @@ def sync(
     tags_differ = [u for u in diverged if u.kind == "tag"]
     if tags_differ:  # refused before anything is copied, --force or not
         u = tags_differ[0]
-        raise DivergedError(
+        raise u.diverged(
             f"tag {u.name!r} at {dst.display} names {(u.destination or '')[:12]}…, the "
             f"source's names {u.source[:12]}…; tags never move, not even with --force, "
-            "so nothing was copied. Delete one of them, or leave the tag out (--tags NAME…)",
-            kind=u.kind,
-            name=u.name,
-            source_head=u.source,
-            destination_head=u.destination,
+            "so nothing was copied. Delete one of them, or leave the tag out (--tags NAME…)"
         )
     if diverged and not force:
         u = diverged[0]
-        raise DivergedError(
+        raise u.diverged(
             f"{u.kind} {u.name!r} has diverged: the destination is at {(u.destination or '')[:12]}… "
             f"({dst.display}), which the source's history ({u.source[:12]}… at "
             f"{src.display}) does not contain; nothing was copied. Reconcile the two, or "
-            "pass --force to move the destination to the source's head",
-            kind=u.kind,
-            name=u.name,
-            source_head=u.source,
-            destination_head=u.destination,
+            "pass --force to move the destination to the source's head"
         )
     for u in diverged:
         u.status = "forced"
@@ -814,26 +816,24 @@ def _copy(
         if progress:
             progress(kind, 1, n)
 
+    def failed(o: _Obj, exc: HyperslabError) -> None:
+        with lock:
+            report.failures.append({"key": o.key, "kind": o.kind, "error": exc.message,
+                                    "code": exc.code})  # fmt: skip
+        log.warning("sync: %s failed: %s", o.key, exc.message)
+
     def one(o: _Obj) -> None:
         try:
             n = _copy_one(src, dst, o, limiter)
         except HyperslabError as exc:
-            with lock:
-                report.failures.append({"key": o.key, "kind": o.kind, "error": exc.message,
-                                        "code": exc.code})  # fmt: skip
-            log.warning("sync: %s failed: %s", o.key, exc.message)
-            return
+            return failed(o, exc)
         done(o.kind, n)
 
     async def fast(o: _Obj) -> None:
         try:
             n = await _copy_on_loop(src, dst, o)
         except HyperslabError as exc:
-            with lock:
-                report.failures.append({"key": o.key, "kind": o.kind, "error": exc.message,
-                                        "code": exc.code})  # fmt: skip
-            log.warning("sync: %s failed: %s", o.key, exc.message)
-            return
+            return failed(o, exc)
         done(o.kind, n)
 
     loop = _shared_loop(src.site, dst.site) if not limiter.rate else None
