@@ -70,7 +70,8 @@ class HyperslabArray:
         self.dtype: np.dtype[Any] = np.dtype(self.zarr.dtype)
         self.attrs: dict[str, Any] = dict(self.zarr.attrs)
         self._decoder = store._decoder(f"{path}/0")
-        self._stored_dtype = self._decoder_dtype(meta)
+        # the chunks' own dtype (byte order as stored), which the decoded bytes are viewed as
+        self._stored_dtype: np.dtype[Any] = np.dtype(meta.dtype.to_native_dtype())
         self._order = getattr(meta, "order", "C")
         self._sep = getattr(meta, "dimension_separator", ".") or "."
         self.fill_value = self.zarr.fill_value
@@ -79,13 +80,6 @@ class HyperslabArray:
         # (only with a memory cache: memory_cache=False keeps nothing decoded)
         self._hot: OrderedDict[tuple[int, ...], tuple[np.ndarray, str]] = OrderedDict()
         self._hot_lock = threading.Lock()
-
-    @staticmethod
-    def _decoder_dtype(meta: Any) -> np.dtype[Any] | None:
-        try:
-            return np.dtype(meta.dtype.to_native_dtype())
-        except (AttributeError, TypeError):  # pragma: no cover - zarr internals moved
-            return None
 
     def __repr__(self) -> str:
         return (
@@ -116,7 +110,7 @@ class HyperslabArray:
 
     # ------------------------------------------------------------------ reads
     def __getitem__(self, selection: Any) -> Any:
-        if self._decoder is None or self._stored_dtype is None:
+        if self._decoder is None:
             return self.zarr[selection]  # decoded by zarr's codecs (object dtypes)
         if self._hot:
             found = self._in_one_hot_chunk(selection)
@@ -184,12 +178,12 @@ class HyperslabArray:
         """The decoded chunks at ``coords`` as arrays of the chunk shape (None: never
         written); everything not in memory is fetched in one batch and decoded in parallel."""
         store, decoder = self.store, self._decoder
-        assert decoder is not None and self._stored_dtype is not None
+        assert decoder is not None
         prefix = f"{self.path}/" if self.path else ""
+        keys = [prefix + (self._sep.join(map(str, c)) or "0") for c in coords]
         raw: list[Any] = [None] * len(coords)
         fetch: list[tuple[int, ChunkRef, str]] = []
-        for i, c in enumerate(coords):
-            key = prefix + (self._sep.join(map(str, c)) or "0")
+        for i, key in enumerate(keys):
             found = store._locate(key)
             if found is None:
                 continue
@@ -198,7 +192,7 @@ class HyperslabArray:
             if isinstance(found, bytes):
                 raw[i] = decoder(found, key)
                 continue
-            ckey = f"{found.cache_key}/{decoder.fingerprint}"
+            ckey = decoder.memory_key(found)
             cached = store.memory.get(ckey) if store.memory is not None else None
             if cached is not None:
                 raw[i] = cached
@@ -223,9 +217,9 @@ class HyperslabArray:
         ]
         if store.memory is not None:
             with self._hot_lock:
-                for c, chunk in zip(coords, shaped, strict=True):
+                for c, key, chunk in zip(coords, keys, shaped, strict=True):
                     if chunk is not None:
-                        self._hot[c] = (chunk, prefix + (self._sep.join(map(str, c)) or "0"))
+                        self._hot[c] = (chunk, key)
                         self._hot.move_to_end(c)
                 while len(self._hot) > HOT_CHUNKS:
                     self._hot.popitem(last=False)

@@ -61,10 +61,8 @@ def _v2_field(field: list[Any]) -> list[Any]:
 
 def _inflate(expected: int | None, fallback: Step) -> Step:
     """zlib-stream inflate with libdeflate when the output size is known, else ``fallback``."""
-    try:
-        import imagecodecs
-    except ImportError:  # pragma: no cover - imagecodecs is a dependency
-        return fallback
+    import imagecodecs
+
     if expected is None or not imagecodecs.DEFLATE.available:
         return fallback
 
@@ -80,13 +78,13 @@ def _inflate(expected: int | None, fallback: Step) -> Step:
 
 def _unshuffle(size: int, fallback: Step) -> Step:
     """HDF5 byte unshuffle that releases the GIL (imagecodecs), for 2/4/8-byte elements."""
+    import imagecodecs
+
+    if size == 1:
+        return lambda data: data  # one-byte elements: shuffling changes nothing
     dtype = _SHUFFLE_DTYPES.get(size)
-    try:
-        import imagecodecs
-    except ImportError:  # pragma: no cover - imagecodecs is a dependency
-        return fallback
     if dtype is None or not imagecodecs.BYTESHUFFLE.available:
-        return fallback if size > 1 else (lambda data: data)
+        return fallback
 
     def unshuffle(data: Any) -> Any:
         buf = np.frombuffer(data, dtype=np.uint8)
@@ -140,6 +138,11 @@ class ChunkDecoder:
                 steps.append(codec.decode)
         fingerprint = hashlib.sha256(f"{configs!r}|{nbytes}".encode()).hexdigest()[:16]
         return cls(tuple(steps), nbytes, fingerprint)
+
+    def memory_key(self, ref: Any) -> str:
+        """Key of ``ref``'s decoded chunk (a :class:`~.routing.ChunkRef`) in a
+        :class:`DecodedCache`: the stored bytes' identity plus these codecs."""
+        return f"{ref.cache_key}/{self.fingerprint}"
 
     def __call__(self, data: Any, label: str = "") -> np.ndarray:
         """Decoded bytes of one chunk, as a read-only 1-D ``uint8`` array."""

@@ -408,10 +408,13 @@ class HyperslabStore(Store):
         elif isinstance(found, bytes):
             data = decoder(found, key)  # inline: a few hundred stored bytes
         else:
-            ckey = f"{found.cache_key}/{decoder.fingerprint}"
+            ckey = decoder.memory_key(found)
             data = self.memory.get(ckey) if self.memory is not None else None
             if data is None:
-                data = await self._batcher().get(found, decoder)
+                stored = await self._batcher().get(found)
+                # each chunk decodes on the decode threads as soon as its batch arrives
+                loop = asyncio.get_running_loop()
+                data = await loop.run_in_executor(decode_pool(), decoder, stored, key)
                 if self.memory is not None:
                     self.memory.put(ckey, data)
         if self._count is not None:
@@ -477,22 +480,18 @@ class HyperslabStore(Store):
                 yield child
 
 
-_Pending = tuple[ChunkRef, "ChunkDecoder | None", "asyncio.Future[Any]"]
-
-
 class _Batcher:
-    """Collects the chunk requests of one event-loop turn and fetches them together;
-    with a decoder, each chunk is decoded on the decode threads as the batch arrives."""
+    """Collects the chunk requests of one event-loop turn and fetches them together."""
 
     def __init__(self, router: Router) -> None:
         self.router = router
-        self.pending: list[_Pending] = []
+        self.pending: list[tuple[ChunkRef, asyncio.Future[bytes]]] = []
         self.tasks: set[asyncio.Task[None]] = set()
 
-    async def get(self, ref: ChunkRef, decoder: ChunkDecoder | None = None) -> Any:
+    async def get(self, ref: ChunkRef) -> bytes:
         loop = asyncio.get_running_loop()
-        fut: asyncio.Future[Any] = loop.create_future()
-        self.pending.append((ref, decoder, fut))
+        fut: asyncio.Future[bytes] = loop.create_future()
+        self.pending.append((ref, fut))
         if len(self.pending) == 1:
             loop.call_soon(self._flush, loop)
         return await fut
@@ -503,37 +502,27 @@ class _Batcher:
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
 
-    async def _run(self, loop: asyncio.AbstractEventLoop, batch: list[_Pending]) -> None:
+    async def _run(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        batch: list[tuple[ChunkRef, asyncio.Future[bytes]]],
+    ) -> None:
         try:
             results = await loop.run_in_executor(
-                self.router._pool, self.router.fetch, [r for r, _, _ in batch]
+                self.router._pool, self.router.fetch, [r for r, _ in batch]
             )
         except BaseException as exc:
-            for _, _, fut in batch:
+            for _, fut in batch:
                 if not fut.done():
                     fut.set_exception(exc)
             return
-        for (ref, decoder, fut), res in zip(batch, results, strict=True):
+        for (_, fut), res in zip(batch, results, strict=True):
             if fut.done():
                 continue
             if isinstance(res, BaseException):
                 fut.set_exception(res)
-            elif decoder is None:
-                fut.set_result(res)
             else:
-                decoded = loop.run_in_executor(decode_pool(), decoder, res, ref.label)
-                decoded.add_done_callback(lambda d, fut=fut: _settle(fut, d))  # type: ignore[misc]
-
-
-def _settle(fut: asyncio.Future[Any], done: asyncio.Future[Any]) -> None:
-    if fut.done():
-        return
-    if done.cancelled():
-        fut.cancel()
-    elif (exc := done.exception()) is not None:
-        fut.set_exception(exc)
-    else:
-        fut.set_result(done.result())
+                fut.set_result(res)
 
 
 # ----------------------------------------------------------------------- opening

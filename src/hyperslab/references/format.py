@@ -56,6 +56,8 @@ _DIRS: dict[str, str] = {
     "refmap": "refmaps",
     "checksums": "checksums",
 }
+#: the kind of object stored under each folder (``refmaps`` → ``refmap``)
+KIND_OF_DIR: dict[str, Kind] = {d: k for k, d in _DIRS.items()}  # type: ignore[misc]
 _ID = re.compile(r"^[0-9a-f]{64}$")
 _REF_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._\-]*(/[A-Za-z0-9_][A-Za-z0-9._\-]*)*$")
 _ENTRY_SEGMENT = re.compile(r"^[^\x00-\x1f\x7f/\\]+$")

@@ -41,6 +41,7 @@ from hyperslab.errors import (
 from hyperslab.references.format import (
     FORMAT_NAME,
     FORMAT_VERSION,
+    KIND_OF_DIR,
     Kind,
     canonical_json,
     catalog_key,
@@ -404,13 +405,21 @@ class Repository:
             raise NotFoundError(
                 f"{kind} {oid} is missing from {self.display} ({key})", key=key, object=oid
             ) from None
-        if object_id(data) != oid:
+        self.check_object(key, object_id(data))
+        return data
+
+    def check_object(self, key: str, digest: str) -> None:
+        """CorruptError unless content-addressed object ``key`` (``kind/<id>.ext``) read
+        as bytes hashing to ``digest``, its id."""
+        folder, _, name = key.partition("/")
+        oid = name.partition(".")[0]
+        if digest != oid:
             raise CorruptError(
-                f"{kind} {oid} at {self.display} is corrupt: its bytes hash to {object_id(data)}",
+                f"{KIND_OF_DIR.get(folder, folder)} {oid} at {self.display} is corrupt: "
+                f"its bytes hash to {digest}",
                 key=key,
                 object=oid,
             )
-        return data
 
     def read_json(self, kind: Kind, oid: str) -> dict[str, Any]:
         ck = f"{kind}:{oid}"

@@ -55,8 +55,14 @@ from hyperslab.errors import (
     HyperslabError,
     NotFoundError,
 )
+from hyperslab.references.format import (
+    KIND_OF_DIR,
+    canonical_json,
+    catalog_key,
+    object_id,
+    object_key,
+)
 from hyperslab.references.format import REFMAP_EXTENSIONS as EXTENSIONS
-from hyperslab.references.format import canonical_json, catalog_key, object_id, object_key
 from hyperslab.references.repository import (
     BRANCH_PREFIX,
     REFRESH_AGE,
@@ -901,25 +907,13 @@ async def _copy_on_loop(src: Repository, dst: Repository, o: _Obj) -> int:
         if o.kind == "source":
             _check_source(src, o, len(data), digest)
         else:
-            _check_object(src, o.key, digest)
+            src.check_object(o.key, digest)
     await dst.site.aput_verified(o.key, data)  # type: ignore[attr-defined]
     return len(data)
 
 
 def _sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
-
-
-def _check_object(src: Repository, key: str, got: str) -> None:
-    """A content-addressed object's bytes must hash to its id (as Repository.get_object)."""
-    kind, oid_ext = key.split("/", 1)
-    oid = oid_ext.partition(".")[0]
-    if got != oid:
-        raise CorruptError(
-            f"{_KINDS.get(kind, kind)} {oid} at {src.display} is corrupt: its bytes hash to {got}",
-            key=key,
-            object=oid,
-        )
 
 
 def _copy_one(src: Repository, dst: Repository, o: _Obj, limiter: RateLimiter) -> int:
@@ -932,22 +926,13 @@ def _copy_one(src: Repository, dst: Repository, o: _Obj, limiter: RateLimiter) -
     else:
         kind, oid_ext = o.key.split("/", 1)
         oid, _, ext = oid_ext.partition(".")
-        items = [(o.key, src.get_object(_KINDS[kind], oid, "." + ext))]  # sha256-checked
+        items = [(o.key, src.get_object(KIND_OF_DIR[kind], oid, "." + ext))]  # sha256-checked
     total = 0
     for key, data in items:  # in order: a pack before its index
         limiter.take(len(data))
         dst.site.put_verified(key, data)
         total += len(data)
     return total
-
-
-_KINDS: dict[str, Any] = {
-    "snapshots": "snapshot",
-    "manifests": "manifest",
-    "entries": "entry",
-    "refmaps": "refmap",
-    "checksums": "checksums",
-}
 
 
 def _copy_source(src: Repository, dst: Repository, o: _Obj, limiter: RateLimiter) -> int:
