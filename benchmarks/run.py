@@ -36,6 +36,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from timing import wait_timed
+
 ROOT = Path(__file__).resolve().parent.parent
 ARRAY = "data"  # the dataset write_many_chunks_file writes
 
@@ -179,23 +181,10 @@ def spawn(cmd: list[str], timeout: float = 900.0) -> tuple[float, float, int, st
     with tempfile.TemporaryFile() as log:
         t0 = time.perf_counter()
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
-        deadline = t0 + timeout
-        while True:
-            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
-            if pid:
-                break
-            if time.perf_counter() > deadline:
-                proc.kill()
-                pid, status, usage = os.wait4(proc.pid, 0)
-                break
-            time.sleep(0.005)
-        wall = time.perf_counter() - t0
-        proc.returncode = os.waitstatus_to_exitcode(status)
+        wall, rc, _cpu, rss = wait_timed(proc, t0, timeout, 0.005)
         log.seek(0)
         text = log.read().decode(errors="replace")
-    # Linux reports ru_maxrss in KiB, macOS in bytes
-    rss = usage.ru_maxrss / (2**20 if sys.platform == "darwin" else 2**10)
-    return wall, rss, proc.returncode, text
+    return wall, rss, rc, text
 
 
 def last_json(text: str) -> dict[str, Any]:

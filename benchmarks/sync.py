@@ -57,6 +57,7 @@ from loopback_s3 import (
     ensure_s3rver,
     use_loopback_credentials,
 )
+from timing import wait_timed
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -347,19 +348,8 @@ def _spawn(cmd: list[str], env: dict[str, str], timeout: float, out: Any) -> Tim
     """Run ``cmd``, writing its stdout and stderr to ``out``."""
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT, env=env)
-    deadline = t0 + timeout
-    while True:
-        pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
-        if pid:
-            break
-        if time.perf_counter() > deadline:
-            proc.kill()
-            pid, status, usage = os.wait4(proc.pid, 0)
-            break
-        time.sleep(0.002)
-    wall = time.perf_counter() - t0
-    cpu = usage.ru_utime + usage.ru_stime
-    return Timing(wall, cpu, usage.ru_maxrss / 1024, os.waitstatus_to_exitcode(status))
+    wall, rc, cpu, rss_mb = wait_timed(proc, t0, timeout, 0.002)
+    return Timing(wall, cpu, rss_mb, rc)
 
 
 def _spawner_main() -> None:
