@@ -39,7 +39,7 @@ import uuid
 import weakref
 from abc import ABC, abstractmethod
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -749,11 +749,21 @@ _TRANSIENT_CODES = {
     "Throttling",
     "ThrottlingException",
 }
+_RANGE_CODES = {"InvalidRange", "416"}
 _S3_CREDENTIAL_OPTIONS = {"key", "secret", "token", "username", "password"}
+S3_CLIENT_VAR = "HYPERSLAB_S3_CLIENT"
+#: block size of streamed copies (:meth:`S3Site.aget_stream`)
+STREAM_BLOCK = 1 << 20
+_BOTO_PUT_ARGS = {
+    "content-md5": "ContentMD5",
+    "if-none-match": "IfNoneMatch",
+    "if-match": "IfMatch",
+}
 
 
 def _client_error(exc: BaseException) -> Any | None:
-    """The botocore ClientError in ``exc``'s chain (s3fs re-raises them as OSError)."""
+    """The S3 error reply in ``exc``'s chain: a botocore ClientError (s3fs re-raises
+    them as OSError) or a :class:`~hyperslab.s3wire.WireError`, both with ``.response``."""
     seen: set[int] = set()
     cur: BaseException | None = exc
     while cur is not None and id(cur) not in seen:
@@ -787,18 +797,62 @@ def _aio_session(profile: str | None) -> Any:
     return session
 
 
+def _wire_settings(options: dict[str, Any]) -> dict[str, Any] | None:
+    """:class:`~hyperslab.s3wire.S3Wire` arguments for a site's ``options``, or None when
+    they need botocore (any s3fs option other than retries and timeouts), or when
+    ``HYPERSLAB_S3_CLIENT=s3fs`` asks for it."""
+    from hyperslab.s3wire import WIRE_CONFIG_KWARGS, WIRE_OPTIONS
+
+    choice = os.environ.get(S3_CLIENT_VAR, "").strip().lower()
+    if choice in ("s3fs", "botocore"):
+        return None
+    if choice not in ("", "wire", "lean"):
+        raise ConfigError(f"{S3_CLIENT_VAR} must be 'wire' or 's3fs', not {choice!r}")
+    config = options.get("config_kwargs") or {}
+    if set(options) - WIRE_OPTIONS or not isinstance(config, dict):
+        return None
+    if set(config) - WIRE_CONFIG_KWARGS:
+        return None
+    retry = config.get("retries") or {}
+    if not isinstance(retry, dict) or set(retry) - {"max_attempts", "total_max_attempts", "mode"}:
+        return None
+    out: dict[str, Any] = {}
+    attempts = [int(options["retries"])] if options.get("retries") is not None else []
+    if retry.get("total_max_attempts") is not None:
+        attempts.append(int(retry["total_max_attempts"]))
+    elif retry.get("max_attempts") is not None:  # botocore: retries after the first try
+        attempts.append(int(retry["max_attempts"]) + 1)
+    if attempts:
+        out["retries"] = min(attempts)
+    for name in ("connect_timeout", "read_timeout"):
+        if config.get(name) is not None:
+            out[name] = config[name]
+    return out
+
+
+def _content_range_size(value: str | None) -> int | None:
+    total = str(value or "").rpartition("/")[2]
+    return int(total) if total.isdigit() else None
+
+
 class S3Site(Site):
-    """An S3-compatible bucket prefix via s3fs, with its own ``S3FileSystem`` (no global cache).
+    """An S3-compatible bucket prefix.
+
+    Requests go through hyperslab's lean SigV4 client (:mod:`hyperslab.s3wire`):
+    blocking calls on a keep-alive connection per thread, concurrent ones as
+    coroutines on fsspec's IO loop thread, so the synchronous methods work from
+    plain scripts and from code already inside a running event loop (e.g.
+    Jupyter). Sites with s3fs ``options`` other than retries and timeouts (or
+    with ``HYPERSLAB_S3_CLIENT=s3fs``) use s3fs/botocore for every request
+    instead; multipart uploads of large files (:meth:`put_file`) always do.
 
     Credentials come only from the AWS chain (environment, ``profile``, instance role);
-    ``AWS_ENDPOINT_URL`` works when ``endpoint_url`` is not given. All requests run on
-    s3fs' private IO loop thread, so the synchronous methods work from plain scripts
-    and from code already inside a running event loop (e.g. Jupyter).
+    ``AWS_ENDPOINT_URL`` works when ``endpoint_url`` is not given.
 
     ``cas``: whether the server enforces conditional writes; None (default) means find
     out with :func:`probe_cas` the first time :attr:`supports_cas` is read.
     ``options``: extra ``s3fs.S3FileSystem`` arguments (``config_kwargs``, ``client_kwargs``,
-    ``retries`` for s3fs' own retry count ...); credentials are refused there.
+    ``retries`` for the number of attempts ...); credentials are refused there.
     """
 
     def __init__(
@@ -814,7 +868,7 @@ class S3Site(Site):
         cas: bool | None = None,
         max_concurrency: int = 16,
     ) -> None:
-        import s3fs
+        from hyperslab.s3wire import CredentialSource, S3Wire
 
         if not _BUCKET.match(bucket):
             raise BadInputError(f"bad S3 bucket name {bucket!r}")
@@ -834,24 +888,52 @@ class S3Site(Site):
                 f"S3 site options must not carry credentials ({', '.join(secrets)}); "
                 "use AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or a profile"
             )
+        self._s3fs_args = (dict(kwargs), region, profile, anon)
+        self._s3fs: Any = None
+        self._s3fs_lock = threading.Lock()
+        wire = _wire_settings(kwargs)
+        self._wire: S3Wire | None = None
+        if wire is not None:
+            try:
+                self._wire = S3Wire(
+                    bucket, endpoint_url, region, CredentialSource(profile, anon), **wire
+                )
+            except (TypeError, ValueError) as exc:
+                raise ConfigError(f"S3 site {self.url}: {exc}") from exc
+        else:
+            self._fs  # noqa: B018 - botocore mode: build the client now, so bad options fail here
+
+    @property
+    def _fs(self) -> Any:
+        """The s3fs filesystem (built on first use in wire mode: large-file uploads)."""
+        if self._s3fs is None:
+            with self._s3fs_lock:
+                if self._s3fs is None:
+                    self._s3fs = self._make_s3fs()
+        return self._s3fs
+
+    def _make_s3fs(self) -> Any:
+        import s3fs
+
+        kwargs, region, profile, anon = self._s3fs_args
+        kwargs = dict(kwargs)
         retries = kwargs.pop("retries", None)
         client_kwargs = dict(kwargs.pop("client_kwargs", None) or {})
         if region:
             client_kwargs.setdefault("region_name", region)
-        if profile:
-            kwargs["profile"] = profile
         kwargs.setdefault("use_listings_cache", False)
         if "session" not in kwargs:
-            kwargs["session"] = _aio_session(kwargs.pop("profile", None))
-        self._fs = s3fs.S3FileSystem(
+            kwargs["session"] = _aio_session(profile)
+        fs = s3fs.S3FileSystem(
             skip_instance_cache=True,
             anon=anon,
-            endpoint_url=endpoint_url,
+            endpoint_url=self.endpoint_url,
             client_kwargs=client_kwargs,
             **kwargs,
         )
         if retries is not None:
-            self._fs.retries = max(1, int(retries))
+            fs.retries = max(1, int(retries))
+        return fs
 
     @property
     def url(self) -> str:
@@ -862,17 +944,24 @@ class S3Site(Site):
         return f"S3Site({self.url!r}{endpoint})"
 
     @property
+    def client(self) -> str:
+        """``"wire"`` (hyperslab's SigV4 client) or ``"s3fs"`` (botocore)."""
+        return "wire" if self._wire is not None else "s3fs"
+
+    @property
     def supports_cas(self) -> bool:
         if self._cas is None:
             self._cas = probe_cas(self)
         return self._cas
 
     def close(self) -> None:
-        from fsspec.asyn import sync
-
-        fs = self._fs
+        if self._wire is not None:
+            self._wire.close_blocking()
+        fs = self._s3fs
         creator = getattr(fs, "_s3creator", None)
         if getattr(fs, "_s3", None) is not None and creator is not None:
+            from fsspec.asyn import sync
+
             with contextlib.suppress(Exception):
                 sync(fs.loop, creator.__aexit__, None, None, None, timeout=5)
             fs._s3 = None
@@ -883,17 +972,19 @@ class S3Site(Site):
         return _join(self.prefix, validate_key(key))
 
     def _run(self, op: str, key: str, fn: Callable[[], Awaitable[_T]]) -> _T:
-        """Run a coroutine on s3fs' IO loop and translate failures into our errors."""
+        """Run a coroutine on the IO loop and translate failures into our errors."""
         from fsspec.asyn import sync
 
         try:
-            return sync(self._fs.loop, fn)
+            return sync(self.io_loop, fn)
         except HyperslabError:
             raise
         except Exception as exc:
             raise self._error(exc, op, key) from exc
 
     def _error(self, exc: BaseException, op: str, key: str) -> HyperslabError:
+        import sys
+
         where = f"{op} {key!r} at {self.url}" if key else f"{op} at {self.url}"
         if self.endpoint_url:
             where += f" (endpoint {self.endpoint_url})"
@@ -920,45 +1011,68 @@ class S3Site(Site):
                 return ConflictError(f"{where}: {code}: {text}", **details)
             if code in _TRANSIENT_CODES or (isinstance(status, int) and status >= 500):
                 return TransientError(f"{where}: {code}: {text}", **details)
-            if code == "InvalidRange" or status == 416:
+            if code in _RANGE_CODES or status == 416:
                 return BadInputError(f"{where}: {code}: {text}", **details)
             return HyperslabError(f"{where}: {code}: {text}", **details)
 
-        from botocore.exceptions import (
-            BotoCoreError,
-            NoCredentialsError,
-            PartialCredentialsError,
-            ProfileNotFound,
-        )
+        import http.client
 
-        if isinstance(exc, NoCredentialsError | PartialCredentialsError):
+        from hyperslab.s3wire import NoCredentials
+
+        no_credentials: tuple[type[BaseException], ...] = (NoCredentials,)
+        botocore_exc = sys.modules.get("botocore.exceptions")
+        if botocore_exc is not None:
+            no_credentials += (
+                botocore_exc.NoCredentialsError,
+                botocore_exc.PartialCredentialsError,
+            )
+            if isinstance(exc, botocore_exc.ProfileNotFound):
+                return AccessDeniedError(f"{where}: {exc}", key=key, site=self.url)
+        if isinstance(exc, no_credentials):
             return AccessDeniedError(
                 f"{where}: no usable AWS credentials; set AWS_ACCESS_KEY_ID/"
                 "AWS_SECRET_ACCESS_KEY, AWS_PROFILE, or anon = true for public buckets",
                 key=key,
                 site=self.url,
             )
-        if isinstance(exc, ProfileNotFound):
-            return AccessDeniedError(f"{where}: {exc}", key=key, site=self.url)
         if isinstance(exc, FileNotFoundError):
             return NotFoundError(f"{key!r} not found at {self.url}", key=key, site=self.url)
         if isinstance(exc, PermissionError):
             return AccessDeniedError(f"{where}: access denied", key=key, site=self.url)
-        if isinstance(exc, BotoCoreError | OSError | asyncio.TimeoutError | TimeoutError):
+        transient: tuple[type[BaseException], ...] = (
+            OSError,
+            asyncio.TimeoutError,
+            TimeoutError,
+            http.client.HTTPException,
+        )
+        if botocore_exc is not None:
+            transient += (botocore_exc.BotoCoreError,)
+        aiohttp = sys.modules.get("aiohttp")
+        if aiohttp is not None:
+            transient += (aiohttp.ClientError,)
+        if isinstance(exc, transient):
             return TransientError(f"{where}: {type(exc).__name__}: {exc}", key=key, site=self.url)
-        try:
-            import aiohttp
-
-            if isinstance(exc, aiohttp.ClientError):
-                return TransientError(
-                    f"{where}: {type(exc).__name__}: {exc}", key=key, site=self.url
-                )
-        except ImportError:  # pragma: no cover - aiobotocore depends on aiohttp
-            pass
         return HyperslabError(f"{where}: {type(exc).__name__}: {exc}", key=key, site=self.url)
 
-    async def _aget(self, key: str, start: int | None, length: int | None) -> bytes:
-        s3key = self._s3key(key)
+    # ----- the five S3 calls, for the wire client (request + parse) and for botocore
+
+    def _req_get(
+        self, s3key: str, start: int | None = None, length: int | None = None
+    ) -> tuple[dict[str, Any], Callable[[Any], tuple[bytes, str, int | None]]]:
+        ranged = start is not None and length is not None
+        headers = {"range": f"bytes={start}-{start + length - 1}"} if ranged else {}  # type: ignore[operator]
+
+        def parse(r: Any) -> tuple[bytes, str, int | None]:
+            data, total = r.body, _content_range_size(r.header("content-range"))
+            if ranged and r.status == 200:  # a server that ignores Range sends it all
+                total, data = len(data), data[start : start + length]  # type: ignore[operator]
+            return data, r.header("etag"), total
+
+        return {"method": "GET", "key": s3key, "headers": headers}, parse
+
+    async def _boto_get(
+        self, s3key: str, start: int | None = None, length: int | None = None
+    ) -> tuple[bytes, str, int | None]:
         kw: dict[str, Any] = {}
         if start is not None and length is not None:
             kw["Range"] = f"bytes={start}-{start + length - 1}"
@@ -968,54 +1082,123 @@ class S3Site(Site):
             data: bytes = await body.read()
         finally:
             body.close()
-        if start is not None and length is not None and len(data) != length:
-            size = int(str(resp.get("ContentRange", "/0")).rpartition("/")[2] or 0)
-            raise _range_error(key, self.url, start, length, size)
-        return data
+        return data, str(resp.get("ETag", "")), _content_range_size(resp.get("ContentRange"))
+
+    def _req_head(self, s3key: str) -> tuple[dict[str, Any], Callable[[Any], ObjectInfo]]:
+        from email.utils import parsedate_to_datetime
+
+        def parse(r: Any) -> ObjectInfo:
+            try:
+                mtime = parsedate_to_datetime(r.header("last-modified"))
+            except (TypeError, ValueError):
+                mtime = datetime.now(UTC)
+            return ObjectInfo(int(r.header("content-length", "0")), r.header("etag"), mtime)
+
+        return {"method": "HEAD", "key": s3key}, parse
+
+    async def _boto_head(self, s3key: str) -> ObjectInfo:
+        out = await self._fs._call_s3("head_object", Bucket=self.bucket, Key=s3key)
+        mtime = out.get("LastModified")
+        if not isinstance(mtime, datetime):
+            mtime = datetime.now(UTC)
+        return ObjectInfo(size=int(out["ContentLength"]), etag=str(out["ETag"]), mtime=mtime)
+
+    def _req_put(
+        self, s3key: str, data: bytes, headers: dict[str, str]
+    ) -> tuple[dict[str, Any], Callable[[Any], str]]:
+        req = {"method": "PUT", "key": s3key, "body": data, "headers": headers}
+        return req, lambda r: r.header("etag")
+
+    async def _boto_put(self, s3key: str, data: bytes, headers: dict[str, str]) -> str:
+        kw = {_BOTO_PUT_ARGS[k]: v for k, v in headers.items()}
+        out = await self._fs._call_s3("put_object", Bucket=self.bucket, Key=s3key, Body=data, **kw)
+        return str(out.get("ETag", ""))
+
+    def _req_delete(self, s3key: str) -> tuple[dict[str, Any], Callable[[Any], None]]:
+        return {"method": "DELETE", "key": s3key}, lambda r: None
+
+    async def _boto_delete(self, s3key: str) -> None:
+        await self._fs._call_s3("delete_object", Bucket=self.bucket, Key=s3key)
+
+    def _req_list(
+        self, prefix: str, token: str | None
+    ) -> tuple[dict[str, Any], Callable[[Any], tuple[list[str], str | None]]]:
+        from hyperslab.s3wire import parse_list_page
+
+        query = [("list-type", "2"), ("prefix", prefix), ("encoding-type", "url")]
+        if token:
+            query.append(("continuation-token", token))
+
+        def parse(r: Any) -> tuple[list[str], str | None]:
+            items, nxt = parse_list_page(r.body)
+            return [k for k, _ in items], nxt
+
+        return {"method": "GET", "key": "", "query": query}, parse
+
+    async def _boto_list(self, prefix: str, token: str | None) -> tuple[list[str], str | None]:
+        kw: dict[str, Any] = {"Bucket": self.bucket, "Prefix": prefix}
+        if token:
+            kw["ContinuationToken"] = token
+        page = await self._fs._call_s3("list_objects_v2", **kw)
+        keys = [str(obj["Key"]) for obj in page.get("Contents", [])]
+        return keys, (page.get("NextContinuationToken") if page.get("IsTruncated") else None)
+
+    def _call(self, op: str, key: str, call: str, *args: Any) -> Any:
+        """One S3 call, blocking: the wire client's own connection, or botocore on the loop."""
+        if self._wire is None:
+            return self._run(op, key, lambda: getattr(self, f"_boto_{call}")(*args))
+        request, parse = getattr(self, f"_req_{call}")(*args)
+        try:
+            return parse(self._wire.request(**request))
+        except HyperslabError:
+            raise
+        except Exception as exc:
+            raise self._error(exc, op, key) from exc
+
+    async def _acall(self, op: str, key: str, call: str, *args: Any) -> Any:
+        """:meth:`_call` as a coroutine on :attr:`io_loop`."""
+        try:
+            if self._wire is None:
+                return await getattr(self, f"_boto_{call}")(*args)
+            request, parse = getattr(self, f"_req_{call}")(*args)
+            return parse(await self._wire.arequest(**request))
+        except HyperslabError:
+            raise
+        except Exception as exc:
+            raise self._error(exc, op, key) from exc
 
     async def _aget_range(self, key: str, start: int, length: int) -> bytes:
         _check_range(key, start, length)
         s3key = self._s3key(key)
         if length == 0:
-            out = await self._fs._call_s3("head_object", Bucket=self.bucket, Key=s3key)
-            if start > int(out["ContentLength"]):
-                raise _range_error(key, self.url, start, length, int(out["ContentLength"]))
+            info = await self._acall("head", key, "head", s3key)
+            if start > info.size:
+                raise _range_error(key, self.url, start, length, info.size)
             return b""
         try:
-            return await self._aget(key, start, length)
-        except Exception as exc:
-            ce = _client_error(exc)
-            if ce is not None and ce.response.get("Error", {}).get("Code") == "InvalidRange":
-                size = int(ce.response["Error"].get("ActualObjectSize", -1))
-                if size < 0:
-                    head = await self._fs._call_s3("head_object", Bucket=self.bucket, Key=s3key)
-                    size = int(head["ContentLength"])
-                raise _range_error(key, self.url, start, length, size) from None
-            raise
+            data, _, total = await self._acall("get range of", key, "get", s3key, start, length)
+        except BadInputError as exc:
+            if exc.details.get("s3_code") not in _RANGE_CODES:
+                raise
+            info = await self._acall("head", key, "head", s3key)
+            raise _range_error(key, self.url, start, length, info.size) from None
+        if len(data) != length:
+            raise _range_error(key, self.url, start, length, total or 0)
+        return bytes(data)
 
     # ----- reads
 
     def get(self, key: str) -> bytes:
-        validate_key(key)
-        return self._run("get", key, lambda: self._aget(key, None, None))
+        data: bytes = self._call("get", key, "get", self._s3key(key))[0]
+        return data
 
     def get_range(self, key: str, start: int, length: int) -> bytes:
         return self._run("get range of", key, lambda: self._aget_range(key, start, length))
 
     def get_with_etag(self, key: str) -> tuple[bytes, str]:
         """One GET: the response's ETag describes its body."""
-        s3key = self._s3key(key)
-
-        async def fetch() -> tuple[bytes, str]:
-            resp = await self._fs._call_s3("get_object", Bucket=self.bucket, Key=s3key)
-            body = resp["Body"]
-            try:
-                data: bytes = await body.read()
-            finally:
-                body.close()
-            return data, str(resp["ETag"])
-
-        return self._run("get", key, fetch)
+        data, etag, _ = self._call("get", key, "get", self._s3key(key))
+        return data, etag
 
     def get_ranges(self, ranges: Sequence[tuple[str, int, int]]) -> list[bytes]:
         ranges = list(ranges)
@@ -1030,25 +1213,15 @@ class S3Site(Site):
 
             async def one(key: str, start: int, length: int) -> bytes:
                 async with sem:
-                    return await self._translated(
-                        "get range of", key, self._aget_range(key, start, length)
-                    )
+                    return await self._aget_range(key, start, length)
 
             return list(await asyncio.gather(*(one(*r) for r in ranges)))
 
         return self._run("get ranges of", ranges[0][0], all_ranges)
 
     def head(self, key: str) -> ObjectInfo:
-        s3key = self._s3key(key)
-        out = self._run(
-            "head",
-            key,
-            lambda: self._fs._call_s3("head_object", Bucket=self.bucket, Key=s3key),
-        )
-        mtime = out.get("LastModified")
-        if not isinstance(mtime, datetime):
-            mtime = datetime.now(UTC)
-        return ObjectInfo(size=int(out["ContentLength"]), etag=str(out["ETag"]), mtime=mtime)
+        info: ObjectInfo = self._call("head", key, "head", self._s3key(key))
+        return info
 
     def list(self, prefix: str = "") -> Iterator[str]:
         validate_prefix(prefix)
@@ -1056,17 +1229,9 @@ class S3Site(Site):
         cut = len(self.prefix) + 1 if self.prefix else 0
         token: str | None = None
         while True:
-            kw: dict[str, Any] = {"Bucket": self.bucket, "Prefix": full}
-            if token:
-                kw["ContinuationToken"] = token
-
-            async def list_page(kw: dict[str, Any] = kw) -> dict[str, Any]:
-                page: dict[str, Any] = await self._fs._call_s3("list_objects_v2", **kw)
-                return page
-
-            page = self._run("list", prefix, list_page)
-            for obj in page.get("Contents", []):
-                key = str(obj["Key"])[cut:]
+            keys, token = self._call("list", prefix, "list", full, token)
+            for raw in keys:
+                key = raw[cut:]
                 try:
                     validate_key(key)
                 except UnsafeNameError:
@@ -1074,71 +1239,158 @@ class S3Site(Site):
                     log.debug("skipping unaddressable object %r at %s", key, self.url)
                     continue
                 yield key
-            if not page.get("IsTruncated"):
+            if not token:
                 return
-            token = page.get("NextContinuationToken")
 
     # ----- writes
 
     def put(self, key: str, data: bytes) -> None:
-        s3key = self._s3key(key)
-        self._run(
-            "put",
-            key,
-            lambda: self._fs._call_s3("put_object", Bucket=self.bucket, Key=s3key, Body=data),
-        )
+        self._call("put", key, "put", self._s3key(key), data, {})
+
+    @staticmethod
+    def _md5(data: bytes) -> Any:
+        return hashlib.md5(data, usedforsecurity=False)
+
+    def _md5_header(self, digest: Any) -> dict[str, str]:
+        return {"content-md5": base64.b64encode(digest.digest()).decode()}
+
+    def _etag_verifies(self, key: str, etag: str, digest: Any) -> bool:
+        """True: the ETag is the MD5 sent. False: not an MD5 (SSE-KMS/-C), read back."""
+        etag = etag.strip('"')
+        if not _PLAIN_ETAG.match(etag):
+            return False
+        if etag != digest.hexdigest():
+            raise self._not_stored(key, f"ETag {etag} is not the MD5 of the bytes sent")
+        return True
 
     def put_verified(self, key: str, data: bytes) -> None:
         """PUT with Content-MD5 (the server refuses a damaged body), then compare the ETag."""
-        self._run("put", key, lambda: self._aput_verified(key, data))
+        digest = self._md5(data)
+        etag = self._call("put", key, "put", self._s3key(key), data, self._md5_header(digest))
+        if not self._etag_verifies(key, etag, digest) and self.get(key) != data:
+            raise self._not_stored(key, "bytes read back differ from the upload")
 
     async def _aput_verified(self, key: str, data: bytes) -> None:
-        s3key = self._s3key(key)
         if len(data) > 1 << 20:  # off the IO loop: other requests go on meanwhile
-            digest = await asyncio.to_thread(hashlib.md5, data, usedforsecurity=False)
+            digest = await asyncio.to_thread(self._md5, data)
         else:
-            digest = hashlib.md5(data, usedforsecurity=False)
-        out = await self._fs._call_s3(
-            "put_object",
-            Bucket=self.bucket,
-            Key=s3key,
-            Body=data,
-            ContentMD5=base64.b64encode(digest.digest()).decode(),
-        )
-        etag = str(out.get("ETag", "")).strip('"')
-        if _PLAIN_ETAG.match(etag):
-            if etag != digest.hexdigest():
-                raise self._not_stored(key, f"ETag {etag} is not the MD5 of the bytes sent")
-            return
-        # encrypted buckets (SSE-KMS/-C) answer with ETags that are not MD5s: read back
-        if await self._aget(key, None, None) != data:
-            raise self._not_stored(key, "bytes read back differ from the upload")
+            digest = self._md5(data)
+        s3key = self._s3key(key)
+        etag = await self._acall("put", key, "put", s3key, data, self._md5_header(digest))
+        if not self._etag_verifies(key, etag, digest):
+            back, _, _ = await self._acall("get", key, "get", s3key)
+            if back != data:
+                raise self._not_stored(key, "bytes read back differ from the upload")
 
     # ----- coroutines for callers already on the IO loop (sync's copy runs there)
 
     @property
     def io_loop(self) -> asyncio.AbstractEventLoop:
-        """The event loop this site's requests run on (shared by every S3 site)."""
-        loop: asyncio.AbstractEventLoop = self._fs.loop
-        return loop
+        """The event loop this site's coroutines run on (fsspec's, shared by every S3 site)."""
+        if self._wire is None:
+            loop: asyncio.AbstractEventLoop = self._fs.loop
+            return loop
+        from fsspec.asyn import get_loop
 
-    async def _translated(self, op: str, key: str, aw: Awaitable[_T]) -> _T:
-        """Await ``aw``, turning failures into our errors (as :meth:`_run` does)."""
-        try:
-            return await aw
-        except HyperslabError:
-            raise
-        except Exception as exc:
-            raise self._error(exc, op, key) from exc
+        return get_loop()
 
     async def aget(self, key: str) -> bytes:
         """:meth:`get` as a coroutine on :attr:`io_loop`, with the same errors."""
-        validate_key(key)
-        return await self._translated("get", key, self._aget(key, None, None))
+        data: bytes = (await self._acall("get", key, "get", self._s3key(key)))[0]
+        return data
 
     async def aput_verified(self, key: str, data: bytes) -> None:
         """:meth:`put_verified` as a coroutine on :attr:`io_loop`, with the same errors."""
-        await self._translated("put", key, self._aput_verified(key, data))
+        await self._aput_verified(key, data)
+
+    # ----- streaming copies (wire client only): one GET piped into one PUT
+
+    @property
+    def streams(self) -> bool:
+        """Whether :meth:`aget_stream` and :meth:`aput_stream` are available."""
+        return self._wire is not None
+
+    @contextlib.asynccontextmanager
+    async def aget_stream(self, key: str) -> AsyncIterator[tuple[int, AsyncIterator[bytes]]]:
+        """``(size, blocks)`` of ``key``: its bytes in blocks as they arrive, on :attr:`io_loop`."""
+        if self._wire is None:
+            raise HyperslabError(f"{self.url}: streaming needs the wire client")
+        s3key = self._s3key(key)
+        try:
+            opened = self._wire.aopen("GET", s3key)
+            head, content = await opened.__aenter__()
+        except Exception as exc:
+            raise self._error(exc, "get", key) from exc
+        try:
+            yield int(head.header("content-length", "0")), content.iter_chunked(STREAM_BLOCK)
+        except BaseException as exc:
+            await opened.__aexit__(type(exc), exc, exc.__traceback__)
+            raise
+        else:
+            await opened.__aexit__(None, None, None)
+
+    async def aput_stream(
+        self,
+        key: str,
+        size: int,
+        blocks: AsyncIterator[bytes],
+        sha256: str,
+        check: Callable[[int, str], None],
+    ) -> None:
+        """Store ``size`` bytes arriving as ``blocks`` at ``key`` with one PUT that is
+        completed only if they check out.
+
+        The body is signed with ``sha256``, the hash the bytes must have (S3 and MinIO
+        refuse a body that does not match it). The last block is held back until every
+        byte has been counted and hashed and ``check(n, sha256 hex)`` has passed;
+        if it raises, or the source fails, the request is cut short, so the server
+        never stores the object. Afterwards the ETag must be the MD5 of what was sent.
+        """
+        if self._wire is None:
+            raise HyperslabError(f"{self.url}: streaming needs the wire client")
+        sha, md5 = hashlib.sha256(), self._md5(b"")
+        failed: list[BaseException] = []
+
+        def absorb(block: bytes) -> None:
+            sha.update(block)
+            md5.update(block)
+
+        async def body() -> AsyncIterator[bytes]:
+            held: bytes | None = None
+            n = 0
+            try:
+                async for block in blocks:
+                    if held is not None:
+                        yield held
+                    await asyncio.to_thread(absorb, block)  # hashlib drops the GIL
+                    n += len(block)
+                    if n > size:
+                        check(n, sha.hexdigest())  # it is not what was announced
+                        raise self._not_stored(key, f"the source sent more than {size} bytes")
+                    held = block
+                check(n, sha.hexdigest())
+                if n != size:
+                    raise self._not_stored(key, f"the source sent {n} of {size} bytes")
+            except BaseException as exc:
+                failed.append(exc)
+                raise
+            if held is not None:
+                yield held
+
+        s3key = self._s3key(key)
+        try:
+            resp = await self._wire.arequest(
+                "PUT", s3key, body=body(), body_sha=sha256, headers={"content-length": str(size)}
+            )
+        except Exception as exc:
+            cause = failed[0] if failed else exc
+            if isinstance(cause, HyperslabError):
+                raise cause from exc
+            raise self._error(cause, "get" if failed else "put", key) from exc
+        if not self._etag_verifies(key, resp.header("etag"), md5):
+            digest, _ = await asyncio.to_thread(self.sha256, key)
+            if digest != sha256:
+                raise self._not_stored(key, "sha256 of the stored object differs")
 
     def put_file_verified(self, key: str, path: Path | str, sha256: str) -> None:
         """Upload, then compare the ETag with the MD5 (multipart: MD5 of part MD5s) of the
@@ -1166,17 +1418,10 @@ class S3Site(Site):
         self._run("upload", key, lambda: self._fs._put_file(str(path), target))
 
     def put_if_match(self, key: str, data: bytes, expected_etag: str | None) -> str:
-        s3key = self._s3key(key)
-        cond = {"IfNoneMatch": "*"} if expected_etag is None else {"IfMatch": expected_etag}
+        cond = {"if-none-match": "*"} if expected_etag is None else {"if-match": expected_etag}
         what = "create" if expected_etag is None else "conditional write of"
         try:
-            out = self._run(
-                "put",
-                key,
-                lambda: self._fs._call_s3(
-                    "put_object", Bucket=self.bucket, Key=s3key, Body=data, **cond
-                ),
-            )
+            etag: str = self._call("put", key, "put", self._s3key(key), data, cond)
         except (ConflictError, NotFoundError) as exc:
             if isinstance(exc, NotFoundError) and (
                 expected_etag is None or exc.details.get("s3_code") == "NoSuchBucket"
@@ -1187,15 +1432,10 @@ class S3Site(Site):
             except NotFoundError:
                 actual = None
             raise self._conflict(key, expected_etag, actual, what) from exc
-        return str(out["ETag"])
+        return etag
 
     def delete(self, key: str) -> None:
-        s3key = self._s3key(key)
-        self._run(
-            "delete",
-            key,
-            lambda: self._fs._call_s3("delete_object", Bucket=self.bucket, Key=s3key),
-        )
+        self._call("delete", key, "delete", self._s3key(key))
 
 
 _PLAIN_ETAG = re.compile(r"^[0-9a-f]{32}$")

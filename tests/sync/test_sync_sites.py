@@ -143,3 +143,38 @@ def test_s3_to_s3_copies_on_the_io_loop_and_still_verifies(
     assert fsck(Repository.open(dst_site)).clean
     for key in src.site.list(""):
         assert dst_site.get(key) == src.site.get(key), key
+
+
+@pytest.mark.parametrize("damage", ["same-size", "truncated"])
+def test_s3_to_s3_streams_large_objects_and_never_completes_a_bad_one(
+    s3_bucket: S3Bucket, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, damage: str
+) -> None:
+    """Objects above LOOP_COPY_MAX are piped from one GET into one PUT. The PUT's last
+    block is held back until the bytes hash right, so a damaged source never becomes
+    an object at the destination (the server sees a cut-short request)."""
+    from hyperslab.errors import HyperslabError
+    from tests.sync.test_sync_protocol import _grow
+
+    monkeypatch.setattr("hyperslab.sync.engine.LOOP_COPY_MAX", 0)  # everything sized streams
+    monkeypatch.setattr("hyperslab.sites.STREAM_BLOCK", 1024)  # many blocks per object
+    src = Repository.init(s3_bucket.site("src"))
+    _grow(src, tmp_path / "files", 0, 3)
+    dst_site = s3_bucket.site("dst")
+    source = next(iter(src.site.list("sources/")))
+    original = src.site.get(source)
+    assert len(original) > 3 * 1024
+    bad = bytes([original[0] ^ 1]) + original[1:] if damage == "same-size" else original[:-100]
+    client = s3_bucket.endpoint.client()
+    client.put_object(Bucket=s3_bucket.bucket, Key=s3_bucket.key(f"src/{source}"), Body=bad)
+    with pytest.raises(HyperslabError) as err:
+        sync(src, dst_site, sources=True)
+    assert err.value.code == "sync_failed" and source in str(err.value.details)
+    assert "corrupt" in str(err.value.details)
+    assert not dst_site.exists(source)  # not even a partial object
+    assert not list(dst_site.list("refs/"))
+    client.put_object(Bucket=s3_bucket.bucket, Key=s3_bucket.key(f"src/{source}"), Body=original)
+    report = sync(src, dst_site, sources=True)
+    assert report.ok and report.copied["source"] >= 1
+    assert fsck(Repository.open(dst_site)).clean
+    for key in src.site.list(""):
+        assert dst_site.get(key) == src.site.get(key), key

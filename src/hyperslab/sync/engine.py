@@ -843,8 +843,15 @@ def _copy(
         done(o.kind, n)
 
     loop = _shared_loop(src.site, dst.site) if not limiter.rate else None
+    streams = loop is not None and _streams(src.site) and _streams(dst.site)
+
+    def on_loop(o: _Obj) -> bool:
+        size = o.size or 0
+        return o.make is None and (size <= LOOP_COPY_MAX or (streams and size <= STREAM_COPY_MAX))
+
     for phase in (0, 2):
-        batch = [o for o in objs if o.phase == phase]
+        # largest first: a big file started last would be the whole tail of the copy
+        batch = sorted((o for o in objs if o.phase == phase), key=lambda o: -(o.size or 0))
         if not batch:
             continue
         if report.failures and phase == 2:
@@ -855,7 +862,7 @@ def _copy(
             else:
                 from fsspec.asyn import sync as run_on
 
-                run_on(loop, _drain, batch, jobs, fast, one, pool)
+                run_on(loop, _drain, batch, jobs, on_loop, fast, one, pool)
 
 
 def _shared_loop(a: Site, b: Site) -> Any:
@@ -864,21 +871,30 @@ def _shared_loop(a: Site, b: Site) -> Any:
     return loop if loop is not None and loop is getattr(b, "io_loop", None) else None
 
 
-#: objects up to this size are copied as coroutines on the IO loop; larger ones, hot-chunk
-#: packs and catalogs (built, not copied) go through threads
+def _streams(site: Site) -> bool:
+    return bool(getattr(site, "streams", False))
+
+
+#: objects up to this size are copied as coroutines on the IO loop, whole in memory;
+#: larger ones up to STREAM_COPY_MAX are piped from one GET into one PUT where both
+#: sites can stream (S3's single-PUT limit); the rest, hot-chunk packs and catalogs
+#: (built, not copied) go through threads
 LOOP_COPY_MAX = 4 << 20
+STREAM_COPY_MAX = 5 << 30
 
 
 async def _drain(
     batch: list[_Obj],
     jobs: int,
+    on_loop: Callable[[_Obj], bool],
     fast: Callable[[_Obj], Any],
     slow: Callable[[_Obj], None],
     pool: ThreadPoolExecutor,
 ) -> None:
-    """Copy ``batch`` with ``jobs`` workers on the IO loop: a plain object is one GET and
-    one PUT awaited in place (no thread hop per request, which is what a first sync of
-    many small objects spends its CPU on); the rest run ``slow`` on ``pool``."""
+    """Copy ``batch`` with ``jobs`` workers on the IO loop: an object for which
+    ``on_loop`` holds is copied by ``fast`` awaited in place (no thread hop per request,
+    which is what a first sync of many small objects spends its CPU on); the rest run
+    ``slow`` on ``pool``."""
     import asyncio
 
     loop = asyncio.get_running_loop()
@@ -886,7 +902,7 @@ async def _drain(
 
     async def worker() -> None:
         for o in todo:
-            if o.make is None and (o.size or 0) <= LOOP_COPY_MAX:
+            if on_loop(o):
                 await fast(o)
             else:
                 await loop.run_in_executor(pool, slow, o)
@@ -898,6 +914,8 @@ async def _copy_on_loop(src: Repository, dst: Repository, o: _Obj) -> int:
     """:func:`_copy_one` for an object copied as is, as a coroutine on the IO loop."""
     import asyncio
 
+    if o.data is None and (o.size or 0) > LOOP_COPY_MAX:
+        return await _stream_on_loop(src, dst, o)
     data = o.data if o.data is not None else await src.site.aget(o.key)  # type: ignore[attr-defined]
     if o.kind == "source" or o.data is None:
         # hashing a large object would stall every other request on the loop
@@ -910,6 +928,26 @@ async def _copy_on_loop(src: Repository, dst: Repository, o: _Obj) -> int:
             src.check_object(o.key, digest)
     await dst.site.aput_verified(o.key, data)  # type: ignore[attr-defined]
     return len(data)
+
+
+async def _stream_on_loop(src: Repository, dst: Repository, o: _Obj) -> int:
+    """Pipe a large object from one GET into one PUT; the PUT is completed only once
+    every byte hashed to what the object must be (its id, or a source's checksum)."""
+    if o.kind == "source":
+        assert o.sha256 is not None
+        expected = o.sha256
+
+        def check(n: int, digest: str) -> None:
+            _check_source(src, o, n, digest)
+    else:
+        expected = o.key.split("/", 1)[1].partition(".")[0]
+
+        def check(n: int, digest: str) -> None:
+            src.check_object(o.key, digest)
+
+    async with src.site.aget_stream(o.key) as (size, blocks):  # type: ignore[attr-defined]
+        await dst.site.aput_stream(o.key, size, blocks, expected, check)  # type: ignore[attr-defined]
+    return int(size)
 
 
 def _sha256_hex(data: bytes) -> str:
