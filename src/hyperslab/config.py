@@ -20,8 +20,9 @@ Example::
     region = "us-east-1"                 # optional
     profile = "beamline"                 # optional AWS profile
     anon = false                         # optional unsigned requests
-    [sites.beamline.options]             # optional extra s3fs.S3FileSystem arguments
-    config_kwargs = { connect_timeout = 3 }
+    [sites.beamline.options]             # optional: retries and timeouts for hyperslab's
+    retries = 5                          # S3 client; any other s3fs.S3FileSystem argument
+    config_kwargs = { connect_timeout = 3 }  # makes the site use s3fs/botocore instead
 
 Environment overrides (applied after the file): ``HYPERSLAB_CACHE_DIR``,
 ``HYPERSLAB_CACHE_SIZE``, ``HYPERSLAB_CACHE_MEMORY``, ``HYPERSLAB_PREFERENCE`` (comma list) and, per site,

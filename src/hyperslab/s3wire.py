@@ -450,6 +450,31 @@ class S3Wire:
 
     # ----- coroutine transport (aiohttp, one session per event loop)
 
+    def _aio_target(
+        self,
+        method: str,
+        key: str,
+        query: list[tuple[str, str]],
+        headers: dict[str, str] | None,
+        body_sha: str,
+    ) -> tuple[Any, dict[str, str]]:
+        """The signed request's URL (a yarl URL, already encoded) and headers."""
+        from yarl import URL
+
+        host, port, path, hdrs = self._prepare(method, key, query, headers, body_sha)
+        netloc = host if port is None else f"{host}:{port}"
+        return URL(f"{self.scheme}://{netloc}{path}", encoded=True), hdrs
+
+    def _aio_options(self) -> dict[str, Any]:
+        import aiohttp
+
+        return {
+            "timeout": aiohttp.ClientTimeout(
+                sock_connect=self.connect_timeout, sock_read=self.read_timeout
+            ),
+            "ssl": self._ssl_context() if self.scheme == "https" else False,
+        }
+
     async def arequest(
         self,
         method: str,
@@ -466,7 +491,6 @@ class S3Wire:
         it is sent once, and an exception it raises aborts the request, so the server
         never completes the object."""
         import aiohttp
-        from yarl import URL
 
         if isinstance(body, bytes):
             streamed = False
@@ -479,19 +503,13 @@ class S3Wire:
                 raise ValueError("a streamed body needs body_sha and a content-length header")
             sha = body_sha
         retries = 1 if streamed else self.retries
-        session = _session()
-        timeout = aiohttp.ClientTimeout(
-            sock_connect=self.connect_timeout, sock_read=self.read_timeout
-        )
-        ssl = self._ssl_context() if self.scheme == "https" else False
+        session, options = _session(), self._aio_options()
         attempt = 0
         while True:
-            host, port, path, hdrs = self._prepare(method, key, query or [], headers, sha)
-            netloc = host if port is None else f"{host}:{port}"
-            url = URL(f"{self.scheme}://{netloc}{path}", encoded=True)
+            url, hdrs = self._aio_target(method, key, query or [], headers, sha)
             try:
                 async with session.request(
-                    method, url, headers=hdrs, data=body or None, timeout=timeout, ssl=ssl
+                    method, url, headers=hdrs, data=body or None, **options
                 ) as raw:
                     data = await raw.read()
                     resp = Response(
@@ -521,20 +539,13 @@ class S3Wire:
         """A request whose reply body the caller streams: yields ``(reply without body,
         aiohttp StreamReader)``. Retried like :meth:`arequest` until the reply arrives."""
         import aiohttp
-        from yarl import URL
 
-        session = _session()
-        timeout = aiohttp.ClientTimeout(
-            sock_connect=self.connect_timeout, sock_read=self.read_timeout
-        )
-        ssl = self._ssl_context() if self.scheme == "https" else False
+        session, options = _session(), self._aio_options()
         attempt = 0
         while True:
-            host, port, path, hdrs = self._prepare(method, key, [], headers, EMPTY_SHA256)
-            netloc = host if port is None else f"{host}:{port}"
-            url = URL(f"{self.scheme}://{netloc}{path}", encoded=True)
+            url, hdrs = self._aio_target(method, key, [], headers, EMPTY_SHA256)
             try:
-                raw = await session.request(method, url, headers=hdrs, timeout=timeout, ssl=ssl)
+                raw = await session.request(method, url, headers=hdrs, **options)
             except (TimeoutError, OSError, aiohttp.ClientError) as exc:
                 error: BaseException = exc
             else:
