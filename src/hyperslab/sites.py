@@ -1316,18 +1316,15 @@ class S3Site(Site):
         if self._wire is None:
             raise HyperslabError(f"{self.url}: streaming needs the wire client")
         s3key = self._s3key(key)
+        opened = False
         try:
-            opened = self._wire.aopen("GET", s3key)
-            head, content = await opened.__aenter__()
+            async with self._wire.aopen("GET", s3key) as (head, content):
+                opened = True
+                yield int(head.header("content-length", "0")), content.iter_chunked(STREAM_BLOCK)
         except Exception as exc:
+            if opened or isinstance(exc, HyperslabError):
+                raise  # the caller's own failure, already ours
             raise self._error(exc, "get", key) from exc
-        try:
-            yield int(head.header("content-length", "0")), content.iter_chunked(STREAM_BLOCK)
-        except BaseException as exc:
-            await opened.__aexit__(type(exc), exc, exc.__traceback__)
-            raise
-        else:
-            await opened.__aexit__(None, None, None)
 
     async def aput_stream(
         self,

@@ -98,6 +98,14 @@ def object_key(kind: Kind, oid: str, ext: str = ".json") -> str:
     return f"{_DIRS[kind]}/{oid}{ext}"
 
 
+def split_object_key(key: str) -> tuple[str, str, str]:
+    """``(folder, id, ext)`` of an object key ``folder/<id><ext>`` (:func:`object_key`'s
+    inverse, without checks: ext is ``""`` or starts with ``.``)."""
+    folder, _, name = key.partition("/")
+    oid, dot, ext = name.partition(".")
+    return folder, oid, dot + ext
+
+
 def kind_dir(kind: Kind) -> str:
     return _DIRS[kind]
 

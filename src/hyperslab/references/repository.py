@@ -52,6 +52,7 @@ from hyperslab.references.format import (
     object_id,
     object_key,
     parse_object,
+    split_object_key,
 )
 from hyperslab.references.tree import EntryTree
 from hyperslab.sites import Site, open_site
@@ -411,8 +412,7 @@ class Repository:
     def check_object(self, key: str, digest: str) -> None:
         """CorruptError unless content-addressed object ``key`` (``kind/<id>.ext``) read
         as bytes hashing to ``digest``, its id."""
-        folder, _, name = key.partition("/")
-        oid = name.partition(".")[0]
+        folder, oid, _ = split_object_key(key)
         if digest != oid:
             raise CorruptError(
                 f"{KIND_OF_DIR.get(folder, folder)} {oid} at {self.display} is corrupt: "

@@ -61,6 +61,7 @@ from hyperslab.references.format import (
     catalog_key,
     object_id,
     object_key,
+    split_object_key,
 )
 from hyperslab.references.format import REFMAP_EXTENSIONS as EXTENSIONS
 from hyperslab.references.repository import (
@@ -940,7 +941,7 @@ async def _stream_on_loop(src: Repository, dst: Repository, o: _Obj) -> int:
         def check(n: int, digest: str) -> None:
             _check_source(src, o, n, digest)
     else:
-        expected = o.key.split("/", 1)[1].partition(".")[0]
+        expected = split_object_key(o.key)[1]
 
         def check(n: int, digest: str) -> None:
             src.check_object(o.key, digest)
@@ -962,9 +963,8 @@ def _copy_one(src: Repository, dst: Repository, o: _Obj, limiter: RateLimiter) -
     elif o.data is not None:
         items = [(o.key, o.data)]
     else:
-        kind, oid_ext = o.key.split("/", 1)
-        oid, _, ext = oid_ext.partition(".")
-        items = [(o.key, src.get_object(KIND_OF_DIR[kind], oid, "." + ext))]  # sha256-checked
+        folder, oid, ext = split_object_key(o.key)
+        items = [(o.key, src.get_object(KIND_OF_DIR[folder], oid, ext))]  # sha256-checked
     total = 0
     for key, data in items:  # in order: a pack before its index
         limiter.take(len(data))
