@@ -26,6 +26,7 @@ from hyperslab.sync import (
     sync,
 )
 from hyperslab.sync.engine import RateLimiter
+from tests.sync.objects import unpacked
 
 
 class CountingSite(MemorySite):
@@ -121,7 +122,9 @@ def test_first_sync_then_noop_then_incremental(tmp_path: Path) -> None:
     assert plan.dry_run and plan.planned["entry"] == 5 and not list(dst_site.list(""))
     first = sync(src, dst_site)
     assert first.refs[0].status == "create" and first.copied["entry"] == 5
-    assert _state(dst_site).keys() <= _state(src_site).keys()
+    assert unpacked(dst_site).keys() <= _state(src_site).keys()
+    # 5 entries are one leaf: their records, refmaps and checksums are one pack
+    assert first.packs == 1 and first.locators == 1 and first.copied["refmap"] == 5
     dst = Repository.open(dst_site)
     assert dst.branch_head("main")[0] == src.branch_head("main")[0] and dst.id == src.id
     assert fsck(dst).clean

@@ -30,7 +30,6 @@ unreachable objects, and re-running it copies only what is still missing.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 import tempfile
@@ -64,6 +63,14 @@ from hyperslab.references.format import (
     split_object_key,
 )
 from hyperslab.references.format import REFMAP_EXTENSIONS as EXTENSIONS
+from hyperslab.references.packs import (
+    PACK_OBJECT_MAX,
+    Location,
+    Locator,
+    Packer,
+    locator_key,
+)
+from hyperslab.references.packs import pack_key as object_pack_key
 from hyperslab.references.repository import (
     BRANCH_PREFIX,
     REFRESH_AGE,
@@ -166,6 +173,9 @@ class _Obj:
     sha256: str | None = None  # what the bytes must hash to (sources)
     #: builds what to store instead of copying ``key``: ``[(key, bytes), ...]`` in order
     make: Callable[[], list[tuple[str, bytes]]] | None = None
+    #: packed at the destination: the pack builder of its leaf, and its place in it
+    packer: Packer | None = None
+    index: int = 0
 
 
 @dataclass
@@ -183,6 +193,8 @@ class SyncReport:
     hot_chunks: int = 0
     hot_bytes: int = 0
     hot_held: int = 0
+    packs: int = 0  # object packs uploaded
+    locators: int = 0  # leaf locators written
     failures: list[dict[str, Any]] = field(default_factory=list)
     seconds: float = 0.0
 
@@ -204,6 +216,7 @@ class SyncReport:
             "copied": self.copied,
             "objects_copied": sum(self.copied.values()),
             "bytes_copied": self.bytes_copied,
+            "packs": {"written": self.packs, "locators": self.locators},
             "hot": {
                 "chunks": self.hot_chunks,
                 "bytes": self.hot_bytes,
@@ -252,6 +265,7 @@ def sync(
     sources: bool = False,
     dry_run: bool = False,
     force: bool = False,
+    pack: bool = True,
     jobs: int = 16,
     bwlimit: int | None = None,
     progress: Progress | None = None,
@@ -263,7 +277,9 @@ def sync(
     branch; ``tags``: every source tag too (True) or the named ones. ``hot``: hot-chunk
     rules (with ``stats``, an :class:`~hyperslab.access.stats.AccessStats`, for
     ``[[used]]`` rules).
-    ``sources``: copy the raw source files as well. ``force``: move a diverged
+    ``sources``: copy the raw source files as well. ``pack``: store the entry records,
+    refmaps and checksums the destination lacks in one pack per entry-tree leaf
+    (:mod:`~hyperslab.references.packs`) rather than one object each. ``force``: move a diverged
     destination branch to the source's head (the destination's own commits become
     unreachable there; nothing is deleted). Raises :class:`DivergedError` (nothing
     written), :class:`SyncFailedError` (some objects failed, refs not moved) or the
@@ -312,6 +328,7 @@ def sync(
         missing = list(all_objs)
     else:
         fresh = all(u.destination is None for u in report.refs)
+        _read_locators(dst, walker.leaves, jobs)
         missing = _missing(dst, all_objs, fresh, jobs)
     report.present = len(all_objs) - len(missing)
     for o in missing:
@@ -324,7 +341,8 @@ def sync(
         _create_repository(src, dst)
     if any(u.moves for u in report.refs) or missing or marker:
         dst.check_writable()
-    _copy(src, dst, missing, report, jobs, RateLimiter(bwlimit), progress)
+    packing = _Packing(walker, dst, fresh_dst, pack, missing)
+    _copy(src, dst, missing, report, jobs, RateLimiter(bwlimit), progress, packing)
     if report.failures:
         report.seconds = time.perf_counter() - t0
         first = report.failures[0]
@@ -539,6 +557,12 @@ class _Walker:
         self.done_snapshots: set[str] = set()
         self.seen_nodes: set[str] = set()
         self.seen_entries: set[str] = set()
+        #: every new leaf, in walk order: (the leaf it was diffed against, its entry ids)
+        self.leaves: dict[str, tuple[str | None, list[str]]] = {}
+        #: packable object key → the new leaf whose pack holds it (the first to need it)
+        self.owner: dict[str, str] = {}
+        #: packable object keys of each entry the walk found new
+        self.entry_keys: dict[str, list[str]] = {}
 
     def objects(self) -> list[_Obj]:
         return list(self.found.values())
@@ -546,9 +570,13 @@ class _Walker:
     def _add(self, obj: _Obj) -> None:
         self.found.setdefault(obj.key, obj)
 
+    def _add_packable(self, obj: _Obj, eid: str, leaf: str) -> None:
+        self._add(obj)
+        self.owner.setdefault(obj.key, leaf)
+        self.entry_keys.setdefault(eid, []).append(obj.key)
+
     def _json(self, kind: Any, oid: str) -> tuple[bytes, dict[str, Any]]:
-        data = self.src.get_object(kind, oid)  # checked against its sha256
-        return data, json.loads(data)
+        return self.src.load_json(kind, oid)  # checked against its sha256
 
     def add_chain(self, chain: list[str]) -> None:
         for sid in reversed(chain):  # oldest first: its parent's tree is the diff base
@@ -572,7 +600,7 @@ class _Walker:
 
     def _diff_tree(self, new: str | None, old: str | None) -> None:
         frontier: list[tuple[str, str | None]] = [(new, old)] if new and new != old else []
-        entry_ids: list[str] = []
+        entry_leaf: dict[str, str] = {}  # new entry id → the leaf it was found in
         while frontier:
             pairs = [(n, o) for n, o in frontier if n not in self.seen_nodes]
             self.seen_nodes.update(n for n, _ in pairs)
@@ -584,6 +612,11 @@ class _Walker:
                 self._add(_Obj(object_key("manifest", n), "manifest", 2, data))
                 old_node = olds[o] if o else None
                 if node.get("kind") == "inner":
+                    if old_node and old_node.get("kind") == "leaf":
+                        # a leaf that split: each new child is diffed against it, so only
+                        # changed entries are copied and the rest keep their locations
+                        frontier += [(cid, o) for cid, _count in node["children"].values()]
+                        continue
                     old_children = (
                         old_node.get("children", {})
                         if old_node and old_node.get("kind") == "inner"
@@ -597,27 +630,31 @@ class _Walker:
                 self._add(
                     _Obj(catalog_key(n), "catalog", 2, make=_catalog_maker(self.src, n, node))
                 )
-                old_entries = (
-                    old_node.get("entries", {})
-                    if old_node and old_node.get("kind") == "leaf"
-                    else {}
+                is_leaf = old_node is not None and old_node.get("kind") == "leaf"
+                old_entries = old_node.get("entries", {}) if old_node and is_leaf else {}
+                entries = node.get("entries", {})
+                self.leaves.setdefault(
+                    n, (o if is_leaf else None, [v["id"] for v in entries.values()])
                 )
-                for name, value in node.get("entries", {}).items():
+                for name, value in entries.items():
                     eid = value.get("id")
                     if old_entries.get(name, {}).get("id") == eid or eid in self.seen_entries:
                         continue
                     self.seen_entries.add(eid)
-                    entry_ids.append(eid)
-        if not entry_ids:
+                    entry_leaf[eid] = n
+        if not entry_leaf:
             return
+        entry_ids = list(entry_leaf)
         for eid, (data, rec) in zip(entry_ids, self._fetch("entry", entry_ids), strict=True):
-            self._add(_Obj(object_key("entry", eid), "entry", 2, data))
+            leaf = entry_leaf[eid]
+            self._add_packable(_Obj(object_key("entry", eid), "entry", 2, data), eid, leaf)
             rm = rec.get("refmap") or {}
             ext = EXTENSIONS.get(rm.get("format", "json"), ".json")
-            self._add(_Obj(object_key("refmap", rm["id"], ext), "refmap", 0))
+            self._add_packable(_Obj(object_key("refmap", rm["id"], ext), "refmap", 0), eid, leaf)
             sums = rec.get("checksums")
             if isinstance(sums, dict) and isinstance(sums.get("id"), str):
-                self._add(_Obj(object_key("checksums", sums["id"], ".parquet"), "checksums", 0))
+                key = object_key("checksums", sums["id"], ".parquet")
+                self._add_packable(_Obj(key, "checksums", 0), eid, leaf)
             if self.sources:
                 for s in rec.get("sources", []):
                     key = f"sources/{s['id']}/{s['name']}"
@@ -744,7 +781,8 @@ def _missing(dst: Repository, objs: list[_Obj], fresh: bool, jobs: int) -> list[
     """The objects ``dst`` does not hold (or holds so old that gc may be about to take
     them: those are rewritten, which refreshes their age)."""
     packs = [o for o in objs if o.kind == "pack"]  # known missing: their index was absent
-    rest = [o for o in objs if o.kind != "pack"]
+    # held in an object pack that a locator read by _read_locators names
+    rest = [o for o in objs if o.kind != "pack" and dst.packed_location(o.key) is None]
     by_prefix: dict[str, list[_Obj]] = {}
     for o in rest:
         by_prefix.setdefault(o.key.split("/", 1)[0] + "/", []).append(o)
@@ -771,11 +809,32 @@ def _missing(dst: Repository, objs: list[_Obj], fresh: bool, jobs: int) -> list[
     return out
 
 
+def _read_locators(dst: Repository, leaves: Iterable[str], jobs: int) -> None:
+    """The destination's locators of the walk's new leaves: a killed sync may have
+    written some (with the packs they name). A damaged one counts as absent: the copy
+    writes it again, since no reader reaches its leaf yet."""
+
+    def read(leaf: str) -> None:
+        try:
+            dst.locator(leaf)
+        except CorruptError as exc:
+            log.warning("sync: %s; writing it again", exc.message)
+            dst.remember_locator(leaf, None)
+
+    todo = list(leaves)
+    if todo:
+        with ThreadPoolExecutor(min(jobs, len(todo))) as pool:
+            list(pool.map(read, todo))
+
+
 def _planned_bytes(src: Repository, objs: list[_Obj], jobs: int) -> int | None:
     """Bytes the plan would copy: known sizes, else the source's HEAD (None if unknown)."""
     unknown = [o for o in objs if o.size is None and o.data is None and o.make is None]
 
     def size(o: _Obj) -> int | None:
+        where = src.packed_location(o.key)
+        if where is not None:
+            return where[2]
         try:
             return src.site.head(o.key).size
         except HyperslabError:
@@ -805,6 +864,71 @@ def _planned_bytes(src: Repository, objs: list[_Obj], jobs: int) -> int | None:
 # --------------------------------------------------------------------------- copy
 
 
+class _Packing:
+    """The object packs and leaf locators one sync writes (references/packs.py).
+
+    Missing entry records, refmaps and checksums are packed per leaf of the walk (the
+    first leaf that needs each); once every pack is verified, each new leaf gets its
+    locator: the unchanged entries' locations from its base leaf's locator, the new
+    ones from this sync's packs or the destination's existing locators."""
+
+    def __init__(
+        self, walker: _Walker, dst: Repository, fresh: bool, pack: bool, missing: list[_Obj]
+    ) -> None:
+        self.walker = walker
+        self.dst = dst
+        self.fresh = fresh  # the destination had nothing: no pack can be there yet
+        self.packed: dict[str, Location] = {}
+        self._lock = threading.Lock()
+        if not pack:
+            return
+        by_leaf: dict[str, list[_Obj]] = {}
+        for o in missing:
+            leaf = walker.owner.get(o.key)
+            if leaf is not None:
+                by_leaf.setdefault(leaf, []).append(o)
+        for leaf in walker.leaves:  # walk order, keys sorted: the same packs every run
+            group = sorted(by_leaf.get(leaf, []), key=lambda o: o.key)
+            packer = Packer([o.key for o in group])
+            for i, o in enumerate(group):
+                o.packer, o.index, o.phase = packer, i, 0
+
+    def record(self, where: dict[str, Location]) -> None:
+        with self._lock:
+            self.packed.update(where)
+
+    def locators(self) -> list[Locator]:
+        """The new leaves' locators to write (those the destination lacks), in walk order."""
+        dst, walker = self.dst, self.walker
+        bases = {b for b, _ in walker.leaves.values() if b and b not in walker.leaves}
+        if bases and not self.fresh:
+            _read_locators(dst, bases, 16)
+        built: dict[str, Locator | None] = {}
+        out = []
+        for leaf, (base, eids) in walker.leaves.items():
+            have = None if self.fresh else dst._locators.get(leaf)
+            if have is not None:  # a killed sync wrote it (after the packs it names)
+                built[leaf] = have
+                continue
+            base_loc = built.get(base) if base in built else (
+                None if self.fresh or base is None else dst.locator(base)
+            )  # fmt: skip
+            entries: dict[str, dict[str, Location]] = {}
+            for eid in eids:
+                objs = dict(base_loc.entries.get(eid, {})) if base_loc else {}
+                for key in walker.entry_keys.get(eid, ()):
+                    where = self.packed.get(key) or dst.packed_location(key)
+                    if where is not None:
+                        objs[key] = where
+                if objs:
+                    entries[eid] = objs
+            loc = Locator(leaf, entries) if entries else None
+            built[leaf] = loc
+            if loc is not None:
+                out.append(loc)
+        return out
+
+
 def _copy(
     src: Repository,
     dst: Repository,
@@ -813,6 +937,7 @@ def _copy(
     jobs: int,
     limiter: RateLimiter,
     progress: Progress | None,
+    packing: _Packing,
 ) -> None:
     lock = threading.Lock()
 
@@ -823,6 +948,12 @@ def _copy(
         if progress:
             progress(kind, 1, n)
 
+    def landed(counts: list[tuple[str, int]], packs: int) -> None:
+        with lock:
+            report.packs += packs
+        for kind, n in counts:
+            done(kind, n)
+
     def failed(o: _Obj, exc: HyperslabError) -> None:
         with lock:
             report.failures.append({"key": o.key, "kind": o.kind, "error": exc.message,
@@ -831,6 +962,8 @@ def _copy(
 
     def one(o: _Obj) -> None:
         try:
+            if o.packer is not None:
+                return landed(*_pack_one(src, dst, o, packing, limiter))
             n = _copy_one(src, dst, o, limiter)
         except HyperslabError as exc:
             return failed(o, exc)
@@ -838,6 +971,8 @@ def _copy(
 
     async def fast(o: _Obj) -> None:
         try:
+            if o.packer is not None:
+                return landed(*await _pack_on_loop(src, dst, o, packing))
             n = await _copy_on_loop(src, dst, o)
         except HyperslabError as exc:
             return failed(o, exc)
@@ -847,16 +982,23 @@ def _copy(
     streams = loop is not None and _streams(src.site) and _streams(dst.site)
 
     def on_loop(o: _Obj) -> bool:
+        if o.make is not None or (o.packer is None and src.packed_location(o.key)):
+            return False  # built, or read out of a source pack through the repository
         size = o.size or 0
-        return o.make is None and (size <= LOOP_COPY_MAX or (streams and size <= STREAM_COPY_MAX))
+        return size <= LOOP_COPY_MAX or (streams and size <= STREAM_COPY_MAX)
 
     for phase in (0, 2):
         # largest first: a big file started last would be the whole tail of the copy
+        # (a stable sort: packed objects stay in pack order, so packs complete early)
         batch = sorted((o for o in objs if o.phase == phase), key=lambda o: -(o.size or 0))
-        if not batch:
-            continue
         if report.failures and phase == 2:
             return  # never write metadata over missing data
+        if phase == 2:
+            _write_locators(dst, packing, report, jobs)
+            if report.failures:
+                return
+        if not batch:
+            continue
         with ThreadPoolExecutor(min(jobs, len(batch))) as pool:
             if loop is None:
                 list(pool.map(one, batch))
@@ -864,6 +1006,114 @@ def _copy(
                 from fsspec.asyn import sync as run_on
 
                 run_on(loop, _drain, batch, jobs, on_loop, fast, one, pool)
+
+
+def _write_locators(dst: Repository, packing: _Packing, report: SyncReport, jobs: int) -> None:
+    """Every new leaf's locator, once every pack it may name is verified at ``dst``, and
+    before the leaf itself (phase 2)."""
+    try:
+        todo = packing.locators()
+    except HyperslabError as exc:
+        report.failures.append({"key": "locators/", "kind": "locator", "error": exc.message,
+                                "code": exc.code})  # fmt: skip
+        return
+
+    def put(loc: Locator) -> None:
+        try:
+            dst.site.put_verified(locator_key(loc.leaf), loc.to_bytes())
+        except HyperslabError as exc:
+            report.failures.append({"key": locator_key(loc.leaf), "kind": "locator",
+                                    "error": exc.message, "code": exc.code})  # fmt: skip
+            return
+        dst.remember_locator(loc.leaf, loc)
+        report.locators += 1
+
+    if todo:
+        with ThreadPoolExecutor(min(jobs, len(todo))) as pool:
+            list(pool.map(put, todo))
+
+
+def _pack_ready(o: _Obj, data: bytes) -> tuple[bool, list[tuple[str, bytes, dict[str, Location]]]]:
+    """Hand a packed object's verified bytes to its leaf's packer: ``(store it loose?,
+    the packs it completed)``."""
+    assert o.packer is not None
+    loose = len(data) > PACK_OBJECT_MAX
+    return loose, o.packer.add(o.index, None if loose else data)
+
+
+def _pack_counts(where: dict[str, Location]) -> list[tuple[str, int]]:
+    return [(KIND_OF_DIR[split_object_key(k)[0]], n) for k, (_, _, n) in where.items()]
+
+
+def _pack_one(
+    src: Repository, dst: Repository, o: _Obj, packing: _Packing, limiter: RateLimiter
+) -> tuple[list[tuple[str, int]], int]:
+    """Thread twin of :func:`_pack_on_loop`."""
+    if o.data is not None:
+        data = o.data
+    else:
+        folder, oid, ext = split_object_key(o.key)
+        data = src.get_object(KIND_OF_DIR[folder], oid, ext)  # sha256-checked
+    loose, ready = _pack_ready(o, data)
+    counts: list[tuple[str, int]] = []
+    if loose:
+        limiter.take(len(data))
+        dst.site.put_verified(o.key, data)
+        counts.append((o.kind, len(data)))
+    uploaded = 0
+    for pid, pack, where in ready:
+        key = object_pack_key(pid)
+        if packing.fresh or not dst.site.exists(key):  # else a killed sync's upload
+            limiter.take(len(pack))
+            dst.site.put_verified(key, pack)
+            counts += _pack_counts(where)
+            uploaded += 1
+        packing.record(where)
+    return counts, uploaded
+
+
+async def _pack_on_loop(
+    src: Repository, dst: Repository, o: _Obj, packing: _Packing
+) -> tuple[list[tuple[str, int]], int]:
+    """Read one object to pack (checked against its id); upload, verified, the packs its
+    bytes complete. Returns what landed, for the report: ``((kind, bytes)…, packs)``."""
+    import asyncio
+
+    data = o.data if o.data is not None else await _aread_checked(src, o)
+    loose, ready = _pack_ready(o, data)
+    counts: list[tuple[str, int]] = []
+    if loose:
+        await dst.site.aput_verified(o.key, data)  # type: ignore[attr-defined]
+        counts.append((o.kind, len(data)))
+    uploaded = 0
+    for pid, pack, where in ready:
+        key = object_pack_key(pid)
+        if packing.fresh or not await asyncio.to_thread(dst.site.exists, key):
+            await dst.site.aput_verified(key, pack)  # type: ignore[attr-defined]
+            counts += _pack_counts(where)
+            uploaded += 1
+        packing.record(where)
+    return counts, uploaded
+
+
+async def _aread_checked(src: Repository, o: _Obj) -> bytes:
+    """Object ``o``'s bytes from the source, checked against its id (or, for a source
+    file, its recorded size and sha256)."""
+    import asyncio
+
+    if src.packed_location(o.key) is not None:
+        folder, oid, ext = split_object_key(o.key)
+        return await asyncio.to_thread(src.get_object, KIND_OF_DIR[folder], oid, ext)
+    data = await src.site.aget(o.key)  # type: ignore[attr-defined]
+    # hashing a large object would stall every other request on the loop
+    digest = (
+        await asyncio.to_thread(_sha256_hex, data) if len(data) > 1 << 20 else _sha256_hex(data)
+    )
+    if o.kind == "source":
+        _check_source(src, o, len(data), digest)
+    else:
+        src.check_object(o.key, digest)
+    return data
 
 
 def _shared_loop(a: Site, b: Site) -> Any:
@@ -913,20 +1163,9 @@ async def _drain(
 
 async def _copy_on_loop(src: Repository, dst: Repository, o: _Obj) -> int:
     """:func:`_copy_one` for an object copied as is, as a coroutine on the IO loop."""
-    import asyncio
-
     if o.data is None and (o.size or 0) > LOOP_COPY_MAX:
         return await _stream_on_loop(src, dst, o)
-    data = o.data if o.data is not None else await src.site.aget(o.key)  # type: ignore[attr-defined]
-    if o.kind == "source" or o.data is None:
-        # hashing a large object would stall every other request on the loop
-        digest = (
-            await asyncio.to_thread(_sha256_hex, data) if len(data) > 1 << 20 else _sha256_hex(data)
-        )
-        if o.kind == "source":
-            _check_source(src, o, len(data), digest)
-        else:
-            src.check_object(o.key, digest)
+    data = o.data if o.data is not None else await _aread_checked(src, o)
     await dst.site.aput_verified(o.key, data)  # type: ignore[attr-defined]
     return len(data)
 

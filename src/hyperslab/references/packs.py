@@ -1,0 +1,196 @@
+"""Object packs: many small repository objects stored as one, found through locators.
+
+A repository holds three small objects per entry: its record, its reference map and
+its chunk checksums. Written one by one, a sync of 2,500 entries costs 7,500 PUTs,
+and on an object store every request costs the same whatever its size: they were
+most of a first sync's time. So ``sync`` writes them packed, one pack per entry-tree
+leaf (split at :data:`PACK_TARGET` bytes), and a *locator* per leaf says where each
+of that leaf's objects lives. Layout below the repository prefix::
+
+    packs/<sha256>.pack        objects' bytes, concatenated (named by the sha256 of
+                               the whole pack, so re-uploading one is idempotent)
+    locators/<leaf id>.json    for each entry of that leaf: its objects' keys →
+                               [pack number, offset, length]
+
+The rule every site keeps: **each object an entry of leaf L needs (entry record,
+refmap, checksums) is stored either loose under its own key or in a pack named by
+``locators/<L>.json``, which is written before L itself.** Readers reach entries
+through leaves, so a reader tries the loose key first and, if it is absent, the
+locator of the leaf it found the entry in (:class:`Repository` remembers which).
+What a pack yields is checked against the object's sha256 like any loose object, so
+a wrong locator or a damaged pack is an error, never wrong data.
+
+Locators are site-local, like catalog indexes and hot-chunk replicas: two sites
+holding the same snapshot may hold its objects differently (loose at the site that
+ingested them, packed where sync put them), and snapshot ids stay the same
+everywhere. Whoever writes a leaf writes its locator: sync for the leaves it copies
+(the unchanged entries' locations come from the base leaf's locator), and a commit
+at a site with packs for the leaves it rewrites (from the locators of the leaves it
+read). Entries a commit adds are loose.
+
+Packs are deterministic: a leaf's missing objects, sorted by key, are cut into packs
+where the running size first reaches :data:`PACK_TARGET`. A sync killed after
+uploading a pack rebuilds the very same bytes, finds the pack present and does not
+upload it again. Objects over :data:`PACK_OBJECT_MAX` (large Parquet refmaps) stay
+loose: packing saves a request, which matters only for small objects.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from hyperslab.errors import CorruptError, FormatVersionError
+from hyperslab.references.format import canonical_json, is_object_id, object_id
+
+__all__ = [
+    "LOCATOR_PREFIX",
+    "PACK_OBJECT_MAX",
+    "PACK_PREFIX",
+    "PACK_TARGET",
+    "Location",
+    "Locator",
+    "Packer",
+    "locator_key",
+    "pack_key",
+]
+
+PACK_PREFIX = "packs/"
+LOCATOR_PREFIX = "locators/"
+#: a pack is cut once it holds at least this many bytes
+PACK_TARGET = 16 << 20
+#: objects larger than this are stored loose, never packed
+PACK_OBJECT_MAX = 1 << 20
+_VERSION = 1
+
+#: where a packed object lives: (pack id, offset, length)
+Location = tuple[str, int, int]
+
+
+def pack_key(pack: str) -> str:
+    return f"{PACK_PREFIX}{pack}.pack"
+
+
+def locator_key(leaf: str) -> str:
+    return f"{LOCATOR_PREFIX}{leaf}.json"
+
+
+@dataclass
+class Locator:
+    """Where the packed objects of one leaf's entries live: entry id → key → location.
+
+    Entries whose objects are all loose at the site are simply not listed."""
+
+    leaf: str
+    entries: dict[str, dict[str, Location]] = field(default_factory=dict)
+
+    def locations(self) -> Iterator[tuple[str, Location]]:
+        for objs in self.entries.values():
+            yield from objs.items()
+
+    def packs(self) -> set[str]:
+        return {where[0] for _, where in self.locations()}
+
+    def to_bytes(self) -> bytes:
+        packs = sorted(self.packs())
+        number = {p: i for i, p in enumerate(packs)}
+        entries = {
+            eid: {key: [number[p], off, n] for key, (p, off, n) in objs.items()}
+            for eid, objs in self.entries.items()
+        }
+        doc = {
+            "type": "locator",
+            "format": _VERSION,
+            "leaf": self.leaf,
+            "packs": packs,
+            "entries": entries,
+        }
+        return canonical_json(doc)
+
+    @classmethod
+    def from_bytes(cls, data: bytes, leaf: str) -> Locator:
+        where = f"locator of leaf {leaf}"
+        try:
+            doc = json.loads(data)
+        except ValueError as exc:
+            raise CorruptError(f"{where} is not valid JSON: {exc}", leaf=leaf) from exc
+        if not isinstance(doc, dict) or doc.get("type") != "locator":
+            raise CorruptError(f"{where} is not a locator", leaf=leaf)
+        version = doc.get("format")
+        if isinstance(version, int) and version > _VERSION:
+            raise FormatVersionError(
+                f"{where} uses locator format {version}; this hyperslab reads up to "
+                f"{_VERSION}: upgrade hyperslab",
+                version=version,
+            )
+        if version != _VERSION or doc.get("leaf") != leaf:
+            raise CorruptError(f"{where} names another leaf or has no valid format", leaf=leaf)
+        try:
+            packs = [str(p) for p in doc["packs"]]
+            if not all(is_object_id(p) for p in packs):
+                raise ValueError("bad pack id")
+            entries: dict[str, dict[str, Location]] = {}
+            for eid, objs in doc["entries"].items():
+                if not is_object_id(eid):
+                    raise ValueError(f"bad entry id {eid!r}")
+                entries[eid] = {
+                    str(key): (packs[_nonneg(i)], _nonneg(off), _nonneg(n))
+                    for key, (i, off, n) in objs.items()
+                }
+        except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
+            raise CorruptError(f"{where} is malformed: {exc}", leaf=leaf) from exc
+        return cls(leaf, entries)
+
+
+def _nonneg(x: Any) -> int:
+    if not isinstance(x, int) or isinstance(x, bool) or x < 0:
+        raise ValueError(f"bad offset or length {x!r}")
+    return x
+
+
+class Packer:
+    """Cuts one leaf's objects into deterministic packs as their bytes arrive.
+
+    ``keys`` is the order of the objects in the packs. Bytes may be handed in out of
+    order from several threads or tasks (:meth:`add`); packs come out in order, each
+    as soon as every object before its cut has arrived, so memory holds about one
+    pack. An object handed in as ``None`` is not packed (stored loose instead)."""
+
+    def __init__(self, keys: Sequence[str], target: int = PACK_TARGET) -> None:
+        self.keys = list(keys)
+        self.target = target
+        self._got: dict[int, bytes | None] = {}
+        self._next = 0
+        self._buf: list[tuple[str, bytes]] = []
+        self._size = 0
+        self._lock = threading.Lock()
+
+    def add(self, i: int, data: bytes | None) -> list[tuple[str, bytes, dict[str, Location]]]:
+        """Object ``i``'s bytes; returns the packs completed by it: ``(pack id, pack
+        bytes, key → location)``, in order."""
+        out = []
+        with self._lock:
+            self._got[i] = data
+            while self._next in self._got:
+                got = self._got.pop(self._next)
+                if got is not None:
+                    self._buf.append((self.keys[self._next], got))
+                    self._size += len(got)
+                self._next += 1
+                if self._buf and (self._size >= self.target or self._next == len(self.keys)):
+                    out.append(self._cut())
+        return out
+
+    def _cut(self) -> tuple[str, bytes, dict[str, Location]]:
+        pack = b"".join(data for _, data in self._buf)
+        pid = object_id(pack)
+        where: dict[str, Location] = {}
+        at = 0
+        for key, data in self._buf:
+            where[key] = (pid, at, len(data))
+            at += len(data)
+        self._buf, self._size = [], 0
+        return pid, pack, where
