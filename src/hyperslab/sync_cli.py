@@ -39,6 +39,12 @@ shown, nothing written); --force moves it anyway (its commits stay stored, only
 unreferenced). An object that fails verification fails the sync (exit 7), and
 no ref moves.
 
+Entry records, refmaps and checksums are written to DST packed, one pack per
+entry-tree leaf plus a small locator saying where each object is: a first
+sync of thousands of entries makes a few hundred uploads instead of one per
+object. Readers at DST find packed objects transparently. --no-pack writes
+them one object each, the layout ingest writes.
+
 Hot chunks (--hot RULES.toml) are read from the source's files, packed, stored
 in DST's chunks/ and indexed there, so readers at DST get them without the
 source file; --stats adds chunks read often on this machine ([[used]] rules).
@@ -125,8 +131,9 @@ def print_report(report: Any) -> None:
         if report.hot_chunks
         else ""
     )
+    packs = f" (in {report.packs} packs)" if report.packs else ""
     out.print(
-        f"[green]synced[/]: {copied} objects, {report.bytes_copied:,} bytes copied "
+        f"[green]synced[/]: {copied} objects{packs}, {report.bytes_copied:,} bytes copied "
         f"in {report.seconds:.2f} s{hot}",
         highlight=False,
     )
@@ -164,6 +171,13 @@ def sync_cmd(
     force: Annotated[
         bool, typer.Option("--force", help="Move a diverged destination branch anyway.")
     ] = False,
+    no_pack: Annotated[
+        bool,
+        typer.Option(
+            "--no-pack",
+            help="Write entry records, refmaps and checksums one object each, not packed.",
+        ),
+    ] = False,
     jobs: Annotated[int, typer.Option("--jobs", "-j", help="Parallel transfers.")] = 16,
     bwlimit: Annotated[
         str | None,
@@ -195,6 +209,7 @@ def sync_cmd(
             sources=sources,
             dry_run=dry_run,
             force=force,
+            pack=not no_pack,
             jobs=jobs,
             bwlimit=_rate(bwlimit),
         )

@@ -2,7 +2,8 @@
 ``gc`` (delete what nothing reaches, after a grace period) and catalog ``search``.
 
 Reachability starts at every branch and tag and follows snapshot parents, the
-entry trees, entry records, their refmaps, uploaded sources and chunk replicas.
+entry trees, entry records, their refmaps, uploaded sources and chunk replicas, and
+the locators of reachable leaves with the object packs they name.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ from hyperslab.references.catalog_index import CATALOG_PREFIX, LeafCatalog, cata
 from hyperslab.references.checksums import unpack_checksums
 from hyperslab.references.format import is_object_id, object_id, object_key
 from hyperslab.references.packed import EXTENSIONS, unpack_refmap
+from hyperslab.references.packs import LOCATOR_PREFIX, PACK_PREFIX, locator_key
+from hyperslab.references.packs import pack_key as object_pack_key
 from hyperslab.references.replicas import REPLICA_PREFIX, pack_key, read_replica_index
 from hyperslab.references.repository import (
     BRANCH_PREFIX,
@@ -93,6 +96,9 @@ class Reachable:
     source_ids: set[str] = field(default_factory=set)
     #: replica index keys of reachable sources → their pack keys (see _walk_replicas)
     replicas: dict[str, str] = field(default_factory=dict)
+    #: leaves with a locator here, and the object packs those locators name
+    locators: set[str] = field(default_factory=set)
+    packs: set[str] = field(default_factory=set)
 
     def keys(self) -> set[str]:
         out = {object_key("snapshot", s) for s in self.snapshots}
@@ -102,6 +108,8 @@ class Reachable:
         out |= {object_key("refmap", r, ext) for r, ext in self.refmaps.items()}
         out |= {object_key("checksums", c, ".parquet") for c in self.checksums}
         out |= set(self.replicas) | set(self.replicas.values())
+        out |= {locator_key(leaf) for leaf in self.locators}
+        out |= {object_pack_key(p) for p in self.packs}
         return out | self.sources | self.chunks
 
 
@@ -142,8 +150,25 @@ def _walk(
             progress("snapshots", 1)
         stack.extend(snap.parents)
         _walk_tree(repo, snap.tree, r, bad, progress, held)
+    _walk_locators(repo, r, bad)
     _walk_replicas(repo, r, report)
     return r
+
+
+def _walk_locators(
+    repo: Repository, r: Reachable, bad: Callable[[str, str, HyperslabError], None]
+) -> None:
+    """The locators of reachable leaves (most were read already, when an entry was
+    packed) and the object packs they name."""
+    for leaf in sorted(r.leaves):
+        try:
+            loc = repo.locator(leaf)
+        except HyperslabError as exc:
+            bad("locator", leaf, exc)
+            continue
+        if loc is not None:
+            r.locators.add(leaf)
+            r.packs |= loc.packs()
 
 
 def _walk_replicas(repo: Repository, r: Reachable, report: FsckReport | None) -> None:
@@ -321,6 +346,8 @@ def fsck(
             report.add("chunk", key, "corrupt", error="content does not match sha256")
     report.checked["chunks"] = len(r.chunks)
     report.checked["replicas"] = len(r.replicas)
+    report.checked["locators"] = len(r.locators)
+    report.checked["packs"] = len(r.packs)
     _check_catalogs(repo, r, report, progress)
     return report
 
@@ -406,6 +433,8 @@ _GC_PREFIXES = (
     "entries/",
     "refmaps/",
     "checksums/",
+    LOCATOR_PREFIX,  # before packs/: a locator goes before the packs it names
+    PACK_PREFIX,
     "sources/",
     REPLICA_PREFIX,  # before chunks/: an index goes before the pack it names
     "chunks/",

@@ -11,6 +11,7 @@ A rules file says what each site keeps::
     branches = ["main"]                    # default ["main"]; ["*"] for every branch
     hot = "hot.toml"                       # optional rules file (relative to this file) ...
     sources = false                        # copy the raw HDF5 files too
+    pack = true                            # entry objects packed per leaf (false: loose)
 
     [job.hot_rules]                        # ... or the same rules inline
     [[job.hot_rules.rule]]
@@ -48,7 +49,9 @@ from hyperslab.sync.hot import HotRules
 
 __all__ = ["Job", "OpenRepositories", "ReplicationRules", "run_round"]
 
-_JOB_KEYS = {"name", "from", "to", "branches", "tags", "hot", "hot_rules", "sources", "force"}
+_JOB_KEYS = {
+    "name", "from", "to", "branches", "tags", "hot", "hot_rules", "sources", "force", "pack"
+}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -61,6 +64,7 @@ class Job:
     hot: HotRules | None = None
     sources: bool = False
     force: bool = False
+    pack: bool = True
 
 
 @dataclass(frozen=True)
@@ -118,7 +122,7 @@ def _job(t: dict[str, Any], i: int, where: str, base: Path) -> Job:
         hot = HotRules.load(base / Path(t["hot"]).expanduser())
     elif "hot_rules" in t:
         hot = HotRules.from_dict(t["hot_rules"], f"{label} hot_rules")
-    for key in ("sources", "force"):
+    for key in ("sources", "force", "pack"):
         if not isinstance(t.get(key, False), bool):
             raise ConfigError(f"{label}: {key} must be true or false")
     return Job(
@@ -130,6 +134,7 @@ def _job(t: dict[str, Any], i: int, where: str, base: Path) -> Job:
         hot=hot,
         sources=bool(t.get("sources", False)),
         force=bool(t.get("force", False)),
+        pack=bool(t.get("pack", True)),
     )
 
 
@@ -229,6 +234,7 @@ def run_round(
                 stats=stats,
                 sources=job.sources,
                 force=job.force,
+                pack=job.pack,
                 dry_run=dry_run,
             )
             out.results.append(JobResult(job, report=report))
