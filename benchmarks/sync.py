@@ -528,14 +528,30 @@ class Bench:
 # --------------------------------------------------------------------------- one size
 
 
+def unpacked_keys(url: str, bucket: str, keys: dict[str, int]) -> dict[str, int]:
+    """``keys`` with hyperslab's object packs opened: every object a locator places in a
+    pack counts as held (with its length); the packs and locators themselves do not."""
+    out = {k: n for k, n in keys.items() if not k.startswith(("packs/", "locators/"))}
+    for key in keys:
+        if key.startswith("locators/"):
+            doc = json.loads(get_text(url, bucket, key) or "{}")
+            for objs in doc.get("entries", {}).values():
+                for obj, (_pack, _offset, length) in objs.items():
+                    out.setdefault(obj, length)
+    return out
+
+
 def verify(bench: Bench, role: str, want: dict[str, int], branch: str | None) -> dict[str, Any]:
-    """Keys at ``role``'s bucket against ``want`` (A's), and its branch against ``branch``."""
-    got = list_keys(bench.servers[role].url, BUCKETS[role])
+    """Keys at ``role``'s bucket (packed objects counted through the locators) against
+    ``want`` (A's), and its branch against ``branch``."""
+    listed = list_keys(bench.servers[role].url, BUCKETS[role])
+    got = unpacked_keys(bench.servers[role].url, BUCKETS[role], listed)
     missing = sorted(set(want) - set(got))
     extra = sorted(set(got) - set(want))
     differ = sorted(k for k in set(want) & set(got) if want[k] != got[k])
     out: dict[str, Any] = {
         "objects": len(got),
+        "stored_objects": len(listed),
         "bytes": sum(got.values()),
         "missing": len(missing),
         "missing_by_dir": dict(Counter(k.split("/", 1)[0] for k in missing)),
@@ -605,7 +621,8 @@ def run_size(
     print_table(fx, runs)
     for role, v in out["verify"].items():
         print(
-            f"  at {role:6}: {v['objects']:,} objects, missing {v['missing']} "
+            f"  at {role:6}: {v['objects']:,} objects ({v['stored_objects']:,} stored), "
+            f"missing {v['missing']} "
             f"{v['missing_by_dir'] or ''}, extra {v['extra']}, branch "
             f"{'matches A' if v['branch_matches'] else 'DIFFERS from A'}"
         )
