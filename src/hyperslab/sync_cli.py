@@ -131,6 +131,13 @@ def print_report(report: Any) -> None:
         if report.hot_chunks
         else ""
     )
+    if report.sources_absent:
+        out.print(
+            f"[yellow]note[/]: {len(report.sources_absent)} source file(s) are not stored at "
+            "the source (ingested without --upload-sources), so were not copied; readers "
+            f"use the sites that hold them (first: {report.sources_absent[0]})",
+            highlight=False,
+        )
     packs = f" (in {report.packs} packs)" if report.packs else ""
     out.print(
         f"[green]synced[/]: {copied} objects{packs}, {report.bytes_copied:,} bytes copied "

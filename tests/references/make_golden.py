@@ -7,6 +7,12 @@ Later versions of hyperslab must keep reading ``golden/v<N>/`` exactly as
 add a new one when the format changes. SUFFIX names an additive revision of the
 same format version (``.1``: v1 plus catalog indexes and chunk checksums, written
 with no inlined chunks so that every chunk is a checksummed reference).
+
+    .venv/bin/python -m tests.references.make_golden packed
+
+writes ``golden/v1.1-packed``: ``golden/v1.1`` synced (every branch and tag, with
+its sources) into a replica whose entry records, refmaps and checksums are packed
+(references/packs.py).
 """
 
 from __future__ import annotations
@@ -26,7 +32,21 @@ HERE = Path(__file__).parent / "golden"
 SOURCES = Path("/tmp/hyperslab-golden-sources")  # a neutral path: it is recorded as origin
 
 
+def packed() -> None:
+    from hyperslab.sync import sync
+
+    out = HERE / "v1.1-packed"
+    if out.exists():
+        raise SystemExit(f"{out} exists; golden repositories are never regenerated")
+    sync(str(HERE / "v1.1"), str(out), all_branches=True, tags=True, sources=True)
+    for lock in out.rglob(".hyperslab-lock"):
+        lock.unlink()
+    print(f"wrote {out}")
+
+
 def main() -> None:
+    if sys.argv[1:] == ["packed"]:
+        return packed()
     out = HERE / f"v{FORMAT_VERSION}{sys.argv[1] if len(sys.argv) > 1 else ''}"
     if out.exists():
         raise SystemExit(f"{out} exists; golden repositories are never regenerated")

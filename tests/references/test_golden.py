@@ -134,11 +134,12 @@ def test_v1_1_indexes_and_checksums(golden_v1_1: Repository) -> None:
     assert hits.total == 2 and hits[0][1]["name"] == "run1/scan_0001"
 
 
-def test_v1_1_store_reads_uploaded_sources_verified(golden_v1_1: Repository) -> None:
+@pytest.mark.parametrize("version", ["v1.1", "v1.1-packed"])
+def test_v1_1_store_reads_uploaded_sources_verified(tmp_path: Path, version: str) -> None:
     from hyperslab.access.store import open_store
     from hyperslab.convert.verify import verify_store
 
-    repo = golden_v1_1
+    repo = _golden(tmp_path, version)
     root = Path(repo.site.url.removeprefix("file://"))
     store = open_store(repo, "run1/scan_0002_bslz4", cache=False, stats=False)
     assert store.view.verified  # chunk checksums recorded, checked on every read
@@ -147,3 +148,35 @@ def test_v1_1_store_reads_uploaded_sources_verified(golden_v1_1: Repository) -> 
     report = verify_store(staged, store, sorted(store.view.refmap.arrays), label="golden")
     assert report.ok, [(a.path, a.detail) for a in report.arrays if not a.ok]
     assert store.router.stats.requests > 0 and store.router.stats.fallbacks == 0
+
+
+# ``golden/v1.1-packed``: v1.1 synced (all branches, tags, sources) by the session that
+# added object packs: entry records, refmaps and checksums live in packs/, one per
+# leaf, found through locators/ (references/packs.py).
+
+
+def test_v1_1_packed_replica_holds_exactly_what_v1_1_holds(tmp_path: Path) -> None:
+    loose, packed = _golden(tmp_path, "v1.1"), _golden(tmp_path, "v1.1-packed")
+    for prefix in ("entries/", "refmaps/", "checksums/"):
+        assert not list(packed.site.list(prefix))
+    assert len(list(packed.site.list("packs/"))) == len(list(packed.site.list("locators/"))) == 3
+    assert packed.branches() == loose.branches() and packed.tags() == loose.tags()
+    for ref in ("main", "dev", "v1"):
+        names = [n for n, _ in loose.entries(ref)]
+        assert [n for n, _ in packed.entries(ref)] == names
+        for name in names:
+            rec = loose.entry(ref, name)
+            assert packed.entry(ref, name) == rec
+            rm = rec["refmap"]
+            ext = ".parquet" if rm.get("format") == "parquet" else ".json"
+            assert packed.get_object("refmap", rm["id"], ext) == loose.get_object(
+                "refmap", rm["id"], ext
+            )
+            sums = rec["checksums"]["id"]
+            assert packed.get_object("checksums", sums, ".parquet") == loose.get_object(
+                "checksums", sums, ".parquet"
+            )
+    report = fsck(packed)
+    assert report.clean, report.problems
+    assert report.checked["packs"] == report.checked["locators"] == 3
+    assert report.checked["refmaps"] == 4 and report.checked["checksums"] == 3

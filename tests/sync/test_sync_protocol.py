@@ -370,3 +370,18 @@ def _indexes(site: Site) -> list[Any]:
 
     keys = [k for k in site.list("replicas/") if k.endswith(".parquet")]
     return [read_replica_index(site, k) for k in keys]
+
+
+def test_sources_the_source_does_not_hold_are_reported_not_failed(tmp_path: Path) -> None:
+    """--sources copies the files the source site holds; an entry ingested without
+    --upload-sources has none there, which is no reason to fail the sync."""
+    src = Repository.init(_site("src"))
+    _grow(src, tmp_path, 0, 2)  # uploaded
+    ingest(src, [str(_h5(tmp_path / "plain.h5", 99))], fail_fast=True)  # not uploaded
+    dst_site = _site("dst")
+    report = sync(src, dst_site, sources=True)
+    assert report.ok and report.refs[0].status == "create"
+    assert len(report.sources_absent) == 1 and report.sources_absent[0].endswith("/plain.h5")
+    assert report.copied["source"] == 2
+    assert report.to_json()["sources_absent"] == report.sources_absent
+    assert fsck(Repository.open(dst_site)).clean

@@ -194,6 +194,8 @@ class SyncReport:
     hot_bytes: int = 0
     hot_held: int = 0
     packs: int = 0  # object packs uploaded
+    #: source files (--sources) the source site does not hold, so none to copy
+    sources_absent: list[str] = field(default_factory=list)
     locators: int = 0  # leaf locators written
     failures: list[dict[str, Any]] = field(default_factory=list)
     seconds: float = 0.0
@@ -217,6 +219,7 @@ class SyncReport:
             "objects_copied": sum(self.copied.values()),
             "bytes_copied": self.bytes_copied,
             "packs": {"written": self.packs, "locators": self.locators},
+            "sources_absent": self.sources_absent[:100],
             "hot": {
                 "chunks": self.hot_chunks,
                 "bytes": self.hot_bytes,
@@ -341,7 +344,7 @@ def sync(
         _create_repository(src, dst)
     if any(u.moves for u in report.refs) or missing or marker:
         dst.check_writable()
-    packing = _Packing(walker, dst, fresh_dst, pack, missing)
+    packing = _Packing(walker, dst, fresh_dst, pack, missing, jobs)
     _copy(src, dst, missing, report, jobs, RateLimiter(bwlimit), progress, packing)
     if report.failures:
         report.seconds = time.perf_counter() - t0
@@ -873,10 +876,17 @@ class _Packing:
     ones from this sync's packs or the destination's existing locators."""
 
     def __init__(
-        self, walker: _Walker, dst: Repository, fresh: bool, pack: bool, missing: list[_Obj]
+        self,
+        walker: _Walker,
+        dst: Repository,
+        fresh: bool,
+        pack: bool,
+        missing: list[_Obj],
+        jobs: int = 16,
     ) -> None:
         self.walker = walker
         self.dst = dst
+        self.jobs = jobs
         self.fresh = fresh  # the destination had nothing: no pack can be there yet
         self.packed: dict[str, Location] = {}
         self._lock = threading.Lock()
@@ -902,11 +912,12 @@ class _Packing:
         dst, walker = self.dst, self.walker
         bases = {b for b, _ in walker.leaves.values() if b and b not in walker.leaves}
         if bases and not self.fresh:
-            _read_locators(dst, bases, 16)
+            _read_locators(dst, bases, self.jobs)
         built: dict[str, Locator | None] = {}
         out = []
         for leaf, (base, eids) in walker.leaves.items():
-            have = None if self.fresh else dst._locators.get(leaf)
+            # read (and remembered) before the copy by _read_locators
+            have = None if self.fresh else dst.locator(leaf)
             if have is not None:  # a killed sync wrote it (after the packs it names)
                 built[leaf] = have
                 continue
@@ -955,6 +966,12 @@ def _copy(
             done(kind, n)
 
     def failed(o: _Obj, exc: HyperslabError) -> None:
+        if o.kind == "source" and isinstance(exc, NotFoundError) and not _held(src, o.key):
+            # ingested without --upload-sources: readers keep using the sites that
+            # hold the file; nothing to copy, and no reason to fail the sync
+            with lock:
+                report.sources_absent.append(o.key)
+            return
         with lock:
             report.failures.append({"key": o.key, "kind": o.kind, "error": exc.message,
                                     "code": exc.code})  # fmt: skip
@@ -1006,6 +1023,13 @@ def _copy(
                 from fsspec.asyn import sync as run_on
 
                 run_on(loop, _drain, batch, jobs, on_loop, fast, one, pool)
+
+
+def _held(src: Repository, key: str) -> bool:
+    try:
+        return src.site.exists(key)
+    except HyperslabError:
+        return True  # cannot tell: treat the failure as one
 
 
 def _write_locators(dst: Repository, packing: _Packing, report: SyncReport, jobs: int) -> None:
