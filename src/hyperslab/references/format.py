@@ -14,10 +14,13 @@ Layout below the repository prefix (format version 1)::
     checksums/<id>.parquet          CRC-32C of every referenced chunk of a refmap
     sources/<sha256>/<file name>    raw HDF5 files copied in with --upload-sources
     chunks/<sha256>                 chunk replicas (written by sync)
+    packs/<sha256>.pack             entry records, refmaps and checksums packed by sync
+    locators/<leaf id>.json         where a leaf's packed objects are (references/packs.py)
 
 Every object but the branch pointers is immutable and named by the sha256 of its
 bytes (sources: of the file), so readers verify what they get and copies are
-idempotent. JSON objects are written canonically (sorted keys, no spaces, UTF-8)
+idempotent. Derived, site-local indexes are named by the leaf they serve instead
+(catalogs, locators); what a locator points at is still checked against its id. JSON objects are written canonically (sorted keys, no spaces, UTF-8)
 so the same content always has the same id.
 """
 
