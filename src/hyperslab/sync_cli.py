@@ -138,7 +138,12 @@ def print_report(report: Any) -> None:
             f"use the sites that hold them (first: {report.sources_absent[0]})",
             highlight=False,
         )
-    packs = f" (in {report.packs} packs)" if report.packs else ""
+    packs = (
+        f" (entry records, refmaps and checksums in {report.packs} "
+        f"pack{'s' if report.packs != 1 else ''})"
+        if report.packs
+        else ""
+    )
     out.print(
         f"[green]synced[/]: {copied} objects{packs}, {report.bytes_copied:,} bytes copied "
         f"in {report.seconds:.2f} s{hot}",
