@@ -115,3 +115,25 @@ def test_s3_replicas_read_and_write_packs_on_the_io_loop(
         assert unpacked(site) == want
         assert fsck(Repository.open(site)).clean
     _same_data(src, Repository.open(c))
+
+
+@pytest.mark.parametrize("client", ["wire", "s3fs"])
+def test_s3_sources_the_source_does_not_hold_are_reported_on_the_io_loop(
+    s3_bucket: S3Bucket, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, client: str
+) -> None:
+    """S3 to S3, a source file the source site does not hold: the check that it is
+    really absent there runs off the IO loop, whichever S3 client the sites use."""
+    from hyperslab.convert.ingest import ingest
+    from tests.sync.test_sync_protocol import _h5
+
+    if client == "s3fs":
+        monkeypatch.setenv("HYPERSLAB_S3_CLIENT", "s3fs")
+    src = Repository.init(s3_bucket.site("a"))
+    _grow(src, tmp_path, 0, 1)
+    ingest(src, [str(_h5(tmp_path / "plain.h5", 99))], fail_fast=True)  # not uploaded
+    dst = s3_bucket.site("b")
+    assert src.site.client == dst.client == client  # type: ignore[attr-defined]
+    report = sync(src, dst, sources=True)
+    assert report.ok and [k.rsplit("/", 1)[1] for k in report.sources_absent] == ["plain.h5"]
+    assert report.copied["source"] == 1
+    assert fsck(Repository.open(dst)).clean

@@ -965,10 +965,8 @@ def _copy(
         for kind, n in counts:
             done(kind, n)
 
-    def failed(o: _Obj, exc: HyperslabError) -> None:
-        if o.kind == "source" and isinstance(exc, NotFoundError) and not _held(src, o.key):
-            # ingested without --upload-sources: readers keep using the sites that
-            # hold the file; nothing to copy, and no reason to fail the sync
+    def failed(o: _Obj, exc: HyperslabError, absent: bool = False) -> None:
+        if absent:  # see _absent_source: nothing to copy, no reason to fail the sync
             with lock:
                 report.sources_absent.append(o.key)
             return
@@ -983,16 +981,19 @@ def _copy(
                 return landed(*_pack_one(src, dst, o, packing, limiter))
             n = _copy_one(src, dst, o, limiter)
         except HyperslabError as exc:
-            return failed(o, exc)
+            return failed(o, exc, _absent_source(src, o, exc))
         done(o.kind, n)
 
     async def fast(o: _Obj) -> None:
+        import asyncio
+
         try:
             if o.packer is not None:
                 return landed(*await _pack_on_loop(src, dst, o, packing))
             n = await _copy_on_loop(src, dst, o)
         except HyperslabError as exc:
-            return failed(o, exc)
+            # asking the source site is a blocking request: not on the IO loop
+            return failed(o, exc, await asyncio.to_thread(_absent_source, src, o, exc))
         done(o.kind, n)
 
     loop = _shared_loop(src.site, dst.site) if not limiter.rate else None
@@ -1025,11 +1026,16 @@ def _copy(
                 run_on(loop, _drain, batch, jobs, on_loop, fast, one, pool)
 
 
-def _held(src: Repository, key: str) -> bool:
+def _absent_source(src: Repository, o: _Obj, exc: HyperslabError) -> bool:
+    """Whether ``exc`` means that source file ``o`` is not stored at the source site
+    (ingested without --upload-sources): then readers keep using the sites that hold
+    it. A NotFound from anywhere else, or one that cannot be confirmed, is a failure."""
+    if o.kind != "source" or not isinstance(exc, NotFoundError):
+        return False
     try:
-        return src.site.exists(key)
+        return not src.site.exists(o.key)
     except HyperslabError:
-        return True  # cannot tell: treat the failure as one
+        return False
 
 
 def _write_locators(dst: Repository, packing: _Packing, report: SyncReport, jobs: int) -> None:
