@@ -22,7 +22,7 @@ from hyperslab.references.packs import (
     Locator,
     Packer,
     locator_key,
-    pack_key,
+    object_pack_key,
 )
 from hyperslab.references.repository import Repository
 from hyperslab.sync import sync
@@ -150,7 +150,7 @@ def test_a_damaged_pack_is_an_error_never_wrong_data(
     [lkey] = dst.site.list(LOCATOR_PREFIX)
     loc = Locator.from_bytes(dst.site.get(lkey), lkey[len(LOCATOR_PREFIX) : -len(".json")])
     victim, (pid, at, _) = next((k, w) for k, w in loc.locations() if k.startswith("entries/"))
-    key = pack_key(pid)
+    key = object_pack_key(pid)
     data = bytearray(dst.site.get(key))
     data[at] ^= 0xFF  # one byte of one entry record
     dst.site.put(key, bytes(data))
@@ -209,10 +209,10 @@ def test_gc_keeps_reachable_packs_and_drops_unreachable_ones(
     assert gc(dst, older_than=timedelta(days=7), now=later).deleted == []
     # an orphan pack and locator (a sync that died before its leaf was written)
     orphan = b"orphaned objects"
-    dst.site.put(pack_key(object_id(orphan)), orphan)
+    dst.site.put(object_pack_key(object_id(orphan)), orphan)
     dst.site.put(locator_key("e" * 64), Locator("e" * 64).to_bytes())
     report = gc(dst, older_than=timedelta(days=7), now=later)
-    assert sorted(report.deleted) == [locator_key("e" * 64), pack_key(object_id(orphan))]
+    assert sorted(report.deleted) == [locator_key("e" * 64), object_pack_key(object_id(orphan))]
     assert len(list(dst.site.list(LOCATOR_PREFIX))) == 1
     assert fsck(Repository.open(dst.site)).clean
 

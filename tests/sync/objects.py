@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from hyperslab.references.packs import LOCATOR_PREFIX, PACK_PREFIX, Locator, pack_key
+from hyperslab.references.packs import LOCATOR_PREFIX, PACK_PREFIX, Locator, object_pack_key
 from hyperslab.sites import Site
 
 
@@ -18,6 +18,6 @@ def unpacked(site: Site) -> dict[str, bytes]:
     for key in site.list(LOCATOR_PREFIX):
         leaf = key[len(LOCATOR_PREFIX) :].removesuffix(".json")
         for obj, (pack, offset, length) in Locator.from_bytes(site.get(key), leaf).locations():
-            data = site.get_range(pack_key(pack), offset, length)
+            data = site.get_range(object_pack_key(pack), offset, length)
             assert out.setdefault(obj, data) == data, f"{obj} differs between copies"
     return out

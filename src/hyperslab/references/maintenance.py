@@ -25,8 +25,7 @@ from hyperslab.references.catalog_index import CATALOG_PREFIX, LeafCatalog, cata
 from hyperslab.references.checksums import unpack_checksums
 from hyperslab.references.format import is_object_id, object_id, object_key
 from hyperslab.references.packed import EXTENSIONS, unpack_refmap
-from hyperslab.references.packs import LOCATOR_PREFIX, PACK_PREFIX, locator_key
-from hyperslab.references.packs import pack_key as object_pack_key
+from hyperslab.references.packs import LOCATOR_PREFIX, PACK_PREFIX, locator_key, object_pack_key
 from hyperslab.references.replicas import REPLICA_PREFIX, pack_key, read_replica_index
 from hyperslab.references.repository import (
     BRANCH_PREFIX,

@@ -55,7 +55,7 @@ __all__ = [
     "Locator",
     "Packer",
     "locator_key",
-    "pack_key",
+    "object_pack_key",
 ]
 
 PACK_PREFIX = "packs/"
@@ -70,7 +70,7 @@ _VERSION = 1
 Location = tuple[str, int, int]
 
 
-def pack_key(pack: str) -> str:
+def object_pack_key(pack: str) -> str:
     return f"{PACK_PREFIX}{pack}.pack"
 
 

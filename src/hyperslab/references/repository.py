@@ -54,7 +54,13 @@ from hyperslab.references.format import (
     parse_object,
     split_object_key,
 )
-from hyperslab.references.packs import LOCATOR_PREFIX, Location, Locator, locator_key, pack_key
+from hyperslab.references.packs import (
+    LOCATOR_PREFIX,
+    Location,
+    Locator,
+    locator_key,
+    object_pack_key,
+)
 from hyperslab.references.tree import EntryTree
 from hyperslab.sites import Site, open_site
 
@@ -425,6 +431,11 @@ class Repository:
         self.check_object(key, object_id(data))
         return data
 
+    def get_key(self, key: str) -> bytes:
+        """:meth:`get_object` by object key ``folder/<id><ext>``."""
+        folder, oid, ext = split_object_key(key)
+        return self.get_object(KIND_OF_DIR[folder], oid, ext)
+
     # ------------------------------------------------------------- packed objects
     def _find_packed(self, key: str, oid: str) -> Location | None:
         """Where ``key`` is packed, from the locator of the leaf ``oid`` was reached
@@ -438,11 +449,11 @@ class Repository:
     def _read_packed(self, kind: str, oid: str, where: Location) -> bytes:
         pack, offset, length = where
         try:
-            return self.site.get_range(pack_key(pack), offset, length)
+            return self.site.get_range(object_pack_key(pack), offset, length)
         except NotFoundError:
             raise NotFoundError(
                 f"{kind} {oid} is in pack {pack[:12]}…, which is missing from {self.display}",
-                key=pack_key(pack),
+                key=object_pack_key(pack),
                 object=oid,
             ) from None
 

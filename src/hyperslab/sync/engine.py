@@ -69,8 +69,8 @@ from hyperslab.references.packs import (
     Locator,
     Packer,
     locator_key,
+    object_pack_key,
 )
-from hyperslab.references.packs import pack_key as object_pack_key
 from hyperslab.references.repository import (
     BRANCH_PREFIX,
     REFRESH_AGE,
@@ -1079,11 +1079,7 @@ def _pack_one(
     src: Repository, dst: Repository, o: _Obj, packing: _Packing, limiter: RateLimiter
 ) -> tuple[list[tuple[str, int]], int]:
     """Thread twin of :func:`_pack_on_loop`."""
-    if o.data is not None:
-        data = o.data
-    else:
-        folder, oid, ext = split_object_key(o.key)
-        data = src.get_object(KIND_OF_DIR[folder], oid, ext)  # sha256-checked
+    data = o.data if o.data is not None else src.get_key(o.key)  # sha256-checked
     loose, ready = _pack_ready(o, data)
     counts: list[tuple[str, int]] = []
     if loose:
@@ -1132,8 +1128,7 @@ async def _aread_checked(src: Repository, o: _Obj) -> bytes:
     import asyncio
 
     if src.packed_location(o.key) is not None:
-        folder, oid, ext = split_object_key(o.key)
-        return await asyncio.to_thread(src.get_object, KIND_OF_DIR[folder], oid, ext)
+        return await asyncio.to_thread(src.get_key, o.key)
     data = await src.site.aget(o.key)  # type: ignore[attr-defined]
     # hashing a large object would stall every other request on the loop
     digest = (
@@ -1232,8 +1227,7 @@ def _copy_one(src: Repository, dst: Repository, o: _Obj, limiter: RateLimiter) -
     elif o.data is not None:
         items = [(o.key, o.data)]
     else:
-        folder, oid, ext = split_object_key(o.key)
-        items = [(o.key, src.get_object(KIND_OF_DIR[folder], oid, ext))]  # sha256-checked
+        items = [(o.key, src.get_key(o.key))]  # sha256-checked
     total = 0
     for key, data in items:  # in order: a pack before its index
         limiter.take(len(data))
