@@ -491,7 +491,7 @@ def hyperslab_reader(env: Env) -> list[Contender] | str:
     from hyperslab.access.decode import DecodedCache
     from hyperslab.convert.ingest import ingest
     from hyperslab.references.repository import Repository
-    from hyperslab.sites import S3Site
+    from hyperslab.storage import S3Site
 
     # Ingest through a link that is removed afterwards: the entry records where the
     # file was ingested from, and the store may fall back to that path as a last

@@ -59,7 +59,7 @@ from collections import Counter
 from typing import Any
 
 from hyperslab.references.repository import Repository
-from hyperslab.sites import S3Site
+from hyperslab.storage import S3Site
 from loopback_s3 import use_loopback_credentials
 from repo import catalog, fill
 

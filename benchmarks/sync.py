@@ -189,7 +189,7 @@ def fixture(data: Path, entries: int, big_mb: int) -> Fixture:
     """The repository of ``entries`` small entries + the big file, built once and cached."""
     from hyperslab.convert.ingest import ingest
     from hyperslab.references.repository import Repository
-    from hyperslab.sites import FileSite
+    from hyperslab.storage import FileSite
 
     data.mkdir(parents=True, exist_ok=True)
     path = data / f"repo-{entries}-{big_mb}MB"
@@ -265,7 +265,7 @@ def commit_entries(url: str, files: list[Path], name: str) -> dict[str, Any]:
     """Ingest ``files`` (with sources) at A as one commit, straight to the server."""
     from hyperslab.convert.ingest import ingest
     from hyperslab.references.repository import Repository
-    from hyperslab.sites import S3Site
+    from hyperslab.storage import S3Site
 
     t0 = time.perf_counter()
     site = S3Site(BUCKETS["src"], PREFIX, endpoint_url=url, region=REGION, cas=False)

@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from hyperslab.sites import S3Site
+from hyperslab.storage import S3Site
 
 REAL_ENDPOINT_VAR = "HYPERSLAB_TEST_S3_ENDPOINT"
 

@@ -24,7 +24,7 @@ from hyperslab.access.store import open_store
 from hyperslab.convert.ingest import ingest
 from hyperslab.errors import AccessDeniedError
 from hyperslab.references.repository import Repository
-from hyperslab.sites import FileSite, S3Site, Site
+from hyperslab.storage import FileSite, S3Site, Site
 from tests.conftest import S3Endpoint, own_s3_server
 
 ENTRY = "frames"

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from hyperslab.convert.sample import write_samples
-from hyperslab.sites import FileSite, MemorySite, Site, forget_memory_site
+from hyperslab.storage import FileSite, MemorySite, Site, forget_memory_site
 from tests.conftest import S3Bucket
 
 SiteFactory = Callable[[], tuple[Site, str]]

@@ -117,7 +117,7 @@ def test_eight_processes_commit_at_once(
 # $KILL_AT (before or after it, per $KILL_WHEN) or reports the count at exit.
 _WRAPPER = r"""
 import os, signal, sys
-from hyperslab import sites
+from hyperslab import storage as sites
 count = [0]
 kill_at = int(os.environ.get("KILL_AT", "0"))
 when = os.environ.get("KILL_WHEN", "before")

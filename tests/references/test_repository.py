@@ -28,7 +28,7 @@ from hyperslab.references.repository import (
     NotARepositoryError,
     Repository,
 )
-from hyperslab.sites import MemorySite, Site, forget_memory_site
+from hyperslab.storage import MemorySite, Site, forget_memory_site
 
 from .conftest import SiteFactory
 
@@ -408,7 +408,7 @@ class _NoCasSite(MemorySite):
 
     @property
     def supports_cas(self) -> bool:
-        from hyperslab.sites import probe_cas
+        from hyperslab.storage import probe_cas
 
         return probe_cas(self)
 

@@ -19,7 +19,7 @@ import sys
 import threading
 from typing import Any
 
-from hyperslab.sites import FileSite, Site
+from hyperslab.storage import FileSite, Site
 
 _lock = threading.Lock()
 _count = 0

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from hyperslab.references.packs import LOCATOR_PREFIX, PACK_PREFIX, Locator, object_pack_key
-from hyperslab.sites import Site
+from hyperslab.storage import Site
 
 
 def unpacked(site: Site) -> dict[str, bytes]:

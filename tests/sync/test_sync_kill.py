@@ -23,7 +23,7 @@ import pytest
 from hyperslab.convert.ingest import ingest
 from hyperslab.references.maintenance import fsck
 from hyperslab.references.repository import Repository
-from hyperslab.sites import FileSite
+from hyperslab.storage import FileSite
 from hyperslab.sync import HotRules, sync
 
 ROOT = Path(__file__).resolve().parents[2]

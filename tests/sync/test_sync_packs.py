@@ -117,7 +117,7 @@ def test_s3_replicas_read_and_write_packs_on_the_io_loop(
     _same_data(src, Repository.open(c))
 
 
-@pytest.mark.parametrize("client", ["wire", "s3fs"])
+@pytest.mark.parametrize("client", ["wire", "botocore"])
 def test_s3_sources_the_source_does_not_hold_are_reported_on_the_io_loop(
     s3_bucket: S3Bucket, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, client: str
 ) -> None:
@@ -126,8 +126,8 @@ def test_s3_sources_the_source_does_not_hold_are_reported_on_the_io_loop(
     from hyperslab.convert.ingest import ingest
     from tests.sync.test_sync_protocol import _h5
 
-    if client == "s3fs":
-        monkeypatch.setenv("HYPERSLAB_S3_CLIENT", "s3fs")
+    if client == "botocore":
+        monkeypatch.setenv("HYPERSLAB_S3_CLIENT", "botocore")
     src = Repository.init(s3_bucket.site("a"))
     _grow(src, tmp_path, 0, 1)
     ingest(src, [str(_h5(tmp_path / "plain.h5", 99))], fail_fast=True)  # not uploaded

@@ -17,7 +17,7 @@ from hyperslab.convert.ingest import ingest
 from hyperslab.errors import ConfigError, HyperslabError, TransientError
 from hyperslab.references.maintenance import fsck
 from hyperslab.references.repository import Repository
-from hyperslab.sites import FileSite, MemorySite, Site
+from hyperslab.storage import FileSite, MemorySite, Site
 from hyperslab.sync import (
     DivergedError,
     HotRules,

@@ -156,7 +156,7 @@ def test_s3_to_s3_streams_large_objects_and_never_completes_a_bad_one(
     from tests.sync.test_sync_protocol import _grow
 
     monkeypatch.setattr("hyperslab.sync.engine.LOOP_COPY_MAX", 0)  # everything sized streams
-    monkeypatch.setattr("hyperslab.sites.STREAM_BLOCK", 1024)  # many blocks per object
+    monkeypatch.setattr("hyperslab.storage.s3.wire.STREAM_BLOCK", 1024)  # many blocks per object
     src = Repository.init(s3_bucket.site("src"))
     _grow(src, tmp_path / "files", 0, 3)
     dst_site = s3_bucket.site("dst")

@@ -30,7 +30,7 @@ from hyperslab.errors import BadInputError, ConfigError, CorruptError, NotFoundE
 from hyperslab.references.packed import EXTENSIONS, unpack_refmap
 from hyperslab.references.refmap import RefMap, write_refmap
 from hyperslab.references.repository import DEFAULT_BRANCH, Repository
-from hyperslab.sites import Site, open_site
+from hyperslab.storage import Site, open_site
 
 __all__ = ["ExportResult", "export_format", "export_refs", "open_export_site"]
 

@@ -37,7 +37,7 @@ from google_crc32c import value as _crc32c
 
 from hyperslab.errors import AccessDeniedError, HyperslabError, NotFoundError, TransientError
 from hyperslab.references.replicas import ReplicaIndex
-from hyperslab.sites import Site
+from hyperslab.storage import Site
 
 __all__ = [
     "ChunkRef",

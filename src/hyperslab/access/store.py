@@ -56,7 +56,7 @@ from hyperslab.references.packed import EXTENSIONS, read_packed_meta, unpack_ref
 from hyperslab.references.refmap import ArrayRefs, RefMap, _key_to_linear
 from hyperslab.references.replicas import ReplicaIndex, load_replicas, pack_key
 from hyperslab.references.repository import DEFAULT_BRANCH, Repository
-from hyperslab.sites import FileSite, Site, open_site
+from hyperslab.storage import FileSite, Site, open_site
 
 if TYPE_CHECKING:
     from hyperslab.access.cache import ChunkCache

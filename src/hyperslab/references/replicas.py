@@ -42,7 +42,7 @@ import numpy as np
 from hyperslab.errors import CorruptError, FormatVersionError, HyperslabError, NotFoundError
 from hyperslab.references.format import is_object_id, object_id
 from hyperslab.references.refmap import _arrow_int_column, _arrow_primitive
-from hyperslab.sites import Site
+from hyperslab.storage import Site
 
 __all__ = [
     "PACK_SPAN",

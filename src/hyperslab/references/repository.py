@@ -62,7 +62,7 @@ from hyperslab.references.packs import (
     object_pack_key,
 )
 from hyperslab.references.tree import EntryTree
-from hyperslab.sites import Site, open_site
+from hyperslab.storage import Site, open_site
 
 if TYPE_CHECKING:  # pyarrow and numpy load only when a catalog is built or searched
     from hyperslab.references.catalog_index import LeafCatalog

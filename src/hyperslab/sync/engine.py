@@ -79,7 +79,7 @@ from hyperslab.references.repository import (
     NotARepositoryError,
     Repository,
 )
-from hyperslab.sites import Site
+from hyperslab.storage import Site
 from hyperslab.sync.hot import HotChunk, HotRules, select_hot
 
 __all__ = [
@@ -997,7 +997,7 @@ def _copy(
         done(o.kind, n)
 
     loop = _shared_loop(src.site, dst.site) if not limiter.rate else None
-    streams = loop is not None and _streams(src.site) and _streams(dst.site)
+    streams = loop is not None and src.site.supports_streaming and dst.site.supports_streaming
 
     def on_loop(o: _Obj) -> bool:
         if o.make is not None or (o.packer is None and src.packed_location(o.key)):
@@ -1109,13 +1109,13 @@ async def _pack_on_loop(
     loose, ready = _pack_ready(o, data)
     counts: list[tuple[str, int]] = []
     if loose:
-        await dst.site.aput_verified(o.key, data)  # type: ignore[attr-defined]
+        await dst.site.aput_verified(o.key, data)
         counts.append((o.kind, len(data)))
     uploaded = 0
     for pid, pack, where in ready:
         key = object_pack_key(pid)
         if packing.fresh or not await asyncio.to_thread(dst.site.exists, key):
-            await dst.site.aput_verified(key, pack)  # type: ignore[attr-defined]
+            await dst.site.aput_verified(key, pack)
             counts += _pack_counts(where)
             uploaded += 1
         packing.record(where)
@@ -1129,7 +1129,7 @@ async def _aread_checked(src: Repository, o: _Obj) -> bytes:
 
     if src.packed_location(o.key) is not None:
         return await asyncio.to_thread(src.get_key, o.key)
-    data = await src.site.aget(o.key)  # type: ignore[attr-defined]
+    data = await src.site.aget(o.key)
     # hashing a large object would stall every other request on the loop
     digest = (
         await asyncio.to_thread(_sha256_hex, data) if len(data) > 1 << 20 else _sha256_hex(data)
@@ -1143,12 +1143,8 @@ async def _aread_checked(src: Repository, o: _Obj) -> bytes:
 
 def _shared_loop(a: Site, b: Site) -> Any:
     """The IO loop both sites' requests run on (two S3 sites), else None."""
-    loop = getattr(a, "io_loop", None)
-    return loop if loop is not None and loop is getattr(b, "io_loop", None) else None
-
-
-def _streams(site: Site) -> bool:
-    return bool(getattr(site, "streams", False))
+    loop = a.io_loop
+    return loop if loop is not None and loop is b.io_loop else None
 
 
 #: objects up to this size are copied as coroutines on the IO loop, whole in memory;
@@ -1191,7 +1187,7 @@ async def _copy_on_loop(src: Repository, dst: Repository, o: _Obj) -> int:
     if o.data is None and (o.size or 0) > LOOP_COPY_MAX:
         return await _stream_on_loop(src, dst, o)
     data = o.data if o.data is not None else await _aread_checked(src, o)
-    await dst.site.aput_verified(o.key, data)  # type: ignore[attr-defined]
+    await dst.site.aput_verified(o.key, data)
     return len(data)
 
 
@@ -1210,8 +1206,8 @@ async def _stream_on_loop(src: Repository, dst: Repository, o: _Obj) -> int:
         def check(n: int, digest: str) -> None:
             src.check_object(o.key, digest)
 
-    async with src.site.aget_stream(o.key) as (size, blocks):  # type: ignore[attr-defined]
-        await dst.site.aput_stream(o.key, size, blocks, expected, check)  # type: ignore[attr-defined]
+    async with src.site.aget_stream(o.key) as (size, blocks):
+        await dst.site.aput_stream(o.key, size, blocks, expected, check)
     return int(size)
 
 

@@ -1,25 +1,18 @@
-"""A lean S3 client: SigV4-signed object requests without botocore's request pipeline.
+"""hyperslab's own S3 client: SigV4-signed requests without botocore's request pipeline.
 
 botocore spends about 1.25 ms of CPU on every request (parameter validation, the
-endpoint rule set, event hooks, response parsing), and ``import s3fs`` alone costs
-0.4 s, because aiobotocore pulls in aiohttp and httpx. A replication job that
-copies thousands of small immutable objects, or compares two branch heads and
-stops, is bound by exactly that. This module speaks the handful of S3 calls
-hyperslab needs (GET, ranged GET, HEAD, PUT with Content-MD5 or a condition,
-DELETE, ListObjectsV2) directly:
+endpoint rule set, event hooks, response parsing), and importing aiobotocore costs
+0.4 s, because it pulls in aiohttp and httpx. A replication job that copies
+thousands of small immutable objects, or compares two branch heads and stops, is
+bound by exactly that. This module speaks the handful of S3 calls hyperslab needs
+(GET, ranged GET, HEAD, PUT with Content-MD5 or a condition, DELETE,
+ListObjectsV2, multipart uploads) directly, signed by :mod:`.auth`:
 
-* **Signing**: AWS Signature Version 4, with the body's SHA-256 signed
-  (``x-amz-content-sha256``), so the server also refuses a body damaged on the way.
-  Tested against AWS's published example and against botocore's own signer.
-* **Two transports, one request model**: :meth:`S3Wire.request` blocks on a
+* **Two ways to send, one request model**: :meth:`S3Wire.request` blocks on a
   per-thread keep-alive :mod:`http.client` connection (nothing heavy to import:
   a one-shot ``hyperslab sync`` that only compares heads never imports aiohttp
   or botocore); :meth:`S3Wire.arequest` is a coroutine on an aiohttp session of
   the running loop (the bulk copy and concurrent range reads).
-* **Credentials**: ``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY`` (and
-  ``AWS_SESSION_TOKEN``) are read directly. Anything else (a named profile,
-  SSO, ``credential_process``, assumed roles, instance metadata) goes through
-  botocore's own credential chain, refreshed before expiry.
 * **Retries**: connection failures, 5xx, ``SlowDown`` and ``RequestTimeout``
   are retried with exponential backoff and jitter, ``retries`` attempts in all;
   a keep-alive connection the server closed meanwhile is reopened at once.
@@ -27,9 +20,10 @@ DELETE, ListObjectsV2) directly:
   the request for that region (AWS buckets outside ``us-east-1`` with no region
   configured).
 
-Failures raise :class:`WireError`, shaped like botocore's ``ClientError``
-(``.response["Error"]["Code"]`` and ``["ResponseMetadata"]["HTTPStatusCode"]``),
-so :class:`hyperslab.sites.S3Site` turns both into the same named errors.
+Failures raise :class:`~.transport.S3ErrorReply` (the server's ``<Error>``) or
+:class:`~.transport.S3Unreachable` (no answer after the retries);
+:class:`WireTransport` is this client behind the :class:`~.transport.Transport`
+interface.
 """
 
 from __future__ import annotations
@@ -38,7 +32,6 @@ import asyncio
 import atexit
 import contextlib
 import hashlib
-import hmac
 import os
 import random
 import threading
@@ -46,174 +39,33 @@ import time
 import xml.etree.ElementTree as ET
 from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
-from urllib.parse import quote, urlsplit
+from pathlib import Path
+from typing import Any, NoReturn
+from urllib.parse import urlsplit
+
+from hyperslab.storage.s3.auth import CredentialSource, sign_v4, uri_encode
+from hyperslab.storage.s3.transport import (
+    Fetched,
+    S3ErrorReply,
+    S3Unreachable,
+    Transport,
+    TransportSettings,
+)
+from hyperslab.storage.site import ObjectInfo
 
 __all__ = [
     "EMPTY_SHA256",
-    "CredentialSource",
-    "Credentials",
-    "NoCredentials",
     "Response",
     "S3Wire",
-    "WireError",
-    "sign_v4",
+    "WireTransport",
+    "aclose_session",
+    "parse_list_page",
 ]
 
 EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
 _S3_NS = "{http://s3.amazonaws.com/doc/2006-03-01/}"
 _RETRY_STATUS = {500, 502, 503, 504}
 _RETRY_CODES = {"SlowDown", "RequestTimeout", "InternalError", "ServiceUnavailable", "Throttling"}
-# options (s3fs spelling) this client understands; any other option needs botocore
-WIRE_OPTIONS = {"retries", "config_kwargs"}
-WIRE_CONFIG_KWARGS = {"connect_timeout", "read_timeout", "retries"}
-
-
-@dataclass(frozen=True)
-class Credentials:
-    access_key: str
-    secret_key: str
-    token: str | None = None
-
-    def __repr__(self) -> str:  # never print the secret
-        return f"Credentials(access_key={self.access_key[:4]}…)"
-
-
-class NoCredentials(Exception):
-    """No AWS credentials were found anywhere in the chain."""
-
-
-class WireError(Exception):
-    """An S3 error reply, shaped like botocore's ``ClientError`` (``.response``)."""
-
-    def __init__(self, status: int, error: Mapping[str, str], method: str) -> None:
-        code = error.get("Code") or str(status)
-        super().__init__(f"{method}: {code}: {error.get('Message') or code} (HTTP {status})")
-        self.status = status
-        self.response: dict[str, Any] = {
-            "Error": {**error, "Code": code},
-            "ResponseMetadata": {"HTTPStatusCode": status},
-        }
-
-    @property
-    def code(self) -> str:
-        return str(self.response["Error"]["Code"])
-
-
-class CredentialSource:
-    """Where a site's credentials come from (resolved on first use, then cached).
-
-    ``profile`` set: botocore's chain for that profile (it skips the environment
-    keys, as botocore does). Otherwise the environment keys if both are set, else
-    botocore's default chain. ``anon``: unsigned requests.
-    """
-
-    def __init__(self, profile: str | None = None, anon: bool = False) -> None:
-        self.profile = profile
-        self.anon = anon
-        self._lock = threading.Lock()
-        self._static: Credentials | None = None
-        self._botocore: Any = None
-
-    def get(self) -> Credentials | None:
-        if self.anon:
-            return None
-        if self._static is not None:
-            return self._static
-        if self._botocore is None:
-            with self._lock:
-                if self._static is None and self._botocore is None:
-                    self._resolve()
-            if self._static is not None:
-                return self._static
-        frozen = self._botocore.get_frozen_credentials()  # refreshes before expiry
-        if not frozen.access_key or not frozen.secret_key:
-            raise NoCredentials("the credential provider returned empty keys")
-        return Credentials(frozen.access_key, frozen.secret_key, frozen.token or None)
-
-    def _resolve(self) -> None:
-        key = os.environ.get("AWS_ACCESS_KEY_ID")
-        secret = os.environ.get("AWS_SECRET_ACCESS_KEY")
-        if self.profile is None and key and secret:
-            token = os.environ.get("AWS_SESSION_TOKEN") or os.environ.get("AWS_SECURITY_TOKEN")
-            self._static = Credentials(key, secret, token or None)
-            return
-        import botocore.session
-
-        creds = botocore.session.Session(profile=self.profile).get_credentials()
-        if creds is None:
-            raise NoCredentials("no AWS credentials found")
-        self._botocore = creds
-
-
-def _uri_encode(text: str, safe: str = "/") -> str:
-    return quote(text, safe=safe + "~")
-
-
-def _hmac(key: bytes, msg: str) -> bytes:
-    return hmac.new(key, msg.encode(), hashlib.sha256).digest()
-
-
-_signing_keys: dict[tuple[str, str, str], bytes] = {}
-
-
-def sign_v4(
-    method: str,
-    host: str,
-    path: str,
-    query: Iterable[tuple[str, str]],
-    headers: dict[str, str],
-    payload_sha256: str,
-    creds: Credentials,
-    region: str,
-    amz_date: str,
-) -> dict[str, str]:
-    """Add SigV4 ``Authorization`` (and the headers it covers) to ``headers``.
-
-    ``path`` is already URI-encoded (S3 encodes it once); ``amz_date`` is
-    ``YYYYMMDDTHHMMSSZ``. Every header in ``headers`` is signed.
-    """
-    headers["host"] = host
-    headers["x-amz-date"] = amz_date
-    headers["x-amz-content-sha256"] = payload_sha256
-    if creds.token:
-        headers["x-amz-security-token"] = creds.token
-    canon = sorted((k.lower(), " ".join(str(v).split())) for k, v in headers.items())
-    signed = ";".join(k for k, _ in canon)
-    canonical_query = "&".join(
-        f"{_uri_encode(k, '')}={_uri_encode(v, '')}" for k, v in sorted(query)
-    )
-    request = "\n".join(
-        (
-            method,
-            path,
-            canonical_query,
-            "".join(f"{k}:{v}\n" for k, v in canon),
-            signed,
-            payload_sha256,
-        )
-    )
-    day = amz_date[:8]
-    scope = f"{day}/{region}/s3/aws4_request"
-    to_sign = "\n".join(
-        ("AWS4-HMAC-SHA256", amz_date, scope, hashlib.sha256(request.encode()).hexdigest())
-    )
-    cache_key = (creds.secret_key, day, region)
-    key = _signing_keys.get(cache_key)
-    if key is None:
-        key = _hmac(
-            _hmac(_hmac(_hmac(b"AWS4" + creds.secret_key.encode(), day), region), "s3"),
-            "aws4_request",
-        )
-        if len(_signing_keys) > 64:
-            _signing_keys.clear()
-        _signing_keys[cache_key] = key
-    signature = hmac.new(key, to_sign.encode(), hashlib.sha256).hexdigest()
-    headers["Authorization"] = (
-        f"AWS4-HMAC-SHA256 Credential={creds.access_key}/{scope}, "
-        f"SignedHeaders={signed}, Signature={signature}"
-    )
-    return headers
 
 
 @dataclass
@@ -251,6 +103,14 @@ def parse_list_page(body: bytes) -> tuple[list[tuple[str, int]], str | None]:
         )
     truncated = (root.findtext(f"{_S3_NS}IsTruncated") or "").lower() == "true"
     return out, (root.findtext(f"{_S3_NS}NextContinuationToken") if truncated else None)
+
+
+def _give_up(error: BaseException) -> NoReturn:
+    """Raise what a request's last attempt got: the server's error reply, or
+    S3Unreachable for a connection that failed or timed out."""
+    if isinstance(error, S3ErrorReply):
+        raise error
+    raise S3Unreachable(f"{type(error).__name__}: {error}") from error
 
 
 class _Retry(Exception):
@@ -315,12 +175,12 @@ class S3Wire:
     def _target(self, key: str) -> tuple[str, int | None, str]:
         """``(host, port, encoded path)`` of ``key`` (``""``: the bucket itself)."""
         if self._custom:
-            path = f"{self._base}/{self.bucket}" + (f"/{_uri_encode(key)}" if key else "")
+            path = f"{self._base}/{self.bucket}" + (f"/{uri_encode(key)}" if key else "")
             return self._host, self._port, path
         host = f"{self.bucket}.s3.{self.region}.amazonaws.com"
         if "." in self.bucket:  # dotted names break TLS on virtual hosts
-            return f"s3.{self.region}.amazonaws.com", None, f"/{self.bucket}/{_uri_encode(key)}"
-        return host, None, "/" + _uri_encode(key)
+            return f"s3.{self.region}.amazonaws.com", None, f"/{self.bucket}/{uri_encode(key)}"
+        return host, None, "/" + uri_encode(key)
 
     def _prepare(
         self,
@@ -342,7 +202,7 @@ class S3Wire:
             amz_date = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
             sign_v4(method, host_header, path, query, hdrs, body_sha, creds, self.region, amz_date)
         if query:
-            path += "?" + "&".join(f"{_uri_encode(k, '')}={_uri_encode(v, '')}" for k, v in query)
+            path += "?" + "&".join(f"{uri_encode(k, '')}={uri_encode(v, '')}" for k, v in query)
         return host, port, path, hdrs
 
     def _ssl_context(self) -> Any:
@@ -358,7 +218,7 @@ class S3Wire:
         if resp.status in ok:
             return resp
         fields = _error_fields(resp.body)
-        err = WireError(resp.status, fields, method)
+        err = S3ErrorReply(resp.status, fields.get("Code", ""), fields.get("Message", ""), method)
         region = resp.header("x-amz-bucket-region")
         if region and region != self.region and resp.status in (301, 307, 400, 403):
             self.region = region
@@ -414,8 +274,8 @@ class S3Wire:
         body_sha: str | None = None,
         ok: Iterable[int] = (200, 204, 206),
     ) -> Response:
-        """One request, retried as the class doc says; raises WireError or the last
-        connection error when the attempts are used up."""
+        """One request, retried as the class doc says; raises S3ErrorReply, or
+        S3Unreachable when the attempts are used up without an answer."""
         import http.client
 
         sha = self._body_sha(body, body_sha)
@@ -445,7 +305,7 @@ class S3Wire:
                 error = exc
             attempt += 1
             if attempt >= self.retries:
-                raise error
+                _give_up(error)
             time.sleep(self._backoff(attempt))
 
     # ----- coroutine transport (aiohttp, one session per event loop)
@@ -524,7 +384,7 @@ class S3Wire:
                 error = exc
             attempt += 1
             if attempt >= retries:
-                raise error
+                _give_up(error)
             await asyncio.sleep(self._backoff(attempt))
 
     @contextlib.asynccontextmanager
@@ -567,7 +427,7 @@ class S3Wire:
                     raw.release()
             attempt += 1
             if attempt >= self.retries:
-                raise error
+                _give_up(error)
             await asyncio.sleep(self._backoff(attempt))
 
     # ----- lifecycle
@@ -624,3 +484,157 @@ def _close_sessions() -> None:
         if loop.is_running() and not loop.is_closed():
             with contextlib.suppress(Exception):
                 asyncio.run_coroutine_threadsafe(session.close(), loop).result(timeout=5)
+
+
+# --------------------------------------------------------------------------- the transport
+
+
+def _content_range_size(value: str | None) -> int | None:
+    total = str(value or "").rpartition("/")[2]
+    return int(total) if total.isdigit() else None
+
+
+def _range_header(start: int | None, length: int | None) -> dict[str, str]:
+    if start is None or length is None:
+        return {}
+    return {"range": f"bytes={start}-{start + length - 1}"}
+
+
+def _fetched(r: Response, start: int | None, length: int | None) -> Fetched:
+    data, total = r.body, _content_range_size(r.header("content-range"))
+    if start is not None and length is not None and r.status == 200:
+        total, data = len(data), data[start : start + length]  # a server that ignores Range
+    return Fetched(data, r.header("etag"), total)
+
+
+def _object_info(r: Response) -> ObjectInfo:
+    from datetime import UTC, datetime
+    from email.utils import parsedate_to_datetime
+
+    try:
+        mtime = parsedate_to_datetime(r.header("last-modified"))
+    except (TypeError, ValueError):
+        mtime = datetime.now(UTC)
+    return ObjectInfo(int(r.header("content-length", "0")), r.header("etag"), mtime)
+
+
+class WireTransport(Transport):
+    """:class:`S3Wire` behind the transport interface; its coroutines run on fsspec's IO
+    loop thread, shared with every other S3 site of the process."""
+
+    name = "wire"
+    supports_streaming = True
+
+    def __init__(self, settings: TransportSettings) -> None:
+        options = {
+            name: getattr(settings, name)
+            for name in ("retries", "connect_timeout", "read_timeout")
+            if getattr(settings, name) is not None
+        }
+        self.wire = S3Wire(
+            settings.bucket,
+            settings.endpoint_url,
+            settings.region,
+            CredentialSource(settings.profile, settings.anon),
+            **options,
+        )
+
+    @property
+    def io_loop(self) -> asyncio.AbstractEventLoop:
+        from fsspec.asyn import get_loop
+
+        return get_loop()
+
+    # ----- blocking
+    def get(self, key: str, start: int | None = None, length: int | None = None) -> Fetched:
+        r = self.wire.request("GET", key, headers=_range_header(start, length))
+        return _fetched(r, start, length)
+
+    def head(self, key: str) -> ObjectInfo:
+        return _object_info(self.wire.request("HEAD", key))
+
+    def put(self, key: str, data: bytes, headers: Mapping[str, str]) -> str:
+        return self.wire.request("PUT", key, body=data, headers=dict(headers)).header("etag")
+
+    def delete(self, key: str) -> None:
+        self.wire.request("DELETE", key)
+
+    def list_page(self, prefix: str, token: str | None) -> tuple[list[str], str | None]:
+        query = [("list-type", "2"), ("prefix", prefix), ("encoding-type", "url")]
+        if token:
+            query.append(("continuation-token", token))
+        items, nxt = parse_list_page(self.wire.request("GET", "", query=query).body)
+        return [k for k, _ in items], nxt
+
+    def upload_file(self, key: str, path: Path) -> str:
+        part = self.part_size(path.stat().st_size)
+        if part is None:
+            return self.put(key, path.read_bytes(), {})
+        return _multipart_upload(self.wire, key, path, part)
+
+    # ----- coroutines
+    async def aget(self, key: str, start: int | None = None, length: int | None = None) -> Fetched:
+        r = await self.wire.arequest("GET", key, headers=_range_header(start, length))
+        return _fetched(r, start, length)
+
+    async def ahead(self, key: str) -> ObjectInfo:
+        return _object_info(await self.wire.arequest("HEAD", key))
+
+    async def aput(self, key: str, data: bytes, headers: Mapping[str, str]) -> str:
+        r = await self.wire.arequest("PUT", key, body=data, headers=dict(headers))
+        return r.header("etag")
+
+    @contextlib.asynccontextmanager
+    async def aopen_get(self, key: str) -> AsyncIterator[tuple[int, AsyncIterator[bytes]]]:
+        async with self.wire.aopen("GET", key) as (head, content):
+            yield int(head.header("content-length", "0")), content.iter_chunked(STREAM_BLOCK)
+
+    async def aput_stream(
+        self, key: str, size: int, body: AsyncIterator[bytes], sha256: str
+    ) -> str:
+        r = await self.wire.arequest(
+            "PUT", key, body=body, body_sha=sha256, headers={"content-length": str(size)}
+        )
+        return r.header("etag")
+
+    def close(self) -> None:
+        self.wire.close_blocking()
+
+
+#: block size of streamed GETs (:meth:`WireTransport.aopen_get`)
+STREAM_BLOCK = 1 << 20
+
+
+def _multipart_upload(wire: S3Wire, key: str, path: Path, part_size: int) -> str:
+    """Upload ``path`` in parts of ``part_size``: the object appears when the last call
+    completes it; any failure aborts the upload, so no parts are left to pay for."""
+    from xml.sax.saxutils import escape
+
+    created = wire.request("POST", key, query=[("uploads", "")])
+    upload_id = ET.fromstring(created.body).findtext(f"{_S3_NS}UploadId") or ""
+    if not upload_id:
+        raise S3ErrorReply(created.status, "MalformedReply", "no UploadId in the reply", "POST")
+    done: list[tuple[int, str]] = []
+    try:
+        with open(path, "rb") as fh:
+            while block := fh.read(part_size):
+                n = len(done) + 1
+                query = [("partNumber", str(n)), ("uploadId", upload_id)]
+                done.append((n, wire.request("PUT", key, query=query, body=block).header("etag")))
+        body = (
+            "<CompleteMultipartUpload>"
+            + "".join(
+                f"<Part><PartNumber>{n}</PartNumber><ETag>{escape(etag)}</ETag></Part>"
+                for n, etag in done
+            )
+            + "</CompleteMultipartUpload>"
+        ).encode()
+        completed = wire.request("POST", key, query=[("uploadId", upload_id)], body=body)
+        fields = _error_fields(completed.body)  # S3 may report a failure with status 200
+        if "Code" in fields:
+            raise S3ErrorReply(completed.status, fields["Code"], fields.get("Message", ""), "POST")
+        return ET.fromstring(completed.body).findtext(f"{_S3_NS}ETag") or ""
+    except BaseException:
+        with contextlib.suppress(Exception):
+            wire.request("DELETE", key, query=[("uploadId", upload_id)])
+        raise

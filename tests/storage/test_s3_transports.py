@@ -14,20 +14,17 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from hyperslab.errors import ConfigError, NotFoundError, TransientError
-from hyperslab.s3wire import (
-    EMPTY_SHA256,
-    Credentials,
-    CredentialSource,
-    NoCredentials,
-    S3Wire,
-    WireError,
-    aclose_session,
-    parse_list_page,
-    sign_v4,
+from hyperslab.storage import S3Site, Site
+from hyperslab.storage.s3.auth import Credentials, CredentialSource, sign_v4
+from hyperslab.storage.s3.transport import (
+    S3ErrorReply,
+    S3NoCredentials,
+    client_choice,
+    common_options,
 )
-from hyperslab.sites import S3Site, Site, _wire_settings
+from hyperslab.storage.s3.wire import EMPTY_SHA256, S3Wire, aclose_session, parse_list_page
 from tests.conftest import S3Bucket
-from tests.test_sites import SiteContract, SiteFactory
+from tests.storage.test_sites import SiteContract, SiteFactory
 
 EXAMPLE = Credentials("AKIAIOSFODNN7EXAMPLE", "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY")
 
@@ -147,7 +144,7 @@ def test_no_credentials_anywhere_is_named(monkeypatch: pytest.MonkeyPatch, tmp_p
     monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
     monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
-    with pytest.raises(NoCredentials):
+    with pytest.raises(S3NoCredentials):
         CredentialSource().get()
 
 
@@ -252,24 +249,23 @@ def test_transient_replies_are_retried_then_succeed(scripted: tuple[str, Any]) -
 def test_retries_run_out_with_the_last_error(scripted: tuple[str, Any]) -> None:
     endpoint, handler = scripted
     handler.script[:] = [_SLOW]
-    with pytest.raises(WireError) as info:
+    with pytest.raises(S3ErrorReply) as info:
         _wire(endpoint, retries=3).request("GET", "k")
     assert info.value.code == "SlowDown" and info.value.status == 503
     assert len(handler.seen) == 3
 
 
-def test_client_errors_are_not_retried_and_look_like_botocore(scripted: tuple[str, Any]) -> None:
+def test_client_errors_are_not_retried_and_carry_the_s3_code(scripted: tuple[str, Any]) -> None:
     endpoint, handler = scripted
     handler.script[:] = [
         (404, {}, b"<Error><Code>NoSuchKey</Code><Message>gone</Message><Key>k</Key></Error>")
     ]
-    with pytest.raises(WireError) as info:
+    with pytest.raises(S3ErrorReply) as info:
         _wire(endpoint).request("GET", "k")
-    assert info.value.response["Error"] == {"Code": "NoSuchKey", "Message": "gone", "Key": "k"}
-    assert info.value.response["ResponseMetadata"]["HTTPStatusCode"] == 404
+    assert (info.value.code, info.value.message, info.value.status) == ("NoSuchKey", "gone", 404)
     assert len(handler.seen) == 1
     handler.script[:] = [(404, {}, b"")]  # HEAD: no body, the status is the code
-    with pytest.raises(WireError) as info:
+    with pytest.raises(S3ErrorReply) as info:
         _wire(endpoint).request("HEAD", "k")
     assert info.value.code == "404"
 
@@ -321,26 +317,32 @@ def test_body_hash_is_signed(scripted: tuple[str, Any], monkeypatch: pytest.Monk
 
 
 def test_options_choose_the_client(monkeypatch: pytest.MonkeyPatch) -> None:
-    assert _wire_settings({}) == {}
-    assert _wire_settings(
+    assert common_options({}) == {}
+    assert common_options(
         {"retries": 3, "config_kwargs": {"retries": {"max_attempts": 1}, "read_timeout": 5}}
     ) == {"retries": 2, "read_timeout": 5}
-    assert _wire_settings({"client_kwargs": {"verify": False}}) is None
-    assert _wire_settings({"config_kwargs": {"s3": {"addressing_style": "virtual"}}}) is None
-    monkeypatch.setenv("HYPERSLAB_S3_CLIENT", "s3fs")
-    assert _wire_settings({}) is None
+    assert common_options({"client_kwargs": {"verify": False}}) is None
+    assert common_options({"config_kwargs": {"s3": {"addressing_style": "virtual"}}}) is None
+    assert client_choice() == "wire"
+    monkeypatch.setenv("HYPERSLAB_S3_CLIENT", "botocore")  # the old name of the botocore client
+    assert client_choice() == "botocore"
     monkeypatch.setenv("HYPERSLAB_S3_CLIENT", "curl")
     with pytest.raises(ConfigError, match="HYPERSLAB_S3_CLIENT"):
-        _wire_settings({})
+        client_choice()
+
+
+def test_botocore_options_outside_s3fs_names_are_refused(s3_bucket: S3Bucket) -> None:
+    with pytest.raises(ConfigError, match="not_an_option"):
+        s3_bucket.site(options={"client_kwargs": {}, "not_an_option": 1})
 
 
 def test_wire_site_reads_what_botocore_wrote_and_back(
     s3_bucket: S3Bucket, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     wire_site = s3_bucket.site("mix")
-    monkeypatch.setenv("HYPERSLAB_S3_CLIENT", "s3fs")
+    monkeypatch.setenv("HYPERSLAB_S3_CLIENT", "botocore")
     boto_site = s3_bucket.site("mix")
-    assert (wire_site.client, boto_site.client) == ("wire", "s3fs")
+    assert (wire_site.client, boto_site.client) == ("wire", "botocore")
     key = "dir/odd name+é=&?.bin"
     wire_site.put(key, b"from wire")
     assert boto_site.get(key) == b"from wire"
@@ -360,7 +362,7 @@ def test_wire_site_never_imports_botocore_for_plain_calls(s3_bucket: S3Bucket) -
     s3_bucket.site().put("refs/main", b"head")
     code = (
         "import sys\n"
-        "from hyperslab.sites import S3Site\n"
+        "from hyperslab.storage import S3Site\n"
         f"s = S3Site({s3_bucket.bucket!r}, {s3_bucket.prefix!r}, endpoint_url={s3_bucket.endpoint.endpoint_url!r})\n"
         "assert s.get_with_etag('refs/main')[0] == b'head'\n"
         "s.put('refs/other', b'x'); s.head('refs/other'); list(s.list('refs/'))\n"
@@ -389,7 +391,7 @@ def test_unreachable_endpoint_is_transient_on_the_loop_too() -> None:
 
 
 class TestS3SiteBotocore(SiteContract):
-    """The whole site contract again with every request through s3fs/botocore."""
+    """The whole site contract again with every request through botocore."""
 
     atomic_sizes = (64 << 10, 256 << 10)
     atomic_rounds = 3
@@ -399,15 +401,68 @@ class TestS3SiteBotocore(SiteContract):
     def site_factory(
         self, s3_bucket: S3Bucket, monkeypatch: pytest.MonkeyPatch
     ) -> Iterator[SiteFactory]:
-        monkeypatch.setenv("HYPERSLAB_S3_CLIENT", "s3fs")
+        monkeypatch.setenv("HYPERSLAB_S3_CLIENT", "botocore")
         opened: list[Site] = []
 
         def factory(prefix: str) -> Site:
             site = s3_bucket.site(prefix)
-            assert isinstance(site, S3Site) and site.client == "s3fs"
+            assert isinstance(site, S3Site) and site.client == "botocore"
             opened.append(site)
             return site
 
         yield factory
         for site in opened:
             site.close()
+
+
+# --------------------------------------------------------------------------- multipart uploads
+
+
+@pytest.mark.parametrize("client", ["wire", "botocore"])
+def test_large_files_upload_in_parts_and_verify(
+    s3_bucket: S3Bucket, tmp_path: Any, monkeypatch: pytest.MonkeyPatch, client: str
+) -> None:
+    import hashlib
+    import os
+
+    from hyperslab.storage.s3 import transport
+
+    monkeypatch.setenv("HYPERSLAB_S3_CLIENT", client)
+    monkeypatch.setattr(transport, "MULTIPART_THRESHOLD", 6 << 20)
+    monkeypatch.setattr(transport, "PART_SIZE", 5 << 20)  # S3's smallest part
+    data = os.urandom((10 << 20) + 12345)
+    path = tmp_path / "big.nxs"
+    path.write_bytes(data)
+    site = s3_bucket.site("mp")
+    site.put_file_verified("sources/x/big.nxs", path, hashlib.sha256(data).hexdigest())
+    assert site.head("sources/x/big.nxs").etag.strip('"').endswith("-3")
+    assert site.get("sources/x/big.nxs") == data
+
+
+def test_a_failed_part_aborts_the_upload(
+    s3_bucket: S3Bucket, tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import os
+
+    from hyperslab.storage.s3 import transport, wire
+
+    monkeypatch.setattr(transport, "MULTIPART_THRESHOLD", 6 << 20)
+    monkeypatch.setattr(transport, "PART_SIZE", 5 << 20)
+    path = tmp_path / "big.nxs"
+    path.write_bytes(os.urandom(11 << 20))
+    real = wire.S3Wire.request
+
+    def second_part_fails(self: Any, method: str, key: str = "", **kw: Any) -> Any:
+        if ("partNumber", "2") in (kw.get("query") or []):
+            raise wire.S3Unreachable("connection reset")
+        return real(self, method, key, **kw)
+
+    monkeypatch.setattr(wire.S3Wire, "request", second_part_fails)
+    site = s3_bucket.site("abort")
+    with pytest.raises(TransientError):
+        site.put_file("sources/x/big.nxs", path)
+    assert not site.exists("sources/x/big.nxs")
+    uploads = s3_bucket.endpoint.client().list_multipart_uploads(Bucket=s3_bucket.bucket)
+    assert not [
+        u for u in uploads.get("Uploads", []) if u["Key"].startswith(s3_bucket.key("abort/"))
+    ]

@@ -29,7 +29,7 @@ from hyperslab.errors import (
     TransientError,
     UnsafeNameError,
 )
-from hyperslab.sites import (
+from hyperslab.storage import (
     FileSite,
     MemorySite,
     S3Site,
@@ -499,7 +499,7 @@ _PROCESS_WORKER = """
 import sys
 from pathlib import Path
 from hyperslab.errors import ConflictError, NotFoundError
-from hyperslab.sites import FileSite
+from hyperslab.storage import FileSite
 
 root, index, increments = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3])
 site = FileSite(root)
