@@ -180,7 +180,7 @@ def refs(
     """
     from hyperslab.convert.api import build_refmap, combine_refmaps, expand_sources
     from hyperslab.convert.hdf5 import ConvertOptions
-    from hyperslab.references.refmap import choose_format, write_refmap
+    from hyperslab.references.refmap_files import choose_format, write_refmap
 
     with _errors(as_json):
         if fmt not in (None, "json", "parquet"):

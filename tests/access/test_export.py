@@ -18,7 +18,7 @@ from hyperslab.cli import app
 from hyperslab.convert.ingest import ingest
 from hyperslab.convert.verify import open_refs_store, verify_store
 from hyperslab.errors import BadInputError, ConfigError, NotFoundError
-from hyperslab.references.refmap import read_refmap
+from hyperslab.references.refmap_files import read_refmap
 from hyperslab.references.repository import Repository
 from tests.access.conftest import CorpusRepo
 from tests.conftest import S3Endpoint

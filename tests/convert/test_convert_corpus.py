@@ -15,7 +15,7 @@ from hyperslab.convert.api import build_refmap, combine_refmaps
 from hyperslab.convert.hdf5 import BrokenLinkError, ConvertOptions
 from hyperslab.convert.verify import open_refs_store, verify
 from hyperslab.errors import NotHDF5Error
-from hyperslab.references.refmap import write_refmap
+from hyperslab.references.refmap_files import write_refmap
 from tests.convert.corpus import build_corpus
 
 

@@ -18,7 +18,7 @@ from hyperslab.convert.api import build_refmap
 from hyperslab.convert.hdf5 import ConvertOptions
 from hyperslab.convert.verify import verify
 from hyperslab.errors import NotHDF5Error
-from hyperslab.references.refmap import write_refmap
+from hyperslab.references.refmap_files import write_refmap
 
 
 def _package_files() -> list[Path]:

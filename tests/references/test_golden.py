@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from hyperslab.convert.ingest import SOURCE_SCHEME, source_key
 from hyperslab.convert.verify import verify
+from hyperslab.references.keys import SOURCE_SCHEME, source_key
 from hyperslab.references.maintenance import fsck, search
-from hyperslab.references.packed import unpack_refmap
-from hyperslab.references.refmap import write_refmap
+from hyperslab.references.refmap_files import write_refmap
+from hyperslab.references.refmap_objects import decode_refmap
 from hyperslab.references.repository import Repository
 
 GOLDEN = Path(__file__).parent / "golden"
@@ -86,7 +86,7 @@ def test_v1_refmaps_read_the_uploaded_sources_bit_exactly(
     rec = repo.entry("main", entry)
     assert rec["refmap"]["format"] == fmt
     data = repo.get_object("refmap", rec["refmap"]["id"], f".{fmt}")
-    refmap = unpack_refmap(data, fmt)  # type: ignore[arg-type]
+    refmap = decode_refmap(data, fmt)  # type: ignore[arg-type]
     assert set(refmap.arrays) == set(rec["arrays"])
     # stage the uploaded sources side by side under their names, as HDF5 external
     # links expect (the repository keeps each under its own hash)

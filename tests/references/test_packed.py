@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from hyperslab.errors import CorruptError
-from hyperslab.references.packed import pack_refmap, unpack_refmap
 from hyperslab.references.refmap import ArrayRefs, RefMap
+from hyperslab.references.refmap_objects import decode_refmap, encode_refmap
 
 
 def _refmap() -> RefMap:
@@ -41,9 +41,9 @@ def _refmap() -> RefMap:
 @pytest.mark.parametrize("fmt", ["json", "parquet"])
 def test_roundtrip(fmt: str) -> None:
     rm = _refmap()
-    data, got_fmt = pack_refmap(rm, fmt)  # type: ignore[arg-type]
+    data, got_fmt = encode_refmap(rm, fmt)  # type: ignore[arg-type]
     assert got_fmt == fmt
-    back = unpack_refmap(data, got_fmt)
+    back = decode_refmap(data, got_fmt)
     assert set(back.arrays) == set(rm.arrays)
     assert back.groups == rm.groups
     for path, arr in rm.arrays.items():
@@ -53,7 +53,7 @@ def test_roundtrip(fmt: str) -> None:
         assert list(got.index) == list(arr.index)
         assert list(got.offset) == list(arr.offset) and list(got.length) == list(arr.length)
         assert dict(got.inline.items()) == dict(arr.inline.items())
-    assert pack_refmap(rm, fmt)[0] == data  # deterministic: same map, same id
+    assert encode_refmap(rm, fmt)[0] == data  # deterministic: same map, same id
 
 
 def test_parquet_inline_row_without_bytes_is_corrupt() -> None:
@@ -62,7 +62,7 @@ def test_parquet_inline_row_without_bytes_is_corrupt() -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    data, _ = pack_refmap(_refmap(), "parquet")
+    data, _ = encode_refmap(_refmap(), "parquet")
     table = pq.read_table(io.BytesIO(data))
     raw = table.column("raw").to_pylist()
     raw[next(i for i, v in enumerate(raw) if v is not None)] = None
@@ -71,4 +71,4 @@ def test_parquet_inline_row_without_bytes_is_corrupt() -> None:
     buf = io.BytesIO()
     pq.write_table(broken, buf)
     with pytest.raises(CorruptError, match="no bytes"):
-        unpack_refmap(buf.getvalue(), "parquet")
+        decode_refmap(buf.getvalue(), "parquet")

@@ -15,15 +15,9 @@ import zarr
 from hyperslab.access.store import open_store
 from hyperslab.errors import CorruptError, FormatVersionError, NotFoundError
 from hyperslab.references.format import canonical_json, object_id
+from hyperslab.references.keys import LOCATOR_PREFIX, PACK_PREFIX, locator_key, object_pack_key
 from hyperslab.references.maintenance import fsck, gc
-from hyperslab.references.packs import (
-    LOCATOR_PREFIX,
-    PACK_PREFIX,
-    Locator,
-    Packer,
-    locator_key,
-    object_pack_key,
-)
+from hyperslab.references.object_packs import Locator, Packer
 from hyperslab.references.repository import Repository
 from hyperslab.sync import sync
 from tests.sync.test_sync_protocol import _grow, _site

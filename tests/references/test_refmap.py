@@ -14,17 +14,22 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from hyperslab.errors import CorruptError, FormatVersionError, NotFoundError
+from hyperslab.references.kerchunk_json import (
+    _b64_rows,
+    from_kerchunk,
+    to_kerchunk,
+    use_templates,
+    write_kerchunk_json,
+)
+from hyperslab.references.kerchunk_parquet import read_parquet, write_parquet
 from hyperslab.references.refmap import (
     ArrayRefs,
     InlineChunks,
     RefMap,
-    _b64_rows,
-    choose_format,
     copy_ranges,
     inline_columns,
-    read_refmap,
-    write_refmap,
 )
+from hyperslab.references.refmap_files import choose_format, read_refmap, write_refmap
 
 
 def _zarray(shape: list[int], chunks: list[int]) -> dict:
@@ -98,8 +103,8 @@ def _canonical(m: RefMap) -> dict:
 @settings(max_examples=60, deadline=None)
 @given(refmaps())
 def test_kerchunk_json_round_trip(m: RefMap) -> None:
-    doc = json.loads(json.dumps(m.to_kerchunk()))
-    assert _canonical(RefMap.from_kerchunk(doc)) == _canonical(m)
+    doc = json.loads(json.dumps(to_kerchunk(m)))
+    assert _canonical(from_kerchunk(doc)) == _canonical(m)
 
 
 @settings(max_examples=60, deadline=None)
@@ -107,11 +112,11 @@ def test_kerchunk_json_round_trip(m: RefMap) -> None:
 def test_written_json_is_to_kerchunk(m: RefMap, templates: bool | None) -> None:
     """The streaming writer and the dict builder give the same document."""
     buf = io.StringIO()
-    m.write_json(buf, templates=templates)
+    write_kerchunk_json(m, buf, templates=templates)
     doc = json.loads(buf.getvalue())
-    assert doc == m.to_kerchunk(templates=templates)
-    assert ("templates" in doc) == m.use_templates(templates)
-    assert _canonical(RefMap.from_kerchunk(doc)) == _canonical(m)
+    assert doc == to_kerchunk(m, templates=templates)
+    assert ("templates" in doc) == use_templates(m, templates)
+    assert _canonical(from_kerchunk(doc)) == _canonical(m)
 
 
 def test_large_maps_write_urls_in_full(tmp_path: Path) -> None:
@@ -126,7 +131,7 @@ def test_large_maps_write_urls_in_full(tmp_path: Path) -> None:
     small.arrays["a"].index = np.array([1], np.int64)
     small.arrays["a"].source = np.array([0], np.int32)
     small.arrays["a"].offset, small.arrays["a"].length = np.array([5]), np.array([3])
-    doc = small.to_kerchunk()
+    doc = to_kerchunk(small)
     assert doc["templates"] == {"s0": "/d/x.h5"} and doc["refs"]["a/1"] == ["{{s0}}", 5, 3]
 
 
@@ -146,9 +151,9 @@ def test_parquet_records_split_and_sparse(tmp_path: Path) -> None:
     arr.length = np.full(arr.index.size, 10, np.int64)
     m = RefMap(sources=["/x.h5"], arrays={"a": arr})
     out = tmp_path / "m.parquet"
-    m.write_parquet(out, record_size=128)
+    write_parquet(m, out, record_size=128)
     assert sorted(p.name for p in (out / "a").iterdir()) == [f"refs.{i}.parq" for i in range(8)]
-    back = RefMap.read_parquet(out)
+    back = read_parquet(out)
     np.testing.assert_array_equal(back.arrays["a"].index, arr.index)
     np.testing.assert_array_equal(back.arrays["a"].offset, arr.offset)
 
@@ -210,7 +215,7 @@ def test_parquet_refuses_to_replace_a_foreign_directory(tmp_path: Path) -> None:
 )
 def test_malformed_maps_are_named_errors(doc: object, error: type[Exception]) -> None:
     with pytest.raises(error):
-        RefMap.from_kerchunk(doc)  # type: ignore[arg-type]
+        from_kerchunk(doc)  # type: ignore[arg-type]
 
 
 def test_read_errors(tmp_path: Path) -> None:

@@ -15,12 +15,13 @@ from typing import Any
 import pytest
 
 from hyperslab.convert.api import build_refmap
-from hyperslab.convert.ingest import SOURCE_SCHEME, ingest, source_key
+from hyperslab.convert.ingest import ingest
 from hyperslab.errors import BadInputError, FormatVersionError, NotFoundError, UnsafeNameError
-from hyperslab.references.format import canonical_json, object_key
+from hyperslab.references.format import canonical_json
+from hyperslab.references.keys import SOURCE_SCHEME, object_key, source_key
 from hyperslab.references.maintenance import fsck, gc, parse_duration, search
-from hyperslab.references.packed import pack_refmap, unpack_refmap
 from hyperslab.references.refmap import RefMap
+from hyperslab.references.refmap_objects import decode_refmap, encode_refmap
 from hyperslab.references.repository import (
     BranchConflictError,
     CasUnsupportedError,
@@ -35,7 +36,7 @@ from .conftest import SiteFactory
 
 def _value(repo: Repository, name: str, payload: Any) -> dict[str, Any]:
     """A minimal entry (record + tree value) for protocol tests that need no HDF5."""
-    data, fmt = pack_refmap(RefMap())
+    data, fmt = encode_refmap(RefMap())
     rid = repo.put_object("refmap", data, ".json")
     record = {
         "name": name,
@@ -225,7 +226,7 @@ def test_ingest_samples_roundtrip(new_repo_site: SiteFactory, sample_dir: Path) 
     assert site.get(source_key(src["id"], src["name"])) == (sample_dir / src["name"]).read_bytes()
     # the stored map is the converter's map with sources named by content
     data = repo.get_object("refmap", rec["refmap"]["id"], ".json")
-    stored = unpack_refmap(data, "json")
+    stored = decode_refmap(data, "json")
     direct = build_refmap(sample_dir / "scan_0001_gzip.nxs").refmap
     assert set(stored.arrays) == set(direct.arrays) == set(rec["arrays"])
     assert stored.sources == [SOURCE_SCHEME + src["id"]]
@@ -293,7 +294,8 @@ def test_search_catalog(new_repo_site: SiteFactory, sample_dir: Path) -> None:
 
 
 def test_search_index_is_derived_checked_and_optional(new_repo_site: SiteFactory) -> None:
-    from hyperslab.references.catalog_index import LeafCatalog, catalog_key
+    from hyperslab.references.catalog_index import LeafCatalog
+    from hyperslab.references.keys import catalog_key
 
     repo = _fresh(new_repo_site)
     repo.commit({f"e{i}": _value(repo, f"e{i}", i) for i in range(6)}, message="six")

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from hyperslab.references.packs import LOCATOR_PREFIX, PACK_PREFIX, Locator, object_pack_key
+from hyperslab.references.keys import LOCATOR_PREFIX, PACK_PREFIX, object_pack_key
+from hyperslab.references.object_packs import Locator
 from hyperslab.storage import Site
 
 

@@ -366,7 +366,7 @@ def test_hot_by_use_copies_the_chunks_read_often(tmp_path: Path) -> None:
 
 
 def _indexes(site: Site) -> list[Any]:
-    from hyperslab.references.replicas import read_replica_index
+    from hyperslab.references.chunk_replicas import read_replica_index
 
     keys = [k for k in site.list("replicas/") if k.endswith(".parquet")]
     return [read_replica_index(site, k) for k in keys]

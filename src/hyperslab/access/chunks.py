@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from hyperslab.errors import CorruptError
-from hyperslab.references.refmap import _arrow_int_column
+from hyperslab.references.arrow_columns import int_column
 
 __all__ = ["EagerChunks", "LazyChunks", "LazyRows"]
 
@@ -107,7 +107,7 @@ class LazyRows:
 
 def _numpy(col: Any) -> np.ndarray:
     """A chunk-location column (never null) as numpy, without importing pandas."""
-    values, valid = _arrow_int_column(col)
+    values, valid = int_column(col)
     if not valid.all():
         raise CorruptError("a chunk-location column has missing values")
     return values

@@ -24,11 +24,12 @@ from typing import Any, Literal
 
 import numpy as np
 
-from hyperslab.access.store import SOURCE_SCHEME
 from hyperslab.config import Config, load_config
 from hyperslab.errors import BadInputError, ConfigError, CorruptError, NotFoundError
-from hyperslab.references.packed import EXTENSIONS, unpack_refmap
-from hyperslab.references.refmap import RefMap, write_refmap
+from hyperslab.references.keys import REFMAP_EXTENSIONS, logical_source_id, source_key
+from hyperslab.references.refmap import RefMap
+from hyperslab.references.refmap_files import write_refmap
+from hyperslab.references.refmap_objects import decode_refmap
 from hyperslab.references.repository import DEFAULT_BRANCH, Repository
 from hyperslab.storage import Site, open_site
 
@@ -112,9 +113,9 @@ def _whole_refmap(repo: Repository, snapshot: str, entry: str) -> tuple[RefMap, 
     record = repo.entry(snapshot, entry)
     info = record.get("refmap") or {}
     fmt = info.get("format", "json")
-    if fmt not in EXTENSIONS or not info.get("id"):
+    if fmt not in REFMAP_EXTENSIONS or not info.get("id"):
         raise CorruptError(f"entry {entry!r} names no readable refmap ({fmt!r})", entry=entry)
-    refmap = unpack_refmap(repo.get_object("refmap", info["id"], EXTENSIONS[fmt]), fmt)
+    refmap = decode_refmap(repo.get_object("refmap", info["id"], REFMAP_EXTENSIONS[fmt]), fmt)
     for arr in refmap.arrays.values():
         if arr.index.size > 1 and (np.diff(arr.index) < 0).any():
             arr.sort()  # the writers look chunks up by position
@@ -130,10 +131,10 @@ def _concrete(
     missing: list[str] = []
     base = site.url.rstrip("/")
     for logical in refmap.sources:
-        if not logical.startswith(SOURCE_SCHEME):
+        sha = logical_source_id(logical)
+        if sha is None:
             urls.append(logical)  # already a concrete location, not a repository source
             continue
-        sha = logical[len(SOURCE_SCHEME) :]
         name = names.get(sha)
         if name is None:
             raise CorruptError(
@@ -141,7 +142,7 @@ def _concrete(
                 entry=entry,
                 source=sha,
             )
-        key = f"sources/{sha}/{name}"
+        key = source_key(sha, name)
         if not site.exists(key):
             missing.append(f"{name} (sha256 {sha})")
         url = f"{base}/{key}"

@@ -36,7 +36,7 @@ from typing import Any, Protocol
 from google_crc32c import value as _crc32c
 
 from hyperslab.errors import AccessDeniedError, HyperslabError, NotFoundError, TransientError
-from hyperslab.references.replicas import ReplicaIndex
+from hyperslab.references.chunk_replicas import ReplicaIndex
 from hyperslab.storage import Site
 
 __all__ = [

@@ -52,9 +52,15 @@ from hyperslab.access.stats import AccessStats, resolve_stats
 from hyperslab.config import Config, load_config, parse_size
 from hyperslab.errors import BadInputError, CorruptError, HyperslabError, NotFoundError
 from hyperslab.references.checksums import aligned, read_checksums_meta, unpack_checksums
-from hyperslab.references.packed import EXTENSIONS, read_packed_meta, unpack_refmap
-from hyperslab.references.refmap import ArrayRefs, RefMap, _key_to_linear
-from hyperslab.references.replicas import ReplicaIndex, load_replicas, pack_key
+from hyperslab.references.chunk_replicas import ReplicaIndex, load_replicas
+from hyperslab.references.keys import (
+    REFMAP_EXTENSIONS,
+    chunk_pack_key,
+    logical_source_id,
+    source_key,
+)
+from hyperslab.references.refmap import ArrayRefs, RefMap, chunk_index
+from hyperslab.references.refmap_objects import decode_refmap, read_object_meta
 from hyperslab.references.repository import DEFAULT_BRANCH, Repository
 from hyperslab.storage import FileSite, Site, open_site
 
@@ -67,7 +73,6 @@ __all__ = ["EntryView", "HyperslabStore", "open_store"]
 
 log = logging.getLogger(__name__)
 
-SOURCE_SCHEME = "hyperslab-source:"
 _READ_ONLY = "store was opened in read-only mode and does not support writing"
 
 
@@ -125,9 +130,9 @@ class EntryView:
             self._replicas = _background(self._load_replicas)
         rm = self.record.get("refmap") or {}
         fmt = rm.get("format", "json")
-        if fmt not in EXTENSIONS:
+        if fmt not in REFMAP_EXTENSIONS:
             raise CorruptError(f"entry {entry!r} names an unknown refmap format {fmt!r}")
-        data = repo.get_object("refmap", rm["id"], EXTENSIONS[fmt])
+        data = repo.get_object("refmap", rm["id"], REFMAP_EXTENSIONS[fmt])
         sums = self.record.get("checksums")
         sums_data = (
             repo.get_object("checksums", sums["id"], ".parquet")
@@ -139,8 +144,8 @@ class EntryView:
         if fmt == "parquet":
             # large maps: metadata now, rows one row group at a time when asked for
             refs = LazyRows(data, ["source", "offset", "length", "raw"])
-            meta = read_packed_meta(refs.metadata)
-            self.refmap = RefMap._from_metadata(meta["metadata"])
+            meta = read_object_meta(refs.metadata)
+            self.refmap = RefMap.from_metadata(meta["metadata"])
             self.refmap.sources = list(meta["sources"])
             paths = list(meta["arrays"])
             lazy_sums = None
@@ -150,16 +155,13 @@ class EntryView:
                     raise CorruptError(f"chunk checksums of entry {entry!r} list other arrays")
             self.chunks = LazyChunks(paths, refs, lazy_sums)
         else:
-            self.refmap = unpack_refmap(data, fmt)
+            self.refmap = decode_refmap(data, fmt)
             checks = (
                 aligned(self.refmap, unpack_checksums(sums_data)) if sums_data is not None else {}
             )
             self.chunks = EagerChunks(self.refmap, checks)
         self.verified = sums_data is not None
-        self.source_ids: list[str | None] = [
-            s[len(SOURCE_SCHEME) :] if s.startswith(SOURCE_SCHEME) else None
-            for s in self.refmap.sources
-        ]
+        self.source_ids: list[str | None] = [logical_source_id(s) for s in self.refmap.sources]
         self._held: dict[tuple[str, str], bool] = {}
         self._lock = threading.Lock()
 
@@ -190,13 +192,13 @@ class EntryView:
         name = self.source_names.get(source)
         if name is None:
             return []
-        key = f"sources/{source}/{name}"
+        key = source_key(source, name)
         replicas = self.replicas()
         out = []
         for display, site in self.sites:
             # a site's hot-chunk packs first: they hold just the chunks, nothing else
             for index in replicas.get((display, source), ()):
-                out.append(Location(site, pack_key(index.pack), display, index))
+                out.append(Location(site, chunk_pack_key(index.pack), display, index))
             out.append(Location(site, key, display))
         with self._lock:
             out = [loc for loc in out if self._held.get((loc.name, loc.key)) is not False]
@@ -368,7 +370,7 @@ class HyperslabStore(Store):
         if arr is None or name.startswith("."):
             return None
         try:
-            lin = _key_to_linear(name, arr.grid, key)
+            lin = chunk_index(name, arr.grid, key)
         except CorruptError:
             return None
         found = self.view.chunks.find(path, lin)

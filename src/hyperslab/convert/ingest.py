@@ -42,26 +42,23 @@ from hyperslab.references.checksums import (
     pack_checksums,
 )
 from hyperslab.references.format import check_entry_name
-from hyperslab.references.packed import EXTENSIONS, RefmapFormat, pack_refmap
+from hyperslab.references.keys import (
+    REFMAP_EXTENSIONS,
+    logical_source,
+    logical_source_id,
+    source_key,
+)
 from hyperslab.references.refmap import RefMap, inline_nbytes
+from hyperslab.references.refmap_objects import RefmapFormat, encode_refmap
 from hyperslab.references.repository import DEFAULT_BRANCH, CommitResult, Repository
 
 __all__ = [
-    "SOURCE_SCHEME",
     "IngestResult",
     "SourceChangedError",
     "hash_file",
     "ingest",
     "plan_entries",
-    "source_key",
 ]
-
-#: how repository refmaps name a source: by content, resolved per site by readers
-SOURCE_SCHEME = "hyperslab-source:"
-
-
-def source_key(sha256: str, name: str) -> str:
-    return f"sources/{sha256}/{name}"
 
 
 def hash_file(path: str | Path, block: int = 8 << 20) -> tuple[str, int]:
@@ -154,7 +151,7 @@ class _Sources:
                 "size": size,
                 "origin": ap,
             }
-        return SOURCE_SCHEME + self.by_path[ap]["id"]
+        return logical_source(self.by_path[ap]["id"])
 
     def check_unchanged(self) -> None:
         for ap, (size, mtime) in self.stat.items():
@@ -169,19 +166,15 @@ class _Sources:
     def checksums(self, refmap: RefMap) -> Checksums:
         """CRC-32C of every referenced chunk, read from the local files."""
         by_id = {r["id"]: ap for ap, r in self.by_path.items()}
-        files = {
-            i: by_id[url[len(SOURCE_SCHEME) :]]
-            for i, url in enumerate(refmap.sources)
-            if url.startswith(SOURCE_SCHEME) and url[len(SOURCE_SCHEME) :] in by_id
-        }
+        ids = [logical_source_id(url) for url in refmap.sources]
+        files = {i: by_id[sha] for i, sha in enumerate(ids) if sha is not None and sha in by_id}
         return compute_checksums(refmap, files)
 
     def records(self, refmap: RefMap) -> list[dict[str, Any]]:
         by_id = {r["id"]: r for r in self.by_path.values()}
         out = []
         for url in refmap.sources:
-            sha = url[len(SOURCE_SCHEME) :]
-            out.append(dict(by_id[sha]))
+            out.append(dict(by_id[logical_source_id(url) or url]))
         # sources with no referenced chunk (all materialised) still belong to the entry
         listed = {r["id"] for r in out}
         out.extend(dict(r) for r in by_id.values() if r["id"] not in listed)
@@ -249,8 +242,8 @@ def ingest_entry(
     refmap = res.refmap
     sums = srcs.checksums(refmap)  # before the check: it covers these reads too
     srcs.check_unchanged()
-    data, fmt = pack_refmap(refmap, refmap_format)
-    refmap_id = repo.put_object("refmap", data, EXTENSIONS[fmt])
+    data, fmt = encode_refmap(refmap, refmap_format)
+    refmap_id = repo.put_object("refmap", data, REFMAP_EXTENSIONS[fmt])
     checksums_id = repo.put_object("checksums", pack_checksums(refmap, sums), ".parquet")
     sources = srcs.records(refmap)
     uploaded = [s["name"] for s in sources if upload_sources and _upload(repo, s)]

@@ -29,7 +29,8 @@ from hyperslab.convert.dtypes import (
 )
 from hyperslab.convert.hdf5 import MATERIALISED_ATTR, open_hdf5
 from hyperslab.errors import NotFoundError
-from hyperslab.references.refmap import read_refmap
+from hyperslab.references.kerchunk_json import to_kerchunk
+from hyperslab.references.refmap_files import read_refmap
 
 __all__ = ["ArrayCheck", "VerifyReport", "open_refs_store", "verify", "verify_store"]
 
@@ -113,7 +114,7 @@ def open_refs_store(
         # fsspec's lazy Parquet reader breaks on never-written chunks under pandas 3 (null
         # paths come back as NaN, not None), so Parquet maps are parsed by our reader and
         # handed to fsspec as the equivalent kerchunk dict: the zarr read path is the same.
-        fo = read_refmap(path).to_kerchunk()
+        fo = to_kerchunk(read_refmap(path))
     store = FsspecStore.from_url(
         "reference://",
         storage_options={"fo": fo, "remote_protocol": None, "remote_options": remote_options or {}},

@@ -44,15 +44,15 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from hyperslab.errors import CorruptError
-from hyperslab.references.catalog import Query, _num, _Term
-from hyperslab.references.format import CATALOG_PREFIX, catalog_key
-from hyperslab.references.refmap import (
-    _arrow_int_column,
-    _arrow_ints,
-    _arrow_primitive,
-    _arrow_strings,
-    _arrow_validity,
+from hyperslab.references.arrow_columns import (
+    int_column,
+    int_values,
+    primitive_array,
+    string_array,
+    validity,
 )
+from hyperslab.references.catalog import Query, _num, _Term
+from hyperslab.references.keys import CATALOG_PREFIX, catalog_key
 
 __all__ = ["CATALOG_PREFIX", "LeafCatalog", "catalog_key", "leaf_records"]
 
@@ -140,13 +140,13 @@ class LeafCatalog:
         num_valid = np.array([x is not None for x in nums], bool)
         table = pa.Table.from_arrays(
             [
-                _arrow_primitive(pa.int32(), np.array(entity, np.int32)),
-                _arrow_strings(keys),
-                _arrow_primitive(pa.int16(), np.array(pos, np.int16)),
-                _arrow_primitive(pa.int8(), np.array(kinds, np.int8)),
-                _arrow_strings(texts),
-                _arrow_strings([t.lower() for t in texts]),
-                _arrow_primitive(pa.float64(), num_values, num_valid),
+                primitive_array(pa.int32(), np.array(entity, np.int32)),
+                string_array(keys),
+                primitive_array(pa.int16(), np.array(pos, np.int16)),
+                primitive_array(pa.int8(), np.array(kinds, np.int8)),
+                string_array(texts),
+                string_array([t.lower() for t in texts]),
+                primitive_array(pa.float64(), num_values, num_valid),
             ],
             schema=SCHEMA,
         )
@@ -176,14 +176,14 @@ class LeafCatalog:
         target = old_to_new[old_entity]
         keep = np.flatnonzero(target >= 0)
         kept = old.take(_indices(keep)).set_column(
-            0, "entity", _arrow_primitive(pa.int32(), target[keep].astype(np.int32))
+            0, "entity", primitive_array(pa.int32(), target[keep].astype(np.int32))
         )
         fresh_map = np.array([new_pos[n] for n in fresh.names], dtype=np.int64)
         fresh_entity = _col_ints(fresh.table.column("entity"))
         added = fresh.table.set_column(
             0,
             "entity",
-            _arrow_primitive(pa.int32(), fresh_map[fresh_entity].astype(np.int32)),
+            primitive_array(pa.int32(), fresh_map[fresh_entity].astype(np.int32)),
         )
         both = pa.concat_tables([kept, added])
         order = np.argsort(_col_ints(both.column("entity")), kind="stable")
@@ -314,7 +314,7 @@ def _decoded(col: pa.ChunkedArray) -> np.ndarray:
     for chunk in col.chunks:
         if pa.types.is_dictionary(chunk.type):
             words = np.array([*chunk.dictionary.to_pylist(), None], dtype=object)
-            idx = _arrow_ints(chunk.indices.fill_null(len(chunk.dictionary)))[0]
+            idx = int_values(chunk.indices.fill_null(len(chunk.dictionary)))[0]
             parts.append(words[idx])
         else:
             parts.append(np.array(chunk.to_pylist(), dtype=object))
@@ -324,7 +324,7 @@ def _decoded(col: pa.ChunkedArray) -> np.ndarray:
 # numpy views of Arrow arrays from their buffers: Array.to_numpy and pa.array import
 # pandas (~0.5 s, ~50 MB) the first time, which a one-shot commit or search would pay
 def _col_ints(col: pa.ChunkedArray) -> np.ndarray:
-    return _arrow_int_column(col)[0]
+    return int_column(col)[0]
 
 
 def _floats(a: pa.Array) -> np.ndarray:
@@ -340,7 +340,7 @@ def _bools(a: Any) -> np.ndarray:
 
 
 def _indices(rows: np.ndarray) -> pa.Array:
-    return _arrow_primitive(pa.int64(), np.ascontiguousarray(rows, dtype=np.int64))
+    return primitive_array(pa.int64(), np.ascontiguousarray(rows, dtype=np.int64))
 
 
 class _Columns:
@@ -356,7 +356,7 @@ class _Columns:
 
     @cached_property
     def kind(self) -> np.ndarray:
-        return _arrow_ints(self.arr("kind"))[0]
+        return int_values(self.arr("kind"))[0]
 
     @cached_property
     def num(self) -> np.ndarray:
@@ -364,14 +364,14 @@ class _Columns:
 
     @cached_property
     def num_valid(self) -> np.ndarray:
-        return _arrow_validity(self.arr("num"))
+        return validity(self.arr("num"))
 
     @cached_property
     def keys_lower(self) -> tuple[np.ndarray, list[str]]:
         """(row → key code, lower-cased key of each code)."""
         a = self.arr("key")
         if pa.types.is_dictionary(a.type):
-            return _arrow_ints(a.indices)[0], [str(k).lower() for k in a.dictionary.to_pylist()]
+            return int_values(a.indices)[0], [str(k).lower() for k in a.dictionary.to_pylist()]
         words_all = [str(k).lower() for k in a.to_pylist()]
         uniq = sorted(set(words_all))
         where = {w: i for i, w in enumerate(uniq)}
@@ -389,7 +389,7 @@ class _Columns:
         a = self.arr("lower")
         if pa.types.is_dictionary(a.type):
             on_dict = _bools(test(a.dictionary))
-            return on_dict[_arrow_ints(a.indices)[0]]
+            return on_dict[int_values(a.indices)[0]]
         return _bools(test(a))
 
 

@@ -29,8 +29,9 @@ import numpy as np
 from google_crc32c import value as crc32c
 
 from hyperslab.errors import CorruptError, FormatVersionError, SourceChangedError
-from hyperslab.references.packed import ROW_GROUP
-from hyperslab.references.refmap import RefMap, _arrow_int_column, _arrow_primitive
+from hyperslab.references.arrow_columns import int_column, primitive_array
+from hyperslab.references.refmap import RefMap
+from hyperslab.references.refmap_objects import ROW_GROUP
 
 __all__ = [
     "ALGORITHM",
@@ -92,9 +93,9 @@ def pack_checksums(refmap: RefMap, sums: Checksums) -> bytes:
 
     table = pa.table(
         {
-            "array": _arrow_primitive(pa.int32(), cat(arrays, np.int32)),
-            "index": _arrow_primitive(pa.int64(), cat(index, np.int64)),
-            "crc32c": _arrow_primitive(pa.uint32(), cat(crcs, np.uint32)),
+            "array": primitive_array(pa.int32(), cat(arrays, np.int32)),
+            "index": primitive_array(pa.int64(), cat(index, np.int64)),
+            "crc32c": primitive_array(pa.uint32(), cat(crcs, np.uint32)),
         }
     )
     meta = {"format": _VERSION, "algorithm": ALGORITHM, "arrays": paths}
@@ -132,9 +133,7 @@ def unpack_checksums(data: bytes) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     except Exception as exc:
         raise CorruptError(f"chunk checksums are unreadable: {exc}") from None
     paths = read_checksums_meta(table.schema.metadata)["arrays"]
-    array, index, crc = (
-        _arrow_int_column(table.column(c))[0] for c in ("array", "index", "crc32c")
-    )
+    array, index, crc = (int_column(table.column(c))[0] for c in ("array", "index", "crc32c"))
     bounds = np.searchsorted(array, np.arange(len(paths) + 1))
     return {
         p: (index[bounds[k] : bounds[k + 1]], crc[bounds[k] : bounds[k + 1]])

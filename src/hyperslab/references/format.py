@@ -1,27 +1,10 @@
-"""The repository's on-storage format: object kinds, keys, ids and canonical JSON.
+"""The repository's object format: ids, canonical JSON, versions and name rules.
 
-Layout below the repository prefix (format version 1)::
-
-    repo.json                       {"format": "hyperslab-repository", "version": 1, ...}
-    refs/branches/<name>            {"snapshot": id}          mutable, moved by CAS only
-    refs/tags/<name>                {"snapshot": id, ...}     create-only
-    snapshots/<id>.json             parents, time, author, message, entry tree root
-    manifests/<id>.json             entry-tree nodes (hash trie over entry names)
-    catalogs/<leaf id>.parquet      a leaf's catalog records as a columnar search index
-                                    (derived from the leaf; optional: search falls back)
-    entries/<id>.json               one entry: refmap id, sources, array summaries, catalog
-    refmaps/<id>.json|.parquet      kerchunk JSON / packed Parquet reference maps
-    checksums/<id>.parquet          CRC-32C of every referenced chunk of a refmap
-    sources/<sha256>/<file name>    raw HDF5 files copied in with --upload-sources
-    chunks/<sha256>                 chunk replicas (written by sync)
-    packs/<sha256>.pack             entry records, refmaps and checksums packed by sync
-    locators/<leaf id>.json         where a leaf's packed objects are (references/packs.py)
-
-Every object but the branch pointers is immutable and named by the sha256 of its
-bytes (sources: of the file), so readers verify what they get and copies are
-idempotent. Derived, site-local indexes are named by the leaf they serve instead
-(catalogs, locators); what a locator points at is still checked against its id. JSON objects are written canonically (sorted keys, no spaces, UTF-8)
-so the same content always has the same id.
+Every object but the branch pointers is named by the sha256 of its bytes
+(:func:`object_id`); JSON objects are written canonically (sorted keys, no spaces,
+UTF-8, :func:`canonical_json`) so the same content always has the same id, and carry
+their ``type`` and ``format`` version, checked on reading (:func:`parse_object`).
+Where each object lives is :mod:`.keys`.
 """
 
 from __future__ import annotations
@@ -30,19 +13,17 @@ import hashlib
 import json
 import math
 import re
-from typing import Any, Literal
+from typing import Any
 
-from hyperslab.errors import BadInputError, CorruptError, FormatVersionError, UnsafeNameError
+from hyperslab.errors import CorruptError, FormatVersionError, UnsafeNameError
 
 __all__ = [
     "FORMAT_NAME",
     "FORMAT_VERSION",
-    "Kind",
     "canonical_json",
     "check_entry_name",
     "check_ref_name",
     "object_id",
-    "object_key",
     "parse_object",
 ]
 
@@ -50,18 +31,6 @@ FORMAT_NAME = "hyperslab-repository"
 #: the newest repository format this version reads and writes
 FORMAT_VERSION = 1
 
-Kind = Literal["snapshot", "manifest", "entry", "refmap", "checksums"]
-
-_DIRS: dict[str, str] = {
-    "snapshot": "snapshots",
-    "manifest": "manifests",
-    "entry": "entries",
-    "refmap": "refmaps",
-    "checksums": "checksums",
-}
-#: the kind of object stored under each folder (``refmaps`` → ``refmap``)
-KIND_OF_DIR: dict[str, Kind] = {d: k for k, d in _DIRS.items()}  # type: ignore[misc]
-_ID = re.compile(r"^[0-9a-f]{64}$")
 _REF_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._\-]*(/[A-Za-z0-9_][A-Za-z0-9._\-]*)*$")
 _ENTRY_SEGMENT = re.compile(r"^[^\x00-\x1f\x7f/\\]+$")
 
@@ -88,29 +57,8 @@ def _finite(obj: Any) -> Any:
 
 
 def object_id(data: bytes) -> str:
+    """The id of an object: the sha256 of its bytes."""
     return hashlib.sha256(data).hexdigest()
-
-
-def is_object_id(text: str) -> bool:
-    return bool(_ID.match(text))
-
-
-def object_key(kind: Kind, oid: str, ext: str = ".json") -> str:
-    if not _ID.match(oid):
-        raise BadInputError(f"{oid!r} is not a {kind} id (64 lowercase hex digits)")
-    return f"{_DIRS[kind]}/{oid}{ext}"
-
-
-def split_object_key(key: str) -> tuple[str, str, str]:
-    """``(folder, id, ext)`` of an object key ``folder/<id><ext>`` (:func:`object_key`'s
-    inverse, without checks: ext is ``""`` or starts with ``.``)."""
-    folder, _, name = key.partition("/")
-    oid, dot, ext = name.partition(".")
-    return folder, oid, dot + ext
-
-
-def kind_dir(kind: Kind) -> str:
-    return _DIRS[kind]
 
 
 def parse_object(data: bytes, kind: str, where: str) -> dict[str, Any]:
@@ -163,16 +111,3 @@ def check_entry_name(name: str) -> str:
                 name=name,
             )
     return name
-
-
-#: where each trie leaf's catalog index lives (references/catalog_index.py)
-CATALOG_PREFIX = "catalogs/"
-
-
-def catalog_key(leaf_id: str) -> str:
-    """Key of the catalog index of trie leaf ``leaf_id``."""
-    return f"{CATALOG_PREFIX}{leaf_id}.parquet"
-
-
-#: file name extension of a stored reference map, by its format
-REFMAP_EXTENSIONS: dict[str, str] = {"json": ".json", "parquet": ".parquet"}

@@ -21,18 +21,29 @@ from google_crc32c import value as crc32c
 
 from hyperslab.errors import BadInputError, HyperslabError, NotFoundError
 from hyperslab.references.catalog import Query, parse_query
-from hyperslab.references.catalog_index import CATALOG_PREFIX, LeafCatalog, catalog_key
+from hyperslab.references.catalog_index import LeafCatalog
 from hyperslab.references.checksums import unpack_checksums
-from hyperslab.references.format import is_object_id, object_id, object_key
-from hyperslab.references.packed import EXTENSIONS, unpack_refmap
-from hyperslab.references.packs import LOCATOR_PREFIX, PACK_PREFIX, locator_key, object_pack_key
-from hyperslab.references.replicas import REPLICA_PREFIX, pack_key, read_replica_index
-from hyperslab.references.repository import (
+from hyperslab.references.chunk_replicas import read_replica_index
+from hyperslab.references.format import object_id
+from hyperslab.references.keys import (
     BRANCH_PREFIX,
-    REFRESH_AGE,
+    CATALOG_PREFIX,
+    LOCATOR_PREFIX,
+    PACK_PREFIX,
+    REFMAP_EXTENSIONS,
+    REPLICA_PREFIX,
+    SOURCE_PREFIX,
     TAG_PREFIX,
-    Repository,
+    catalog_key,
+    chunk_pack_key,
+    is_object_id,
+    locator_key,
+    object_key,
+    object_pack_key,
+    source_key,
 )
+from hyperslab.references.refmap_objects import decode_refmap
+from hyperslab.references.repository import REFRESH_AGE, Repository
 
 __all__ = [
     "FsckReport",
@@ -129,11 +140,11 @@ def _walk(
     for prefix, what in ((BRANCH_PREFIX, "branch"), (TAG_PREFIX, "tag")):
         for key in repo.site.list(prefix):
             try:
-                heads.append(repo._read_ref(key)[0])
+                heads.append(repo.refs.read(key)[0])
             except HyperslabError as exc:
                 bad(what, key[len(prefix) :], exc)
     # one listing of sources/ instead of a HEAD request per source of every entry
-    held = set(repo.site.list("sources/"))
+    held = set(repo.site.list(SOURCE_PREFIX))
     stack = list(heads)
     while stack:
         sid = stack.pop()
@@ -184,11 +195,11 @@ def _walk_replicas(repo: Repository, r: Reachable, report: FsckReport | None) ->
                 raise
             report.failed("replica", key, exc)
             continue
-        r.replicas[key] = pack_key(index.pack)
+        r.replicas[key] = chunk_pack_key(index.pack)
         if report is None:
             continue
         try:
-            pack = repo.site.get(pack_key(index.pack))
+            pack = repo.site.get(chunk_pack_key(index.pack))
         except HyperslabError as exc:
             report.failed("chunk pack", index.pack, exc)
             continue
@@ -243,7 +254,7 @@ def _walk_tree(
             if progress:
                 progress("entries", 1)
             rm = rec.get("refmap", {})
-            r.refmaps[rm["id"]] = EXTENSIONS.get(rm.get("format", "json"), ".json")
+            r.refmaps[rm["id"]] = REFMAP_EXTENSIONS.get(rm.get("format", "json"), ".json")
             r.refmap_owner.setdefault(
                 rm["id"], (rec.get("name", eid), frozenset(rec.get("arrays", {})), rm.get("refs"))
             )
@@ -252,7 +263,7 @@ def _walk_tree(
                 r.checksums[sums["id"]] = int(sums.get("chunks", -1))
             for s in rec.get("sources", []):
                 r.source_ids.add(s["id"])
-                key = f"sources/{s['id']}/{s['name']}"
+                key = source_key(s["id"], s["name"])
                 # only sources this site holds are part of the repository here
                 if key in held:
                     r.sources.add(key)
@@ -292,7 +303,7 @@ def fsck(
             progress("refmaps", 1)
         owner = r.refmap_owner.get(rid)
         try:
-            refmap = unpack_refmap(data, "parquet" if ext == ".parquet" else "json")
+            refmap = decode_refmap(data, "parquet" if ext == ".parquet" else "json")
         except HyperslabError as exc:
             report.add("refmap", rid, "unreadable", error=exc.message)
             continue
@@ -434,7 +445,7 @@ _GC_PREFIXES = (
     "checksums/",
     LOCATOR_PREFIX,  # before packs/: a locator goes before the packs it names
     PACK_PREFIX,
-    "sources/",
+    SOURCE_PREFIX,
     REPLICA_PREFIX,  # before chunks/: an index goes before the pack it names
     "chunks/",
 )
@@ -469,7 +480,7 @@ def gc(
             if key in reachable:
                 continue
             name = key.rsplit("/", 1)[-1]
-            if prefix != "sources/" and not is_object_id(name.split(".", 1)[0]):
+            if prefix != SOURCE_PREFIX and not is_object_id(name.split(".", 1)[0]):
                 continue  # not ours
             try:
                 info = repo.site.head(key)

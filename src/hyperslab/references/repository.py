@@ -19,7 +19,6 @@ import logging
 import os
 import random
 import threading
-import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping, Sequence
@@ -41,26 +40,27 @@ from hyperslab.errors import (
 from hyperslab.references.format import (
     FORMAT_NAME,
     FORMAT_VERSION,
-    KIND_OF_DIR,
-    Kind,
     canonical_json,
-    catalog_key,
     check_entry_name,
     check_ref_name,
+    object_id,
+    parse_object,
+)
+from hyperslab.references.keys import (
+    KIND_OF_DIR,
+    LOCATOR_PREFIX,
+    REPO_KEY,
+    Kind,
+    catalog_key,
     is_object_id,
     kind_dir,
-    object_id,
+    locator_key,
     object_key,
-    parse_object,
+    object_pack_key,
     split_object_key,
 )
-from hyperslab.references.packs import (
-    LOCATOR_PREFIX,
-    Location,
-    Locator,
-    locator_key,
-    object_pack_key,
-)
+from hyperslab.references.object_packs import Locator, PackSlot
+from hyperslab.references.refs import Refs
 from hyperslab.references.tree import EntryTree
 from hyperslab.storage import Site, open_site
 
@@ -79,9 +79,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-REPO_KEY = "repo.json"
-BRANCH_PREFIX = "refs/branches/"
-TAG_PREFIX = "refs/tags/"
 DEFAULT_BRANCH = "main"
 #: an existing content-addressed object older than this is rewritten when a new
 #: commit reuses it, so that ``gc`` (whose grace period must exceed it) never
@@ -227,6 +224,7 @@ class Repository:
         self.single_writer = bool(self.info.get("single_writer", False))
         self._cache = _LRU(8192)
         self.tree = EntryTree(self)
+        self.refs = Refs(site, display)
         self._writes = threading.local()  # per thread: the PUTs of a commit in flight
         self._pool: ThreadPoolExecutor | None = None
         self._pool_lock = threading.Lock()
@@ -234,7 +232,7 @@ class Repository:
         # checksums id was reached through, the locators read, and what they locate
         self._leaf_of: dict[str, str] = {}
         self._locators: dict[str, Locator | None] = {}
-        self._located: dict[str, Location] = {}
+        self._located: dict[str, PackSlot] = {}
         self._has_locators: bool | None = None
 
     # ------------------------------------------------------------- open/init
@@ -245,11 +243,20 @@ class Repository:
         return open_site(spec, config)
 
     @classmethod
-    def open(cls, spec: str | Site, *, config: Config | None = None) -> Repository:
+    def open(
+        cls, spec: str | Site, *, config: Config | None = None, missing_ok: bool = False
+    ) -> Repository:
+        """The repository at ``spec`` (a URL, path, ``SITE:path`` or a site).
+
+        ``missing_ok``: where there is no repository yet, a handle with empty
+        :attr:`info` instead of :class:`NotARepositoryError` (sync creates one there).
+        """
         site, display = cls._site(spec, config)
         try:
             raw = site.get(REPO_KEY)
         except NotFoundError:
+            if missing_ok:
+                return cls(site, display, {})
             raise NotARepositoryError(
                 f"{display} is not a hyperslab repository (no {REPO_KEY}); "
                 "create one with `hyperslab init`",
@@ -320,8 +327,7 @@ class Repository:
         snap = repo._write_snapshot(
             parents=[], tree=None, message="repository created", author=author, changes={}
         )
-        with contextlib.suppress(ConflictError):  # an earlier interrupted init
-            site.put_if_absent(BRANCH_PREFIX + branch, canonical_json({"snapshot": snap.id}))
+        repo.refs.create_branch(branch, snap.id)  # False: an earlier interrupted init made it
         try:
             site.put_if_absent(REPO_KEY, json.dumps(info, indent=2).encode())
         except ConflictError:
@@ -437,7 +443,7 @@ class Repository:
         return self.get_object(KIND_OF_DIR[folder], oid, ext)
 
     # ------------------------------------------------------------- packed objects
-    def _find_packed(self, key: str, oid: str) -> Location | None:
+    def _find_packed(self, key: str, oid: str) -> PackSlot | None:
         """Where ``key`` is packed, from the locator of the leaf ``oid`` was reached
         through (None: not packed there, or not reached through a leaf)."""
         leaf = self._leaf_of.get(oid)
@@ -446,7 +452,7 @@ class Repository:
         self.locator(leaf)
         return self._located.get(key)
 
-    def _read_packed(self, kind: str, oid: str, where: Location) -> bytes:
+    def _read_packed(self, kind: str, oid: str, where: PackSlot) -> bytes:
         pack, offset, length = where
         try:
             return self.site.get_range(object_pack_key(pack), offset, length)
@@ -457,7 +463,7 @@ class Repository:
                 object=oid,
             ) from None
 
-    def packed_location(self, key: str) -> Location | None:
+    def packed_location(self, key: str) -> PackSlot | None:
         """Where object ``key`` is packed, if a locator read so far says so."""
         return self._located.get(key)
 
@@ -652,43 +658,14 @@ class Repository:
 
     # ------------------------------------------------------------- refs
     def branches(self) -> dict[str, str]:
-        return self._refs(BRANCH_PREFIX)
+        return self.refs.listing("branch")
 
     def tags(self) -> dict[str, str]:
-        return self._refs(TAG_PREFIX)
-
-    def _refs(self, prefix: str) -> dict[str, str]:
-        out = {}
-        for key in self.site.list(prefix):
-            name = key[len(prefix) :]
-            try:
-                out[name] = self._read_ref(key)[0]
-            except NotFoundError:
-                continue  # deleted while listing
-        return dict(sorted(out.items()))
-
-    def _read_ref(self, key: str) -> tuple[str, str]:
-        """``(snapshot id, etag)`` of a branch or tag object."""
-        data, etag = self.site.get_with_etag(key)
-        try:
-            sid = json.loads(data)["snapshot"]
-        except (ValueError, KeyError, TypeError) as exc:
-            raise CorruptError(f"{key} at {self.display} is malformed: {exc}", key=key) from exc
-        if not isinstance(sid, str) or not is_object_id(sid):
-            raise CorruptError(f"{key} at {self.display} does not name a snapshot", key=key)
-        return sid, etag
+        return self.refs.listing("tag")
 
     def branch_head(self, name: str) -> tuple[str, str]:
         """``(snapshot id, etag)`` of branch ``name``."""
-        check_ref_name(name)
-        try:
-            return self._read_ref(BRANCH_PREFIX + name)
-        except NotFoundError:
-            known = ", ".join(self.branches()) or "none"
-            raise NotFoundError(
-                f"branch {name!r} does not exist in {self.display} (branches: {known})",
-                branch=name,
-            ) from None
+        return self.refs.branch_head(name)
 
     def resolve(self, ref: str) -> str:
         """Snapshot id of a branch, tag, snapshot id (or unique prefix >= 6), with ``~N``."""
@@ -712,14 +689,14 @@ class Repository:
         if is_object_id(ref):
             self.snapshot(ref)  # must exist
             return ref
-        for prefix in (BRANCH_PREFIX, TAG_PREFIX):
+        for kind in ("branch", "tag"):
             try:
                 check_ref_name(ref)
-                return self._read_ref(prefix + ref)[0]
-            except NotFoundError:
-                continue
             except BadInputError:
                 break
+            sid = self.refs.head(kind, ref)[0]
+            if sid is not None:
+                return sid
         low = ref.lower()
         if len(low) >= 6 and all(c in "0123456789abcdef" for c in low):
             d = kind_dir("snapshot") + "/"
@@ -734,18 +711,16 @@ class Repository:
         check_ref_name(name)
         self.check_writable()
         sid = self.resolve(from_ref)
-        try:
-            self.site.put_if_absent(BRANCH_PREFIX + name, canonical_json({"snapshot": sid}))
-        except ConflictError:
+        if not self.refs.create_branch(name, sid):
             raise BranchConflictError(
                 f"branch {name!r} already exists in {self.display}", branch=name
-            ) from None
+            )
         return sid
 
     def delete_branch(self, name: str) -> None:
         check_ref_name(name)
         self.branch_head(name)
-        self.site.delete(BRANCH_PREFIX + name)
+        self.refs.delete_branch(name)
 
     def create_tag(self, name: str, ref: str, message: str = "", author: str | None = None) -> str:
         check_ref_name(name, "tag")
@@ -754,15 +729,13 @@ class Repository:
         doc = {"snapshot": sid, "time": _now(), "author": author or default_author()}
         if message:
             doc["message"] = message
-        try:
-            self.site.put_if_absent(TAG_PREFIX + name, canonical_json(doc))
-        except ConflictError:
-            existing = self._read_ref(TAG_PREFIX + name)[0]
+        existing = self.refs.create_tag(name, canonical_json(doc))
+        if existing is not None:
             raise BranchConflictError(
                 f"tag {name!r} already exists (at {existing[:12]}); tags never move",
                 tag=name,
                 snapshot=existing,
-            ) from None
+            )
         return sid
 
     # ------------------------------------------------------------- reading
@@ -876,23 +849,20 @@ class Repository:
                     author=author,
                     changes=_summarise(result),
                 )
-            try:
-                self.site.put_if_match(
-                    BRANCH_PREFIX + branch, canonical_json({"snapshot": snap.id}), etag
-                )
-            except TransientError:
-                # The write may or may not have happened (a timeout after the server
-                # applied it): the branch itself says which. Never assume either way.
-                time.sleep(min(1.0, 0.05 * attempt) * (0.5 + rng.random()))
-                head, etag = self.branch_head(branch)
-                if head == snap.id:
-                    result.snapshot = snap
-                    return result
-                continue
-            except ConflictError:
-                # lost the race: look at the new head and try again after a short pause
-                time.sleep(rng.random() * min(0.2, 0.005 * 2 ** min(attempt, 8)))
-                head, etag = self.branch_head(branch)
+            move = self.refs.move_branch(
+                branch,
+                snap.id,
+                etag,
+                attempt=attempt,
+                contention_pause=rng.random() * min(0.2, 0.005 * 2 ** min(attempt, 8)),
+            )
+            if not move.moved:  # lost the race: rebase on the new head and try again
+                if move.head is None or move.etag is None:
+                    raise NotFoundError(
+                        f"branch {branch!r} was deleted from {self.display} during the commit",
+                        branch=branch,
+                    )
+                head, etag = move.head, move.etag
                 continue
             result.snapshot = snap
             return result

@@ -54,31 +54,21 @@ from hyperslab.errors import (
     HyperslabError,
     NotFoundError,
 )
-from hyperslab.references.format import (
+from hyperslab.references.format import canonical_json, object_id
+from hyperslab.references.keys import (
+    HOT_MARKER_PREFIX,
     KIND_OF_DIR,
-    canonical_json,
+    REPO_KEY,
     catalog_key,
-    object_id,
+    locator_key,
     object_key,
+    object_pack_key,
+    source_key,
     split_object_key,
 )
-from hyperslab.references.format import REFMAP_EXTENSIONS as EXTENSIONS
-from hyperslab.references.packs import (
-    PACK_OBJECT_MAX,
-    Location,
-    Locator,
-    Packer,
-    locator_key,
-    object_pack_key,
-)
-from hyperslab.references.repository import (
-    BRANCH_PREFIX,
-    REFRESH_AGE,
-    REPO_KEY,
-    TAG_PREFIX,
-    NotARepositoryError,
-    Repository,
-)
+from hyperslab.references.keys import REFMAP_EXTENSIONS as EXTENSIONS
+from hyperslab.references.object_packs import PACK_OBJECT_MAX, Locator, Packer, PackSlot
+from hyperslab.references.repository import REFRESH_AGE, Repository
 from hyperslab.storage import Site
 from hyperslab.sync.hot import HotChunk, HotRules, select_hot
 
@@ -102,7 +92,6 @@ LIST_THRESHOLD = 50
 #: source files up to this size are copied in memory (one GET, one verified PUT)
 #: rather than streamed through a temporary file
 SMALL_SOURCE = 64 << 20
-HOT_MARKER_PREFIX = "replicas/done/"
 
 
 class DivergedError(ConflictError):
@@ -282,7 +271,7 @@ def sync(
     ``[[used]]`` rules).
     ``sources``: copy the raw source files as well. ``pack``: store the entry records,
     refmaps and checksums the destination lacks in one pack per entry-tree leaf
-    (:mod:`~hyperslab.references.packs`) rather than one object each. ``force``: move a diverged
+    (:mod:`~hyperslab.references.object_packs`) rather than one object each. ``force``: move a diverged
     destination branch to the source's head (the destination's own commits become
     unreachable there; nothing is deleted). Raises :class:`DivergedError` (nothing
     written), :class:`SyncFailedError` (some objects failed, refs not moved) or the
@@ -400,11 +389,7 @@ def open_destination(spec: str | Site | Repository, config: Any = None) -> Repos
     """The destination repository, or an empty one there (``info`` empty) for sync to create."""
     if isinstance(spec, Repository):
         return spec
-    try:
-        return Repository.open(spec, config=config)
-    except NotARepositoryError:
-        site, display = Repository._site(spec, config)
-        return Repository(site, display, {})
+    return Repository.open(spec, config=config, missing_ok=True)
 
 
 def _plan_refs(
@@ -435,8 +420,7 @@ def _plan_refs(
     updates: list[RefUpdate] = []
     known_at_dst: set[str] = set()
     for kind, name, sid in wanted:
-        prefix = BRANCH_PREFIX if kind == "branch" else TAG_PREFIX
-        head, etag = (None, None) if fresh_dst else _head(dst, prefix + name)
+        head, etag = (None, None) if fresh_dst else dst.refs.head(kind, name)
         u = RefUpdate(kind, name, sid, head, "up-to-date", etag)
         if head is not None:
             known_at_dst.add(head)
@@ -466,13 +450,6 @@ def _plan_refs(
             u.chain = chain
             u.status = "diverged"
     return updates
-
-
-def _head(repo: Repository, key: str) -> tuple[str | None, str | None]:
-    try:
-        return repo._read_ref(key)
-    except NotFoundError:
-        return None, None
 
 
 def _history(
@@ -507,34 +484,28 @@ def _is_ancestor(repo: Repository, ancestor: str, head: str, limit: int = 100_00
 
 
 def _move_ref(src: Repository, dst: Repository, u: RefUpdate) -> None:
+    """Move ``u`` at the destination: a tag is created (it never moves); a branch is
+    compare-and-swapped forward, re-read and judged again when someone else moved it."""
     if u.kind == "tag":
-        body = src.site.get(TAG_PREFIX + u.name)  # message and author travel with it
-        try:
-            dst.site.put_if_absent(TAG_PREFIX + u.name, body)
-        except ConflictError:
-            now, _ = _head(dst, TAG_PREFIX + u.name)
-            if now != u.source:
-                raise DivergedError(
-                    f"tag {u.name!r} at {dst.display} names {str(now)[:12]}…, the source's "
-                    f"{u.source[:12]}…; tags never move",
-                    name=u.name,
-                    source_head=u.source,
-                    destination_head=now,
-                ) from None
+        now = dst.refs.create_tag(u.name, src.refs.tag_object(u.name))  # message, author too
+        if now is not None and now != u.source:
+            raise DivergedError(
+                f"tag {u.name!r} at {dst.display} names {now[:12]}…, the source's "
+                f"{u.source[:12]}…; tags never move",
+                name=u.name,
+                source_head=u.source,
+                destination_head=now,
+            )
         return
-    key = BRANCH_PREFIX + u.name
-    body = canonical_json({"snapshot": u.source})
     etag = u.etag
-    for _ in range(20):
-        try:
-            dst.site.put_if_match(key, body, etag)
+    for attempt in range(1, 21):
+        move = dst.refs.move_branch(u.name, u.source, etag, attempt=attempt)
+        if move.moved:
             return
-        except ConflictError:
-            now, etag = _head(dst, key)
-        if now == u.source or (now is not None and _is_ancestor(dst, u.source, now)):
-            if now != u.source:
-                u.status = "ahead"
-            return  # another sync got there first, or the destination moved on
+        now, etag = move.head, move.etag
+        if now is not None and _is_ancestor(dst, u.source, now):
+            u.status = "ahead"
+            return  # another sync got there first and the destination moved on
         if now is not None and not _is_ancestor(src, now, u.source):
             raise DivergedError(
                 f"branch {u.name!r} at {dst.display} moved to {now[:12]}… during the sync, "
@@ -660,7 +631,7 @@ class _Walker:
                 self._add_packable(_Obj(key, "checksums", 0), eid, leaf)
             if self.sources:
                 for s in rec.get("sources", []):
-                    key = f"sources/{s['id']}/{s['name']}"
+                    key = source_key(s["id"], s["name"])
                     self._add(_Obj(key, "source", 0, size=int(s["size"]), sha256=s["id"]))
 
 
@@ -692,7 +663,10 @@ def _plan_hot(
 ) -> tuple[list[_Obj], tuple[str, bytes] | None]:
     """Packs and indexes of the selected chunks ``dst`` does not hold yet, plus the marker
     that says this selection is complete (so an unchanged re-sync checks one object)."""
-    from hyperslab.references.replicas import load_replicas, pack_group  # numpy, pyarrow
+    from hyperslab.references.chunk_replicas import (  # numpy, pyarrow
+        chunk_pack_group,
+        load_replicas,
+    )
 
     heads = sorted({u.source for u in report.refs})
     used: dict[str, list[tuple[str, str, int]]] = {}
@@ -731,7 +705,7 @@ def _plan_hot(
         if any(ix.find(c.offset, c.length) is not None for ix in held.get(c.source, [])):
             report.hot_held += 1
             continue
-        todo.setdefault((c.source, pack_group(c.offset)), []).append(c)
+        todo.setdefault((c.source, chunk_pack_group(c.offset)), []).append(c)
     objs = [
         _Obj(f"pack:{source}:{group}", "pack", 0, size=sum(c.length for c in group_chunks),
              make=_pack_maker(src, dst, views[source], group_chunks))
@@ -750,7 +724,8 @@ def _pack_maker(
     """Reads the chunks from the source site (coalesced, CRC-checked by the router) and
     packs them; returns the pack (unless the destination has it: a killed sync's upload)
     and then its index."""
-    from hyperslab.references.replicas import build_pack, pack_key
+    from hyperslab.references.chunk_replicas import build_chunk_pack
+    from hyperslab.references.keys import chunk_pack_key
 
     def make() -> list[tuple[str, bytes]]:
         from hyperslab.access.routing import ChunkRef, Router
@@ -766,12 +741,12 @@ def _pack_maker(
             if isinstance(data, BaseException):
                 raise data
             rows.append((c.offset, c.length, crc32c(data), data))
-        pack, index, index_bytes = build_pack(chunks[0].source, rows)
+        pack, index, index_bytes = build_chunk_pack(chunks[0].source, rows)
         out = [(index.key, index_bytes)]
         try:
-            dst.site.head(pack_key(index.pack))
+            dst.site.head(chunk_pack_key(index.pack))
         except NotFoundError:
-            out.insert(0, (pack_key(index.pack), pack))
+            out.insert(0, (chunk_pack_key(index.pack), pack))
         return out
 
     return make
@@ -888,7 +863,7 @@ class _Packing:
         self.dst = dst
         self.jobs = jobs
         self.fresh = fresh  # the destination had nothing: no pack can be there yet
-        self.packed: dict[str, Location] = {}
+        self.packed: dict[str, PackSlot] = {}
         self._lock = threading.Lock()
         if not pack:
             return
@@ -903,7 +878,7 @@ class _Packing:
             for i, o in enumerate(group):
                 o.packer, o.index, o.phase = packer, i, 0
 
-    def record(self, where: dict[str, Location]) -> None:
+    def record(self, where: dict[str, PackSlot]) -> None:
         with self._lock:
             self.packed.update(where)
 
@@ -924,7 +899,7 @@ class _Packing:
             base_loc = built.get(base) if base in built else (
                 None if self.fresh or base is None else dst.locator(base)
             )  # fmt: skip
-            entries: dict[str, dict[str, Location]] = {}
+            entries: dict[str, dict[str, PackSlot]] = {}
             for eid in eids:
                 objs = dict(base_loc.entries.get(eid, {})) if base_loc else {}
                 for key in walker.entry_keys.get(eid, ()):
@@ -1063,7 +1038,7 @@ def _write_locators(dst: Repository, packing: _Packing, report: SyncReport, jobs
             list(pool.map(put, todo))
 
 
-def _pack_ready(o: _Obj, data: bytes) -> tuple[bool, list[tuple[str, bytes, dict[str, Location]]]]:
+def _pack_ready(o: _Obj, data: bytes) -> tuple[bool, list[tuple[str, bytes, dict[str, PackSlot]]]]:
     """Hand a packed object's verified bytes to its leaf's packer: ``(store it loose?,
     the packs it completed)``."""
     assert o.packer is not None
@@ -1071,7 +1046,7 @@ def _pack_ready(o: _Obj, data: bytes) -> tuple[bool, list[tuple[str, bytes, dict
     return loose, o.packer.add(o.index, None if loose else data)
 
 
-def _pack_counts(where: dict[str, Location]) -> list[tuple[str, int]]:
+def _pack_counts(where: dict[str, PackSlot]) -> list[tuple[str, int]]:
     return [(KIND_OF_DIR[split_object_key(k)[0]], n) for k, (_, _, n) in where.items()]
 
 

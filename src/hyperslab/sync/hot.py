@@ -201,7 +201,7 @@ def select_hot(
     rules: HotRules,
     used: Mapping[str, list[tuple[str, str, int]]] | None = None,
 ) -> list[HotChunk]:
-    from hyperslab.references.refmap import _key_to_linear  # numpy: only when selecting
+    from hyperslab.references.refmap import chunk_index  # numpy: only when selecting
 
     """The chunks ``rules`` select among ``views`` (entry name → access ``EntryView``).
 
@@ -249,7 +249,7 @@ def select_hot(
             if arr is None:
                 continue
             try:
-                lin = _key_to_linear(name, arr.grid, zkey)
+                lin = chunk_index(name, arr.grid, zkey)
             except HyperslabError:
                 continue
             if not add(view, path, lin, budget):

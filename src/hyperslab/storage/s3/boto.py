@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
+import weakref
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
@@ -89,6 +90,8 @@ class BotocoreTransport(Transport):
         self._stack = contextlib.AsyncExitStack()
         self._client: Any = None
         self._run(self._open)  # bad options fail here, not on first use
+        # a site nobody closed still closes its client (and its connections) when collected
+        self._finalizer = weakref.finalize(self, _close_stack, self._stack, self.io_loop)
 
     @property
     def io_loop(self) -> asyncio.AbstractEventLoop:
@@ -229,13 +232,17 @@ class BotocoreTransport(Transport):
         return self._run(lambda: self._aupload_file(key, path))
 
     def close(self) -> None:
-        if self._client is None:
-            return
-        from fsspec.asyn import sync
-
-        with contextlib.suppress(Exception):
-            sync(self.io_loop, self._stack.aclose, timeout=5)
         self._client = None
+        self._finalizer()
+
+
+def _close_stack(stack: contextlib.AsyncExitStack, loop: asyncio.AbstractEventLoop) -> None:
+    """Close a client's context on its loop, if that loop still runs."""
+    from fsspec.asyn import sync
+
+    if loop.is_running() and not loop.is_closed():
+        with contextlib.suppress(Exception):
+            sync(loop, stack.aclose, timeout=5)
 
 
 def _snake(operation: str) -> str:

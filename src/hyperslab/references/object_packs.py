@@ -44,22 +44,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hyperslab.errors import CorruptError, FormatVersionError
-from hyperslab.references.format import canonical_json, is_object_id, object_id
+from hyperslab.references.format import canonical_json, object_id
+from hyperslab.references.keys import is_object_id
 
 __all__ = [
-    "LOCATOR_PREFIX",
     "PACK_OBJECT_MAX",
-    "PACK_PREFIX",
     "PACK_TARGET",
-    "Location",
     "Locator",
+    "PackSlot",
     "Packer",
-    "locator_key",
-    "object_pack_key",
 ]
 
-PACK_PREFIX = "packs/"
-LOCATOR_PREFIX = "locators/"
 #: a pack is cut once it holds at least this many bytes
 PACK_TARGET = 16 << 20
 #: objects larger than this are stored loose, never packed
@@ -67,15 +62,7 @@ PACK_OBJECT_MAX = 1 << 20
 _VERSION = 1
 
 #: where a packed object lives: (pack id, offset, length)
-Location = tuple[str, int, int]
-
-
-def object_pack_key(pack: str) -> str:
-    return f"{PACK_PREFIX}{pack}.pack"
-
-
-def locator_key(leaf: str) -> str:
-    return f"{LOCATOR_PREFIX}{leaf}.json"
+PackSlot = tuple[str, int, int]
 
 
 @dataclass
@@ -85,9 +72,9 @@ class Locator:
     Entries whose objects are all loose at the site are simply not listed."""
 
     leaf: str
-    entries: dict[str, dict[str, Location]] = field(default_factory=dict)
+    entries: dict[str, dict[str, PackSlot]] = field(default_factory=dict)
 
-    def locations(self) -> Iterator[tuple[str, Location]]:
+    def locations(self) -> Iterator[tuple[str, PackSlot]]:
         for objs in self.entries.values():
             yield from objs.items()
 
@@ -132,7 +119,7 @@ class Locator:
             packs = [str(p) for p in doc["packs"]]
             if not all(is_object_id(p) for p in packs):
                 raise ValueError("bad pack id")
-            entries: dict[str, dict[str, Location]] = {}
+            entries: dict[str, dict[str, PackSlot]] = {}
             for eid, objs in doc["entries"].items():
                 if not is_object_id(eid):
                     raise ValueError(f"bad entry id {eid!r}")
@@ -168,7 +155,7 @@ class Packer:
         self._size = 0
         self._lock = threading.Lock()
 
-    def add(self, i: int, data: bytes | None) -> list[tuple[str, bytes, dict[str, Location]]]:
+    def add(self, i: int, data: bytes | None) -> list[tuple[str, bytes, dict[str, PackSlot]]]:
         """Object ``i``'s bytes; returns the packs completed by it: ``(pack id, pack
         bytes, key → location)``, in order."""
         out = []
@@ -184,10 +171,10 @@ class Packer:
                     out.append(self._cut())
         return out
 
-    def _cut(self) -> tuple[str, bytes, dict[str, Location]]:
+    def _cut(self) -> tuple[str, bytes, dict[str, PackSlot]]:
         pack = b"".join(data for _, data in self._buf)
         pid = object_id(pack)
-        where: dict[str, Location] = {}
+        where: dict[str, PackSlot] = {}
         at = 0
         for key, data in self._buf:
             where[key] = (pid, at, len(data))

@@ -20,7 +20,7 @@ Why packs and not one object per chunk: a hot set is typically thousands of
 sub-MB chunks; one object per chunk costs one PUT per chunk to write and one GET
 per chunk to read, where a pack is written with one PUT and read with coalesced
 range GETs, exactly like the source file itself. Packs are deterministic (see
-:func:`pack_group`): a sync killed after uploading a pack rebuilds the same pack,
+:func:`chunk_pack_group`): a sync killed after uploading a pack rebuilds the same pack,
 finds it present and does not upload it again.
 
 Replicas are site-local: they are not part of any snapshot (two sites holding the
@@ -40,37 +40,26 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from hyperslab.errors import CorruptError, FormatVersionError, HyperslabError, NotFoundError
-from hyperslab.references.format import is_object_id, object_id
-from hyperslab.references.refmap import _arrow_int_column, _arrow_primitive
+from hyperslab.references.arrow_columns import int_column, primitive_array
+from hyperslab.references.format import object_id
+from hyperslab.references.keys import is_object_id, replica_index_key, replica_prefix
 from hyperslab.storage import Site
 
 __all__ = [
-    "PACK_SPAN",
-    "REPLICA_PREFIX",
+    "CHUNK_PACK_SPAN",
     "ReplicaIndex",
-    "build_pack",
+    "build_chunk_pack",
+    "chunk_pack_group",
     "load_replicas",
-    "pack_group",
-    "pack_key",
     "read_replica_index",
-    "replica_prefix",
 ]
 
-REPLICA_PREFIX = "replicas/"
-CHUNK_PREFIX = "chunks/"
-#: chunks whose source offsets fall in one PACK_SPAN window go into one pack: a pack
-#: never exceeds this many bytes, and the grouping does not depend on what else is hot
-PACK_SPAN = 64 << 20
+#: chunks whose source offsets fall in one CHUNK_PACK_SPAN window go into one pack: a
+#: pack never exceeds this many bytes, and the grouping does not depend on what else
+#: is hot
+CHUNK_PACK_SPAN = 64 << 20
 _VERSION = 1
 _META = b"hyperslab.replicas"
-
-
-def replica_prefix(source: str) -> str:
-    return f"{REPLICA_PREFIX}{source}/"
-
-
-def pack_key(pack: str) -> str:
-    return f"{CHUNK_PREFIX}{pack}"
 
 
 @dataclass(frozen=True)
@@ -102,10 +91,10 @@ class ReplicaIndex:
 
         table = pa.table(
             {
-                "offset": _arrow_primitive(pa.int64(), self.offset.astype(np.int64)),
-                "length": _arrow_primitive(pa.int64(), self.length.astype(np.int64)),
-                "crc32c": _arrow_primitive(pa.uint32(), self.crc32c.astype(np.uint32)),
-                "at": _arrow_primitive(pa.int64(), self.at.astype(np.int64)),
+                "offset": primitive_array(pa.int64(), self.offset.astype(np.int64)),
+                "length": primitive_array(pa.int64(), self.length.astype(np.int64)),
+                "crc32c": primitive_array(pa.uint32(), self.crc32c.astype(np.uint32)),
+                "at": primitive_array(pa.int64(), self.at.astype(np.int64)),
             }
         )
         meta = {
@@ -139,7 +128,7 @@ class ReplicaIndex:
         source, pack = meta.get("source"), meta.get("pack")
         if not (isinstance(source, str) and isinstance(pack, str) and is_object_id(pack)):
             raise CorruptError(f"{where} does not name its source and pack", where=where)
-        cols = [_arrow_int_column(table.column(c)) for c in ("offset", "length", "crc32c", "at")]
+        cols = [int_column(table.column(c)) for c in ("offset", "length", "crc32c", "at")]
         if any(not valid.all() for _, valid in cols):
             raise CorruptError(f"{where} has missing values", where=where)
         offset, length, crc, at = (values for values, _ in cols)
@@ -159,12 +148,12 @@ class ReplicaIndex:
             raise CorruptError(f"{where}: a row points outside its pack", where=where)
 
 
-def pack_group(offset: int) -> int:
-    """Pack number of a chunk at ``offset`` (deterministic: the offset's PACK_SPAN window)."""
-    return int(offset) // PACK_SPAN
+def chunk_pack_group(offset: int) -> int:
+    """Pack number of a chunk at ``offset`` (deterministic: the offset's CHUNK_PACK_SPAN window)."""
+    return int(offset) // CHUNK_PACK_SPAN
 
 
-def build_pack(
+def build_chunk_pack(
     source: str, chunks: Sequence[tuple[int, int, int, bytes]]
 ) -> tuple[bytes, ReplicaIndex, bytes]:
     """``(pack bytes, index, index bytes)`` for ``(offset, length, crc32c, data)`` chunks."""
@@ -189,11 +178,7 @@ def build_pack(
     )
     index.check()
     data = index.to_bytes()
-    return pack, replace(index, key=index_key(source, data)), data
-
-
-def index_key(source: str, data: bytes) -> str:
-    return f"{replica_prefix(source)}{object_id(data)}.parquet"
+    return pack, replace(index, key=replica_index_key(source, object_id(data))), data
 
 
 def read_replica_index(site: Site, key: str) -> ReplicaIndex:

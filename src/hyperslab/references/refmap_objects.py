@@ -1,4 +1,4 @@
-"""Reference maps as single immutable objects, for the repository's ``refmaps/``.
+"""Reference maps as single immutable objects: the repository's ``refmaps/<id>``.
 
 A loose map on disk may be fsspec's Parquet *directory*; an object store wants
 one object per map so that it can be named by its hash. Two encodings:
@@ -23,47 +23,52 @@ from typing import Any, Literal
 import numpy as np
 
 from hyperslab.errors import CorruptError, FormatVersionError
-from hyperslab.references.format import REFMAP_EXTENSIONS
-from hyperslab.references.refmap import (
-    PARQUET_THRESHOLD,
-    InlineChunks,
-    RefMap,
-    _arrow_binary,
-    _arrow_binary_rows,
-    _arrow_primitive,
-    _arrow_validity,
-    inline_columns,
+from hyperslab.references.arrow_columns import (
+    binary_array,
+    binary_rows,
+    primitive_array,
+    validity,
 )
+from hyperslab.references.kerchunk_json import from_kerchunk, to_kerchunk
+from hyperslab.references.refmap import PARQUET_THRESHOLD, InlineChunks, RefMap, inline_columns
 
-__all__ = ["PACKED_META_KEY", "RefmapFormat", "pack_refmap", "unpack_refmap"]
+__all__ = [
+    "OBJECT_META_KEY",
+    "ROW_GROUP",
+    "RefmapFormat",
+    "decode_refmap",
+    "encode_refmap",
+    "read_object_meta",
+]
 
 RefmapFormat = Literal["json", "parquet"]
-PACKED_META_KEY = b"hyperslab.refmap"
-PACKED_VERSION = 1
+#: the Parquet key-value metadata entry holding the map's Zarr metadata and sources
+OBJECT_META_KEY = b"hyperslab.refmap"
+OBJECT_VERSION = 1
+#: rows per Parquet row group of a map (and of its checksums, which align with it)
 ROW_GROUP = 100_000
-EXTENSIONS = REFMAP_EXTENSIONS
 
 
-def pack_refmap(refmap: RefMap, fmt: RefmapFormat | None = None) -> tuple[bytes, RefmapFormat]:
+def encode_refmap(refmap: RefMap, fmt: RefmapFormat | None = None) -> tuple[bytes, RefmapFormat]:
     """Serialise deterministically (the same map always gives the same bytes)."""
     fmt = fmt or ("parquet" if refmap.n_refs >= PARQUET_THRESHOLD else "json")
     if fmt == "json":
-        doc = refmap.to_kerchunk()
+        doc = to_kerchunk(refmap)
         return json.dumps(doc, separators=(",", ":"), allow_nan=True).encode(), "json"
-    return _pack_parquet(refmap), "parquet"
+    return _encode_parquet(refmap), "parquet"
 
 
-def unpack_refmap(data: bytes, fmt: RefmapFormat) -> RefMap:
+def decode_refmap(data: bytes, fmt: RefmapFormat) -> RefMap:
     if fmt == "json":
         try:
             doc = json.loads(data)
         except ValueError as exc:
             raise CorruptError(f"reference map is not valid JSON: {exc}") from exc
-        return RefMap.from_kerchunk(doc)
-    return _unpack_parquet(data)
+        return from_kerchunk(doc)
+    return _decode_parquet(data)
 
 
-def _pack_parquet(refmap: RefMap) -> bytes:
+def _encode_parquet(refmap: RefMap) -> bytes:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -100,32 +105,32 @@ def _pack_parquet(refmap: RefMap) -> bytes:
     raw_offsets = np.concatenate([cat(raw_starts, np.int64), np.array([nbytes], np.int64)])
     table = pa.table(
         {
-            "array": _arrow_primitive(pa.int32(), cat(cols["array"], np.int32)),
-            "index": _arrow_primitive(pa.int64(), cat(cols["index"], np.int64)),
-            "source": _arrow_primitive(pa.int32(), cat(cols["source"], np.int32)),
-            "offset": _arrow_primitive(pa.int64(), cat(cols["offset"], np.int64)),
-            "length": _arrow_primitive(pa.int64(), cat(lengths, np.int64)),
-            "raw": _arrow_binary(
+            "array": primitive_array(pa.int32(), cat(cols["array"], np.int32)),
+            "index": primitive_array(pa.int64(), cat(cols["index"], np.int64)),
+            "source": primitive_array(pa.int32(), cat(cols["source"], np.int32)),
+            "offset": primitive_array(pa.int64(), cat(cols["offset"], np.int64)),
+            "length": primitive_array(pa.int64(), cat(lengths, np.int64)),
+            "raw": binary_array(
                 rows, cat(raw_rows, np.int64), raw_offsets, cat(raw_data, np.uint8)
             ),
         }
     )
     meta = {
-        "format": PACKED_VERSION,
+        "format": OBJECT_VERSION,
         "sources": refmap.sources,
         "arrays": paths,
         "metadata": dict(refmap.metadata_items()),
     }
     table = table.replace_schema_metadata(
-        {PACKED_META_KEY: json.dumps(meta, separators=(",", ":"), allow_nan=True).encode()}
+        {OBJECT_META_KEY: json.dumps(meta, separators=(",", ":"), allow_nan=True).encode()}
     )
     buf = io.BytesIO()
     pq.write_table(table, buf, compression="zstd", row_group_size=ROW_GROUP, write_statistics=True)
     return buf.getvalue()
 
 
-def read_packed_meta(schema_metadata: dict[bytes, bytes] | None) -> dict[str, Any]:
-    raw = (schema_metadata or {}).get(PACKED_META_KEY)
+def read_object_meta(schema_metadata: dict[bytes, bytes] | None) -> dict[str, Any]:
+    raw = (schema_metadata or {}).get(OBJECT_META_KEY)
     if raw is None:
         raise CorruptError("Parquet reference map has no hyperslab.refmap metadata")
     try:
@@ -134,23 +139,23 @@ def read_packed_meta(schema_metadata: dict[bytes, bytes] | None) -> dict[str, An
         raise CorruptError(f"Parquet reference map metadata is not JSON: {exc}") from exc
     if not isinstance(meta, dict) or not isinstance(meta.get("format"), int):
         raise CorruptError("Parquet reference map metadata is malformed")
-    if meta["format"] > PACKED_VERSION:
+    if meta["format"] > OBJECT_VERSION:
         raise FormatVersionError(
             f"packed reference map format {meta['format']} is newer than this hyperslab "
-            f"reads ({PACKED_VERSION}): upgrade hyperslab"
+            f"reads ({OBJECT_VERSION}): upgrade hyperslab"
         )
     return meta
 
 
-def _unpack_parquet(data: bytes) -> RefMap:
+def _decode_parquet(data: bytes) -> RefMap:
     import pyarrow.parquet as pq
 
     try:
         table = pq.read_table(io.BytesIO(data))
     except Exception as exc:
         raise CorruptError(f"reference map is not a readable Parquet file: {exc}") from exc
-    meta = read_packed_meta(table.schema.metadata)
-    out = RefMap._from_metadata(meta["metadata"])
+    meta = read_object_meta(table.schema.metadata)
+    out = RefMap.from_metadata(meta["metadata"])
     out.sources = list(meta["sources"])
     paths: list[str] = list(meta["arrays"])
     array = table.column("array").to_numpy()
@@ -160,7 +165,7 @@ def _unpack_parquet(data: bytes) -> RefMap:
     length = table.column("length").to_numpy()
     bounds = np.searchsorted(array, np.arange(len(paths) + 1))
     raw_col = table.column("raw").combine_chunks()
-    raw_valid = _arrow_validity(raw_col)
+    raw_valid = validity(raw_col)
     for k, path in enumerate(paths):
         arr = out.arrays.get(path)
         if arr is None:
@@ -178,6 +183,6 @@ def _unpack_parquet(data: bytes) -> RefMap:
         if not raw_valid[inl].all():
             bad = int(index[inl[~raw_valid[inl]][0]])
             raise CorruptError(f"inline chunk {bad} of {path!r} has no bytes")
-        offsets, body = _arrow_binary_rows(raw_col, inl)
+        offsets, body = binary_rows(raw_col, inl)
         arr.inline = InlineChunks.from_columns(index[inl].astype(np.int64), offsets, body)
     return out
