@@ -24,8 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from hyperslab.references.format import canonical_json
-from hyperslab.references.maintenance import search
 from hyperslab.references.repository import Repository
+from hyperslab.references.search import search
 from hyperslab.storage import FileSite
 
 SAMPLES = ["Si", "LaB6 standard", "insulin crystal 7", "lysozyme crystal 3", "CeO2", "Ge"]

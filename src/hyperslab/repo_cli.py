@@ -441,7 +441,7 @@ def fsck(
 
     Exit status 0 only if the repository is clean; 6 if anything is missing or corrupt.
     """
-    from hyperslab.references.maintenance import fsck as do_fsck
+    from hyperslab.references.fsck import fsck as do_fsck
 
     with _errors(as_json):
         r = _open(repo)
@@ -489,8 +489,8 @@ def gc(
 ) -> None:
     """Delete objects no branch or tag reaches (old snapshots of deleted branches,
     maps of interrupted ingests), keeping anything younger than the grace period."""
-    from hyperslab.references.maintenance import gc as do_gc
-    from hyperslab.references.maintenance import parse_duration
+    from hyperslab.references.gc import gc as do_gc
+    from hyperslab.references.gc import parse_duration
 
     with _errors(as_json):
         r = _open(repo)
@@ -535,7 +535,7 @@ def search(
 
     Example: hyperslab search ./repo 'sample~insulin energy>12 start_time>=2026-01-15'
     """
-    from hyperslab.references.maintenance import search as do_search
+    from hyperslab.references.search import search as do_search
 
     with _errors(as_json):
         r = _open(repo)

@@ -25,7 +25,7 @@ from typing import Any
 
 import pytest
 
-from hyperslab.references.maintenance import fsck
+from hyperslab.references.fsck import fsck
 from hyperslab.references.repository import Repository
 
 HYPERSLAB = str(Path(sys.executable).parent / "hyperslab")

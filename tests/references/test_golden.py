@@ -12,11 +12,12 @@ from pathlib import Path
 import pytest
 
 from hyperslab.convert.verify import verify
+from hyperslab.references.fsck import fsck
 from hyperslab.references.keys import SOURCE_SCHEME, source_key
-from hyperslab.references.maintenance import fsck, search
 from hyperslab.references.refmap_files import write_refmap
 from hyperslab.references.refmap_objects import decode_refmap
 from hyperslab.references.repository import Repository
+from hyperslab.references.search import search
 
 GOLDEN = Path(__file__).parent / "golden"
 

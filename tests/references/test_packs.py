@@ -15,8 +15,9 @@ import zarr
 from hyperslab.access.store import open_store
 from hyperslab.errors import CorruptError, FormatVersionError, NotFoundError
 from hyperslab.references.format import canonical_json, object_id
+from hyperslab.references.fsck import fsck
+from hyperslab.references.gc import gc
 from hyperslab.references.keys import LOCATOR_PREFIX, PACK_PREFIX, locator_key, object_pack_key
-from hyperslab.references.maintenance import fsck, gc
 from hyperslab.references.object_packs import Locator, Packer
 from hyperslab.references.repository import Repository
 from hyperslab.sync import sync

@@ -18,8 +18,9 @@ from hyperslab.convert.api import build_refmap
 from hyperslab.convert.ingest import ingest
 from hyperslab.errors import BadInputError, FormatVersionError, NotFoundError, UnsafeNameError
 from hyperslab.references.format import canonical_json
+from hyperslab.references.fsck import fsck
+from hyperslab.references.gc import gc, parse_duration
 from hyperslab.references.keys import SOURCE_SCHEME, object_key, source_key
-from hyperslab.references.maintenance import fsck, gc, parse_duration, search
 from hyperslab.references.refmap import RefMap
 from hyperslab.references.refmap_objects import decode_refmap, encode_refmap
 from hyperslab.references.repository import (
@@ -29,6 +30,7 @@ from hyperslab.references.repository import (
     NotARepositoryError,
     Repository,
 )
+from hyperslab.references.search import search
 from hyperslab.storage import MemorySite, Site, forget_memory_site
 
 from .conftest import SiteFactory

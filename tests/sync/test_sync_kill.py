@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 
 from hyperslab.convert.ingest import ingest
-from hyperslab.references.maintenance import fsck
+from hyperslab.references.fsck import fsck
 from hyperslab.references.repository import Repository
 from hyperslab.storage import FileSite
 from hyperslab.sync import HotRules, sync

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from hyperslab.errors import HyperslabError
+from hyperslab.references.fsck import fsck
 from hyperslab.references.keys import LOCATOR_PREFIX, PACK_PREFIX
-from hyperslab.references.maintenance import fsck
 from hyperslab.references.repository import Repository
 from hyperslab.sync import sync
 from tests.conftest import S3Bucket

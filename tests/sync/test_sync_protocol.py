@@ -15,7 +15,7 @@ import zarr
 from hyperslab.access.store import open_store
 from hyperslab.convert.ingest import ingest
 from hyperslab.errors import ConfigError, HyperslabError, TransientError
-from hyperslab.references.maintenance import fsck
+from hyperslab.references.fsck import fsck
 from hyperslab.references.repository import Repository
 from hyperslab.storage import FileSite, MemorySite, Site
 from hyperslab.sync import (

@@ -20,7 +20,7 @@ import zarr
 from hyperslab.access.routing import ChunkUnavailableError
 from hyperslab.access.store import open_store
 from hyperslab.convert.verify import verify_store
-from hyperslab.references.maintenance import fsck
+from hyperslab.references.fsck import fsck
 from hyperslab.references.repository import Repository
 from hyperslab.sync import HotRules, sync
 from tests.access.conftest import corpus_files, ingest_corpus

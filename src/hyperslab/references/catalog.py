@@ -45,7 +45,7 @@ import pyarrow.compute as pc
 
 from hyperslab.errors import BadInputError
 
-__all__ = ["Query", "QuerySyntaxError", "entry_catalog", "parse_query"]
+__all__ = ["Query", "QuerySyntaxError", "Term", "as_number", "entry_catalog", "parse_query"]
 
 _MAX_TEXT = 256
 _OPS = ("!=", ">=", "<=", "!~", "=", ">", "<", "~")
@@ -116,8 +116,9 @@ _STR_KIND = 0
 _NUMERIC_START = frozenset("0123456789+-.iInN")
 
 
-def _num(text: Any) -> float | None:
-    """The value as a number if ``float()`` reads it (bools are not numbers), else None."""
+def as_number(text: Any) -> float | None:
+    """The value as a number if ``float()`` reads it (bools are not numbers), else None:
+    how the query language and the catalog index decide what compares as a number."""
     if isinstance(text, bool):
         return None
     if isinstance(text, int | float):
@@ -218,7 +219,7 @@ class _Equal:
     low: str
 
     def test(self, v: Any) -> bool:
-        if self.number is not None and (x := _num(v)) is not None:
+        if self.number is not None and (x := as_number(v)) is not None:
             return x == self.number
         return str(v).lower() == self.low
 
@@ -265,7 +266,7 @@ class _Compare:
     def test(self, v: Any) -> bool:
         f = _CMP[self.op]
         if self.number is not None:
-            return (x := _num(v)) is not None and bool(f(x, self.number))
+            return (x := as_number(v)) is not None and bool(f(x, self.number))
         return isinstance(v, str) and bool(f(v.lower(), self.low))
 
     def rows(self, cols: Any) -> Any:
@@ -283,12 +284,16 @@ def _equals(value: str) -> Any:
         if _has_wildcard(opt):
             options.append(_Glob(opt.lower(), text_only=True))
         else:
-            options.append(_Equal(_num(opt), opt.lower()))
+            options.append(_Equal(as_number(opt), opt.lower()))
     return options[0] if len(options) == 1 else _AnyOf(tuple(options))
 
 
 @dataclass(frozen=True)
-class _Term:
+class Term:
+    """One term of a query: which key (None: any), negated or not, and its *spec*,
+    which tests one value (``spec.test``) or selects rows of a catalog index
+    (``spec.rows``, catalog_index.py)."""
+
     key: str | None  # lower-cased; None: a bare word over every value
     negate: bool
     spec: Any  # _Glob | _Equal | _AnyOf | _Compare
@@ -311,7 +316,7 @@ def _any(test: Callable[[Any], bool], v: Any) -> bool:
 
 @dataclass(frozen=True)
 class Query:
-    terms: tuple[_Term, ...]
+    terms: tuple[Term, ...]
     text: str
 
     def matches(self, record: Mapping[str, Any]) -> bool:
@@ -328,7 +333,7 @@ def parse_query(text: str) -> Query:
         words = shlex.split(text, posix=True)
     except ValueError as exc:
         raise QuerySyntaxError(f"bad query {text!r}: {exc}") from exc
-    terms: list[_Term] = []
+    terms: list[Term] = []
     for word in words:
         m = _TERM.match(word)
         if m is None:
@@ -339,7 +344,7 @@ def parse_query(text: str) -> Query:
                     f"bad query term {word!r}: expected KEY OP VALUE with OP one of "
                     + " ".join(_OPS)
                 )
-            terms.append(_Term(None, negate, _Glob(body.lower(), text_only=True), word))
+            terms.append(Term(None, negate, _Glob(body.lower(), text_only=True), word))
             continue
         key, op, value = m.group("key").lower(), m.group("op"), m.group("value")
         if value == "" and op not in ("=", "!="):
@@ -351,6 +356,6 @@ def parse_query(text: str) -> Query:
         elif op in ("~", "!~"):
             spec = _Glob(value.lower(), text_only=False)
         else:
-            spec = _Compare(op, _num(value), value.lower())
-        terms.append(_Term(key, negate, spec, word))
+            spec = _Compare(op, as_number(value), value.lower())
+        terms.append(Term(key, negate, spec, word))
     return Query(tuple(terms), text)

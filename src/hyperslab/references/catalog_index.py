@@ -51,10 +51,9 @@ from hyperslab.references.arrow_columns import (
     string_array,
     validity,
 )
-from hyperslab.references.catalog import Query, _num, _Term
-from hyperslab.references.keys import CATALOG_PREFIX, catalog_key
+from hyperslab.references.catalog import Query, Term, as_number
 
-__all__ = ["CATALOG_PREFIX", "LeafCatalog", "catalog_key", "leaf_records"]
+__all__ = ["LeafCatalog", "leaf_records"]
 
 _META = b"hyperslab.catalog"
 _VERSION = 1
@@ -135,7 +134,7 @@ class LeafCatalog:
                     pos.append(p)
                     kinds.append(_kind(v))
                     texts.append(str(v))
-                    nums.append(_num(v))
+                    nums.append(as_number(v))
         num_values = np.array([x if x is not None else 0.0 for x in nums], np.float64)
         num_valid = np.array([x is not None for x in nums], bool)
         table = pa.Table.from_arrays(
@@ -393,7 +392,7 @@ class _Columns:
         return _bools(test(a))
 
 
-def _term_rows(term: _Term, cols: _Columns) -> np.ndarray:
+def _term_rows(term: Term, cols: _Columns) -> np.ndarray:
     """Rows (values) that satisfy ``term``'s positive test, restricted to its key."""
     rows = term.spec.rows(cols)
     if term.key is not None:

@@ -1,0 +1,209 @@
+"""``fsck``: is everything the branches and tags reach present and intact?
+
+Every reachable object is read and checked against its id (sha256); each refmap is
+parsed and compared with its entry record; uploaded sources are re-hashed; chunk
+replicas are checked chunk by chunk (CRC-32C); each leaf's catalog index must equal
+a fresh build from the leaf.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from typing import Any
+
+from google_crc32c import value as crc32c
+
+from hyperslab.errors import HyperslabError, NotFoundError
+from hyperslab.references.catalog_index import LeafCatalog
+from hyperslab.references.checksums import unpack_checksums
+from hyperslab.references.chunk_replicas import ReplicaIndex
+from hyperslab.references.format import object_id
+from hyperslab.references.keys import REPO_KEY, catalog_key, chunk_pack_key
+from hyperslab.references.reachability import Progress, Reachable, walk
+from hyperslab.references.refmap_objects import decode_refmap
+from hyperslab.references.repository import Repository
+
+__all__ = ["FsckReport", "fsck"]
+
+
+@dataclass
+class FsckReport:
+    """What fsck checked and what it found wrong (``clean``: nothing)."""
+
+    checked: dict[str, int] = field(default_factory=dict)
+    problems: list[dict[str, Any]] = field(default_factory=list)
+    #: not damage, but worth knowing (e.g. a missing catalog index: search is slower)
+    warnings: list[dict[str, Any]] = field(default_factory=list)
+    bytes_checked: int = 0
+
+    @property
+    def clean(self) -> bool:
+        return not self.problems
+
+    def add(self, kind: str, oid: str, problem: str, **details: Any) -> None:
+        self.problems.append({"kind": kind, "id": oid, "problem": problem, **details})
+
+    def failed(self, kind: str, oid: str, exc: HyperslabError) -> None:
+        """An object that could not be read: ``missing`` if absent, else ``corrupt``."""
+        problem = "missing" if isinstance(exc, NotFoundError) else "corrupt"
+        self.add(kind, oid, problem, error=exc.message)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "clean": self.clean,
+            "checked": self.checked,
+            "bytes_checked": self.bytes_checked,
+            "problems": self.problems,
+            "warnings": self.warnings,
+        }
+
+
+def fsck(
+    repo: Repository, *, verify_sources: bool = True, progress: Progress | None = None
+) -> FsckReport:
+    """Check that every reachable object exists and matches its hash.
+
+    Also parses each refmap and checks it against its entry record (array list and
+    reference counts), and re-hashes uploaded sources unless ``verify_sources`` is
+    False (then only their sizes are checked).
+    """
+    report = FsckReport()
+    try:
+        repo.site.get(REPO_KEY)
+    except HyperslabError as exc:
+        report.add("repository", REPO_KEY, "missing", error=exc.message)
+    r = walk(repo, report.failed, progress)
+    report.checked = {
+        "snapshots": len(r.snapshots),
+        "manifests": len(r.manifests),
+        "entries": len(r.entries),
+    }
+    for rid, ext in sorted(r.refmaps.items()):
+        try:
+            data = repo.get_object("refmap", rid, ext)
+        except HyperslabError as exc:
+            report.failed("refmap", rid, exc)
+            continue
+        report.bytes_checked += len(data)
+        if progress:
+            progress("refmaps", 1)
+        owner = r.refmap_owner.get(rid)
+        try:
+            refmap = decode_refmap(data, "parquet" if ext == ".parquet" else "json")
+        except HyperslabError as exc:
+            report.add("refmap", rid, "unreadable", error=exc.message)
+            continue
+        if owner is not None:
+            name, arrays, refs = owner
+            if set(refmap.arrays) != arrays:
+                report.add("refmap", rid, "arrays differ from entry record", entry=name)
+            elif refs is not None and refmap.n_refs != refs:
+                report.add("refmap", rid, "reference count differs from entry record", entry=name)
+    report.checked["refmaps"] = len(r.refmaps)
+    for cid, chunks in sorted(r.checksums.items()):
+        try:
+            data = repo.get_object("checksums", cid, ".parquet")
+            report.bytes_checked += len(data)
+            rows = sum(idx.size for idx, _ in unpack_checksums(data).values())
+        except HyperslabError as exc:
+            report.failed("checksums", cid, exc)
+            continue
+        if chunks >= 0 and rows != chunks:
+            report.add("checksums", cid, "corrupt", error=f"{rows} rows, entry says {chunks}")
+    report.checked["checksums"] = len(r.checksums)
+    for key in sorted(r.sources):
+        sha = key.split("/")[1]
+        try:
+            if verify_sources:
+                digest, n = repo.site.sha256(key)
+                report.bytes_checked += n
+                if digest != sha:
+                    report.add("source", key, "corrupt", error="content does not match sha256")
+                    continue
+            else:
+                n = repo.site.head(key).size
+            if n != r.source_sizes[key]:
+                report.add(
+                    "source", key, "corrupt", error=f"size {n}, expected {r.source_sizes[key]}"
+                )
+        except HyperslabError as exc:
+            report.failed("source", key, exc)
+        if progress:
+            progress("sources", 1)
+    report.checked["sources"] = len(r.sources)
+    for key in sorted(r.chunks):
+        try:
+            data = repo.site.get(key)
+        except HyperslabError as exc:
+            report.add("chunk", key, "missing", error=exc.message)
+            continue
+        report.bytes_checked += len(data)
+        if hashlib.sha256(data).hexdigest() != key.rsplit("/", 1)[-1]:
+            report.add("chunk", key, "corrupt", error="content does not match sha256")
+    report.checked["chunks"] = len(r.chunks)
+    for key, index in sorted(r.replicas.items()):
+        _check_replica(repo, key, index, report)
+    report.checked["replicas"] = len(r.replicas)
+    report.checked["locators"] = len(r.locators)
+    report.checked["packs"] = len(r.packs)
+    _check_catalogs(repo, r, report, progress)
+    return report
+
+
+def _check_catalogs(
+    repo: Repository, r: Reachable, report: FsckReport, progress: Progress | None
+) -> None:
+    """Each leaf's catalog index must equal a fresh build from the leaf (or be absent)."""
+    missing = 0
+    for leaf in sorted(r.leaves):
+        try:
+            data = repo.site.get(catalog_key(leaf))
+        except NotFoundError:
+            missing += 1
+            continue
+        except HyperslabError as exc:
+            report.add("catalog", leaf, "unreadable", error=exc.message)
+            continue
+        report.bytes_checked += len(data)
+        try:
+            stored = LeafCatalog.from_bytes(data, leaf)
+            fresh = LeafCatalog.from_leaf(leaf, repo.read_node(leaf))
+        except HyperslabError as exc:
+            report.add("catalog", leaf, "corrupt", error=exc.message)
+            continue
+        if not stored.same_as(fresh):
+            report.add("catalog", leaf, "corrupt", error="index differs from its leaf's records")
+        if progress:
+            progress("catalogs", 1)
+    report.checked["catalogs"] = len(r.leaves) - missing
+    if missing:
+        report.warnings.append(
+            {
+                "kind": "catalog",
+                "problem": "missing",
+                "count": missing,
+                "error": f"{missing} entry-tree leaves have no catalog index (written by an "
+                "older hyperslab): search reads those leaves instead, which is slower",
+            }
+        )
+
+
+def _check_replica(repo: Repository, key: str, index: ReplicaIndex, report: FsckReport) -> None:
+    """The chunk pack a replica index names: present, whole, and every chunk's CRC-32C."""
+    try:
+        pack = repo.site.get(chunk_pack_key(index.pack))
+    except HyperslabError as exc:
+        report.failed("chunk pack", index.pack, exc)
+        return
+    report.bytes_checked += len(pack)
+    if len(pack) != index.pack_size or object_id(pack) != index.pack:
+        report.add("chunk pack", index.pack, "corrupt", error="content does not match sha256")
+        return
+    bad = [
+        int(off)
+        for off, n, crc, at in zip(index.offset, index.length, index.crc32c, index.at, strict=True)
+        if crc32c(pack[int(at) : int(at) + int(n)]) != int(crc)
+    ]
+    if bad:
+        report.add("replica", key, "corrupt", error=f"{len(bad)} chunk(s) fail CRC-32C")
