@@ -487,8 +487,8 @@ def hyperslab_reader(env: Env) -> list[Contender] | str:
     open_store, where = found
     import zarr
 
-    from hyperslab.access.cache import ChunkCache
-    from hyperslab.access.decode import DecodedCache
+    from hyperslab.reading.chunk_cache import ChunkCache
+    from hyperslab.reading.decode import DecodedCache
     from hyperslab.convert.ingest import ingest
     from hyperslab.references.repository import Repository
     from hyperslab.storage import S3Site

@@ -46,7 +46,7 @@ DirOpt = Annotated[
 
 
 def _open(directory: Path | None) -> Any:
-    from hyperslab.access.cache import ChunkCache
+    from hyperslab.reading.chunk_cache import ChunkCache
 
     return ChunkCache(directory)
 
@@ -215,7 +215,7 @@ StatsFileOpt = Annotated[
 
 
 def _open_stats(path: Path | None) -> Any:
-    from hyperslab.access.stats import AccessStats
+    from hyperslab.reading.access_stats import AccessStats
 
     return AccessStats(path)
 

@@ -206,7 +206,7 @@ def sync_cmd(
         rules = HotRules.load(hot) if hot is not None else None
         counts = None
         if rules is not None and rules.used:
-            from hyperslab.access.stats import resolve_stats
+            from hyperslab.reading.access_stats import resolve_stats
 
             counts = resolve_stats(str(stats) if stats else None, None)
         report = run_sync(
@@ -288,7 +288,7 @@ def replicate_cmd(
         spec = ReplicationRules.load(rules)
         counts = None
         if any(j.hot is not None and j.hot.used for j in spec.jobs):
-            from hyperslab.access.stats import resolve_stats
+            from hyperslab.reading.access_stats import resolve_stats
 
             counts = resolve_stats(str(stats) if stats else None, None)
         run = functools.partial(run_sync, show=_show_progress(as_json, quiet))

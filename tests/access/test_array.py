@@ -13,11 +13,11 @@ from hypothesis import strategies as st
 
 import hyperslab
 from hyperslab.access.array import HOT_CHUNKS, HyperslabArray, open_array
-from hyperslab.access.stats import AccessStats
 from hyperslab.access.store import open_store
 from hyperslab.convert.ingest import ingest
 from hyperslab.convert.verify import verify_store
 from hyperslab.errors import NotFoundError
+from hyperslab.reading.access_stats import AccessStats
 from hyperslab.references.repository import Repository
 from tests.access.conftest import CorpusRepo
 

@@ -19,11 +19,11 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from hyperslab.access import cache as cache_mod
-from hyperslab.access.cache import HEADER_SIZE, CacheWarning, ChunkCache
 from hyperslab.cli import app
 from hyperslab.config import load_config
 from hyperslab.errors import ConfigError, FormatVersionError
+from hyperslab.reading import chunk_cache as cache_mod
+from hyperslab.reading.chunk_cache import HEADER_SIZE, CacheWarning, ChunkCache
 
 runner = CliRunner()
 

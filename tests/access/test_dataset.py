@@ -21,9 +21,9 @@ from hyperslab.access.dataset import (
     open_dataset,
     split_url,
 )
-from hyperslab.access.routing import ChunkRef, Router
 from hyperslab.convert.ingest import ingest
 from hyperslab.errors import BadInputError, NotFoundError
+from hyperslab.reading.routing import ChunkRef, Router
 from hyperslab.references.repository import Repository
 from tests.access.conftest import CorpusRepo
 

@@ -12,11 +12,11 @@ import pytest
 import zarr
 from numcodecs import Shuffle, Zlib
 
-from hyperslab.access.decode import ChunkDecoder, DecodedCache, shared_decoded_cache
 from hyperslab.access.store import open_store
 from hyperslab.config import load_config
 from hyperslab.convert.ingest import ingest
 from hyperslab.errors import ConfigError, CorruptError
+from hyperslab.reading.decode import ChunkDecoder, DecodedCache, shared_decoded_cache
 from hyperslab.references.repository import Repository
 
 FRAMES = "entry/data/data"

@@ -19,10 +19,10 @@ import numpy as np
 import pytest
 import zarr
 
-from hyperslab.access.routing import ChunkUnavailableError
 from hyperslab.access.store import open_store
 from hyperslab.convert.ingest import ingest
 from hyperslab.errors import AccessDeniedError
+from hyperslab.reading.routing import ChunkUnavailableError
 from hyperslab.references.repository import Repository
 from hyperslab.storage import FileSite, S3Site, Site
 from tests.conftest import S3Endpoint, own_s3_server

@@ -19,12 +19,12 @@ import pytest
 import zarr
 from typer.testing import CliRunner
 
-from hyperslab.access.cache import ChunkCache
-from hyperslab.access.stats import AccessStats, HotChunk, StatsWarning, shared_stats
 from hyperslab.access.store import open_store
 from hyperslab.cli import app
 from hyperslab.convert.ingest import ingest
 from hyperslab.errors import BadInputError, ConfigError, CorruptError
+from hyperslab.reading.access_stats import AccessStats, ChunkReads, StatsWarning, shared_stats
+from hyperslab.reading.chunk_cache import ChunkCache
 from hyperslab.references.repository import Repository
 
 runner = CliRunner()
@@ -98,10 +98,10 @@ def test_store_counts_chunk_reads_not_metadata(local_repo: LocalRepo, tmp_path: 
     store.close()
     hot = stats.hot_chunks(local_repo.id)
     assert hot == [
-        HotChunk("scan", FRAMES, f"{FRAMES}/0.0.0", 2),
-        HotChunk("scan", FRAMES, f"{FRAMES}/1.0.0", 1),
-        HotChunk("scan", "entry/sparse", "entry/sparse/0.0", 1),
-        HotChunk("scan", "entry/x", "entry/x/0", 1),
+        ChunkReads("scan", FRAMES, f"{FRAMES}/0.0.0", 2),
+        ChunkReads("scan", FRAMES, f"{FRAMES}/1.0.0", 1),
+        ChunkReads("scan", "entry/sparse", "entry/sparse/0.0", 1),
+        ChunkReads("scan", "entry/x", "entry/x/0", 1),
     ]
     s = stats.summary()
     assert (s.reads, s.chunks, s.recorded, s.flushed, s.pending, s.dropped) == (5, 4, 5, 5, 0, 0)
@@ -119,7 +119,7 @@ def test_cache_hits_count_as_reads(local_repo: LocalRepo, tmp_path: Path) -> Non
         _read(store, FRAMES, 3)
     assert store.router.stats.cache_hits == 1 and store.router.stats.requests == 0
     assert stats.hot_chunks(local_repo.id, min_reads=3) == [
-        HotChunk("scan", FRAMES, f"{FRAMES}/3.0.0", 3)
+        ChunkReads("scan", FRAMES, f"{FRAMES}/3.0.0", 3)
     ]
 
 

@@ -37,7 +37,7 @@ def test_every_corpus_dataset_reads_bit_exact_over_s3(
 def test_cache_makes_second_read_free(
     corpus_repo: CorpusRepo, s3_env: None, tmp_path: Path
 ) -> None:
-    from hyperslab.access.cache import ChunkCache
+    from hyperslab.reading.chunk_cache import ChunkCache
 
     cache = ChunkCache(tmp_path / "cache", max_bytes=64 << 20)
     first = open_store(corpus_repo.spec, "corpus_filters", cache=cache, memory_cache=False)

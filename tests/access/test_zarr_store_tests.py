@@ -17,9 +17,9 @@ import pytest
 from zarr.core.buffer import Buffer, cpu, default_buffer_prototype
 from zarr.testing.store import StoreTests
 
-from hyperslab.access.routing import Router
 from hyperslab.access.store import EntryView, HyperslabStore, StoreAddress
 from hyperslab.convert.ingest import ingest
+from hyperslab.reading.routing import Router
 from hyperslab.references.repository import Repository
 
 

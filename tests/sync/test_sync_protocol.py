@@ -344,7 +344,7 @@ def test_rate_limiter_spaces_transfers_by_bytes() -> None:
 
 
 def test_hot_by_use_copies_the_chunks_read_often(tmp_path: Path) -> None:
-    from hyperslab.access.stats import AccessStats
+    from hyperslab.reading.access_stats import AccessStats
 
     src_site, dst_site = _site("src"), _site("dst")
     src = Repository.init(src_site)

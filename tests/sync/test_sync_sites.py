@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 import zarr
 
-from hyperslab.access.routing import ChunkUnavailableError
 from hyperslab.access.store import open_store
 from hyperslab.convert.verify import verify_store
+from hyperslab.reading.routing import ChunkUnavailableError
 from hyperslab.references.fsck import fsck
 from hyperslab.references.repository import Repository
 from hyperslab.sync import HotRules, sync

@@ -30,9 +30,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from hyperslab.access.decode import decode_pool
-from hyperslab.access.routing import ChunkRef
 from hyperslab.errors import NotFoundError
+from hyperslab.reading.decode import decode_pool
+from hyperslab.reading.routing import ChunkRef
 
 if TYPE_CHECKING:
     import zarr

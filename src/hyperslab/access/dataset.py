@@ -53,9 +53,9 @@ from hyperslab.errors import BadInputError, NotFoundError
 if TYPE_CHECKING:
     import xarray as xr
 
-    from hyperslab.access.cache import ChunkCache
     from hyperslab.access.store import HyperslabStore
     from hyperslab.config import Config
+    from hyperslab.reading.chunk_cache import ChunkCache
     from hyperslab.references.repository import Repository
 
 __all__ = [

@@ -45,12 +45,12 @@ from zarr.abc.store import (
 )
 from zarr.core.buffer import Buffer, BufferPrototype
 
-from hyperslab.access.chunks import EagerChunks, LazyChunks, LazyRows
-from hyperslab.access.decode import ChunkDecoder, DecodedCache, decode_pool, shared_decoded_cache
-from hyperslab.access.routing import ChunkRef, Location, Router
-from hyperslab.access.stats import AccessStats, resolve_stats
 from hyperslab.config import Config, load_config, parse_size
 from hyperslab.errors import BadInputError, CorruptError, HyperslabError, NotFoundError
+from hyperslab.reading.access_stats import AccessStats, resolve_stats
+from hyperslab.reading.chunk_tables import EagerChunks, LazyChunks, LazyRows
+from hyperslab.reading.decode import ChunkDecoder, DecodedCache, decode_pool, shared_decoded_cache
+from hyperslab.reading.routing import ChunkRef, Location, Router
 from hyperslab.references.checksums import aligned, read_checksums_meta, unpack_checksums
 from hyperslab.references.chunk_replicas import ReplicaIndex, load_replicas
 from hyperslab.references.keys import (
@@ -65,7 +65,7 @@ from hyperslab.references.repository import DEFAULT_BRANCH, Repository
 from hyperslab.storage import FileSite, Site, open_site
 
 if TYPE_CHECKING:
-    from hyperslab.access.cache import ChunkCache
+    from hyperslab.reading.chunk_cache import ChunkCache
 
 _T = TypeVar("_T")
 
@@ -605,7 +605,7 @@ def open_store(
     process-wide cache of ``[cache] memory`` bytes (256 MiB unless configured,
     ``HYPERSLAB_CACHE_MEMORY``), shared by every store; a size (bytes or ``"1GiB"``): a
     cache of that size, shared with stores asking for the same size; a
-    :class:`~hyperslab.access.decode.DecodedCache`: that one; False or 0: none.
+    :class:`~hyperslab.reading.decode.DecodedCache`: that one; False or 0: none.
     None (default): True, unless ``cache=False`` asked for no caching at all.
 
     ``decode``: True (default) decodes chunks in the store (libdeflate, multi-core; see
@@ -615,7 +615,7 @@ def open_store(
     ``stats``: where chunk reads are counted for hot-chunk replication (see
     ``hyperslab stats --help``). None/True (default): the shared local database,
     unless ``HYPERSLAB_ACCESS_STATS=0``; False: not counted; an
-    :class:`~hyperslab.access.stats.AccessStats` or a database path: that one.
+    :class:`~hyperslab.reading.access_stats.AccessStats` or a database path: that one.
     """
     if sum(x is not None for x in (branch, tag, snapshot)) > 1:
         raise BadInputError("give at most one of branch=, tag= and snapshot=")
@@ -647,7 +647,7 @@ def open_store(
     view = EntryView(r, entry, sid, replicas=replicas)
     chunk_cache: ChunkCache | None
     if cache is True:
-        from hyperslab.access.cache import ChunkCache
+        from hyperslab.reading.chunk_cache import ChunkCache
 
         chunk_cache = ChunkCache.from_config(cfg)
     elif cache is False or cache is None:

@@ -267,7 +267,7 @@ def sync(
 
     ``branches``: names to sync (default ``["main"]``); ``all_branches``: every source
     branch; ``tags``: every source tag too (True) or the named ones. ``hot``: hot-chunk
-    rules (with ``stats``, an :class:`~hyperslab.access.stats.AccessStats`, for
+    rules (with ``stats``, an :class:`~hyperslab.reading.access_stats.AccessStats`, for
     ``[[used]]`` rules).
     ``sources``: copy the raw source files as well. ``pack``: store the entry records,
     refmaps and checksums the destination lacks in one pack per entry-tree leaf
@@ -728,7 +728,7 @@ def _pack_maker(
     from hyperslab.references.keys import chunk_pack_key
 
     def make() -> list[tuple[str, bytes]]:
-        from hyperslab.access.routing import ChunkRef, Router
+        from hyperslab.reading.routing import ChunkRef, Router
 
         router = Router(view.locations, on_absent=view.absent)
         try:

@@ -62,21 +62,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from hyperslab.access.cache import ChunkCache, _index_error, _reason, discard_database
 from hyperslab.config import Config, load_config
 from hyperslab.errors import (
     BadInputError,
     ConfigError,
     CorruptError,
-    FormatVersionError,
-    HyperslabError,
 )
+from hyperslab.reading.local_db import LocalDatabase, in_transaction, reason
 
 __all__ = [
     "ENV_VAR",
     "STATS_FILE",
     "AccessStats",
-    "HotChunk",
+    "ChunkReads",
     "RepoStats",
     "StatsSummary",
     "StatsWarning",
@@ -95,7 +93,6 @@ _FLUSH_EVERY = 4096
 _FLUSH_SECONDS = 5.0
 _BUSY_TIMEOUT_S = 5.0
 
-_in_transaction = ChunkCache._in_transaction  # BEGIN IMMEDIATE ... COMMIT, or ROLLBACK
 
 _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS repos (id TEXT PRIMARY KEY, display TEXT NOT NULL) WITHOUT ROWID",
@@ -123,7 +120,7 @@ class StatsWarning(RuntimeWarning):
     database); reads carry on and those counts are dropped."""
 
 
-class HotChunk(NamedTuple):
+class ChunkReads(NamedTuple):
     """One chunk and how often it was read (in the window asked for)."""
 
     entry: str
@@ -183,13 +180,6 @@ def _iso(day: int | None) -> str:
     return "" if day is None else (dt.date(1970, 1, 1) + dt.timedelta(days=day)).isoformat()
 
 
-def _db_error(path: Path, exc: sqlite3.Error) -> HyperslabError:
-    """The chunk cache's classification (denied, busy, corrupt), in our own words."""
-    kind = type(_index_error(path, exc))
-    hint = "; run `hyperslab stats clear` to start afresh" if kind is CorruptError else ""
-    return kind(f"access statistics {path}: {exc}{hint}")
-
-
 class AccessStats:
     """Per-chunk read counts in a small SQLite database shared by every process here.
 
@@ -217,6 +207,14 @@ class AccessStats:
         self.clock = clock
         self._views: list[_View] = []  # what recorders count for, by index
         self._view_ids: dict[_View, int] = {}
+        self._db = LocalDatabase(
+            self.path,
+            what="access statistics",
+            schema=_SCHEMA,
+            version=_SCHEMA_VERSION,
+            busy_timeout=_BUSY_TIMEOUT_S,
+            clear_hint="run `hyperslab stats clear`",
+        )
         self._init_process_state()
         self._recorded = self._flushed = self._dropped = self._write_errors = 0
         self._last_error: str | None = None
@@ -224,20 +222,16 @@ class AccessStats:
         _LIVE.add(self)
 
     def _init_process_state(self) -> None:
-        # _db_lock guards the connection, _lock the buffer and counters; _db_lock first.
-        self._db_lock = threading.Lock()
+        # _db.lock guards the connection, _lock the buffer and counters; _db.lock first.
         self._lock = threading.Lock()
         self._pending: _Pending = {}
         self._n_pending = 0
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
-        self._conn: sqlite3.Connection | None = None
-        self._conn_pid = os.getpid()
 
-    def _after_fork(self) -> None:
+    def after_fork(self) -> None:
         """In a forked child: the parent flushes what it buffered; start empty."""
-        if self._conn is not None:
-            _INHERITED.append(self._conn)  # never close (or let gc close) a parent's handle
+        self._db.after_fork()
         self._init_process_state()
 
     def __repr__(self) -> str:
@@ -288,7 +282,7 @@ class AccessStats:
     def flush(self) -> int:
         """Write the buffered counts in one transaction; returns how many reads it wrote.
         Never raises: a failure warns once and drops the batch."""
-        with self._db_lock:
+        with self._db.lock:
             with self._lock:
                 pending, self._pending = self._pending, {}
                 self._n_pending = 0
@@ -296,10 +290,10 @@ class AccessStats:
                 return 0
             n = sum(pending.values())
             try:
-                conn = self._connection(create=True)
+                conn = self._db.connection(create=True)
                 views = list(self._views)
                 if conn is not None:  # always, when creating
-                    _in_transaction(conn, lambda c: self._add(c, pending, views))
+                    in_transaction(conn, lambda c: self._add(c, pending, views))
             except Exception as exc:
                 self._failed(exc, n)
                 return 0
@@ -336,16 +330,16 @@ class AccessStats:
         conn.executemany(_ADD_READS, rows)
 
     def _failed(self, exc: BaseException, n: int) -> None:
-        reason = _reason(exc)
+        why = reason(exc)
         with self._lock:
             self._dropped += n
             self._write_errors += 1
-            self._last_error = reason
+            self._last_error = why
             first, self._warned = not self._warned, True
         if first:
             with suppress(Exception):  # a warnings filter set to "error" must not escape
                 warnings.warn(
-                    f"access statistics {self.path} cannot be written ({reason}); reads "
+                    f"access statistics {self.path} cannot be written ({why}); reads "
                     f"carry on without them. Fix the file or its directory, run `hyperslab "
                     f"stats clear`, or set {ENV_VAR}=0",
                     StatsWarning,
@@ -353,57 +347,15 @@ class AccessStats:
                 )
 
     # ------------------------------------------------------------------ the database
-    def _connection(self, create: bool) -> sqlite3.Connection | None:
-        """This process's connection (caller holds ``_db_lock``); None if there is no
-        database and ``create`` is false."""
-        if self._conn is not None and self._conn_pid == os.getpid():
-            return self._conn
-        if not create and not self.path.exists():
-            return None
-        if create:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-        conn = sqlite3.connect(
-            str(self.path),
-            timeout=_BUSY_TIMEOUT_S,
-            isolation_level=None,
-            check_same_thread=False,
-        )
-        try:
-            if conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
-                conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=NORMAL")
-            version = conn.execute("PRAGMA user_version").fetchone()[0]
-            if version == 0:
-                _in_transaction(conn, self._create_schema)
-            elif version != _SCHEMA_VERSION:
-                raise FormatVersionError(
-                    f"access statistics {self.path} have format {version}; this hyperslab "
-                    f"reads format {_SCHEMA_VERSION}. Upgrade, or run `hyperslab stats clear`",
-                    found=version,
-                    expected=_SCHEMA_VERSION,
-                )
-        except BaseException:
-            conn.close()
-            raise
-        self._conn, self._conn_pid = conn, os.getpid()
-        return conn
-
-    @staticmethod
-    def _create_schema(conn: sqlite3.Connection) -> None:
-        if conn.execute("PRAGMA user_version").fetchone()[0] == 0:  # not another process's
-            for statement in _SCHEMA:
-                conn.execute(statement)
-            conn.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")
-
     @contextmanager
     def _reading(self) -> Iterator[sqlite3.Connection | None]:
         """A connection for queries, after flushing this process's counts (None: no file)."""
         self.flush()
-        with self._db_lock:
+        with self._db.lock:
             try:
-                yield self._connection(create=False)
+                yield self._db.connection(create=False)
             except sqlite3.Error as exc:
-                raise _db_error(self.path, exc) from exc
+                raise self._db.error(exc) from exc
 
     def _today(self) -> int:
         return int(self.clock() // _DAY)
@@ -419,7 +371,7 @@ class AccessStats:
         days: int | None = None,
         snapshot: str | None = None,
         limit: int | None = None,
-    ) -> list[HotChunk]:
+    ) -> list[ChunkReads]:
         """Chunks of repository ``repo_id`` read at least ``min_reads`` times in the last
         ``days`` UTC days (today included; None: ever), most read first.
 
@@ -450,7 +402,7 @@ class AccessStats:
             args.append(max(0, limit))
         with self._reading() as conn:
             rows = conn.execute(sql, args).fetchall() if conn is not None else []
-        return [HotChunk(e, p, f"{p}/{c}" if p else c, n) for e, p, c, n in rows]
+        return [ChunkReads(e, p, f"{p}/{c}" if p else c, n) for e, p, c, n in rows]
 
     def repositories(self) -> dict[str, str]:
         """``{repository id: display name}`` of every repository with recorded reads."""
@@ -523,27 +475,22 @@ class AccessStats:
 
         try:
             with self._reading() as conn:
-                return _in_transaction(conn, forget) if conn is not None else 0
+                return in_transaction(conn, forget) if conn is not None else 0
         except CorruptError:
             if older_than is not None:
                 raise
-            discard_database(self, self.path)
+            self._db.discard()
             return 0
 
     def close(self) -> None:
         """Flush and close the database connection (the object stays usable)."""
         self.flush()
-        with self._db_lock:
-            if self._conn is not None and self._conn_pid == os.getpid():
-                with suppress(sqlite3.Error):
-                    self._conn.close()
-            self._conn = None
+        self._db.close()
 
 
 # ---------------------------------------------------------------------- process-wide
 
 _LIVE: weakref.WeakSet[AccessStats] = weakref.WeakSet()
-_INHERITED: list[sqlite3.Connection] = []
 _SHARED: dict[Path, AccessStats] = {}
 _SHARED_LOCK = threading.Lock()
 
@@ -573,7 +520,7 @@ def _after_fork_in_child() -> None:
     global _SHARED_LOCK
     _SHARED_LOCK = threading.Lock()
     for stats in list(_LIVE):
-        stats._after_fork()
+        stats.after_fork()
 
 
 _MP_HOOKED = False

@@ -65,12 +65,11 @@ import google_crc32c
 
 from hyperslab.config import Config, load_config, parse_size
 from hyperslab.errors import (
-    AccessDeniedError,
     CorruptError,
-    FormatVersionError,
     HyperslabError,
-    TransientError,
 )
+from hyperslab.reading.local_db import LocalDatabase, in_transaction
+from hyperslab.reading.local_db import reason as local_reason
 
 __all__ = ["CHUNKS_SUBDIR", "HEADER_SIZE", "CacheInfo", "CacheWarning", "ChunkCache"]
 
@@ -159,40 +158,6 @@ def _is_name(entry: str) -> bool:
     return len(entry) == _NAME_LEN and _NAME_CHARS.issuperset(entry)
 
 
-def _reason(exc: BaseException) -> str:
-    if isinstance(exc, OSError) and exc.strerror:
-        return exc.strerror
-    if isinstance(exc, HyperslabError):
-        return exc.message
-    return str(exc) or type(exc).__name__
-
-
-def _index_error(index: Path, exc: sqlite3.Error) -> HyperslabError:
-    """A named error for a cache index that cannot be used."""
-    text = str(exc).lower()
-    message = f"chunk cache index {index}: {exc}"
-    if "readonly" in text or "unable to open" in text or "permission" in text:
-        return AccessDeniedError(message)
-    if "locked" in text or "busy" in text:
-        return TransientError(message)
-    if "malformed" in text or "not a database" in text:
-        return CorruptError(f"{message}; run `hyperslab cache clear` to start afresh")
-    return HyperslabError(message)
-
-
-def discard_database(owner: Any, path: str | os.PathLike[str]) -> None:
-    """Close ``owner._conn`` (under ``owner._db_lock``) and delete the damaged SQLite
-    database at ``path`` with its WAL and shared-memory files."""
-    with owner._db_lock:
-        if owner._conn is not None:
-            with suppress(sqlite3.Error):
-                owner._conn.close()
-        owner._conn = None
-        for suffix in ("", "-wal", "-shm"):
-            with suppress(FileNotFoundError):
-                os.unlink(f"{os.fspath(path)}{suffix}")
-
-
 class ChunkCache:
     """A bounded, process-safe disk cache of immutable bytes, with an optional memory layer.
 
@@ -224,13 +189,18 @@ class ChunkCache:
         self.max_bytes = parse_size(max_bytes, where="chunk cache size")
         self.memory_limit = parse_size(memory_bytes, where="chunk cache memory size")
         self._data = str(self.path / _DATA)
-        self._index = self.path / _INDEX
-        # _db_lock guards the connection; _lock guards everything else. Order: _db_lock
+        self._db = LocalDatabase(
+            self.path / _INDEX,
+            what="chunk cache index",
+            schema=_SCHEMA,
+            version=_SCHEMA_VERSION,
+            busy_timeout=_BUSY_TIMEOUT_S,
+            clear_hint="run `hyperslab cache clear`",
+            after_create=self._adopt_existing,
+        )
+        # _db.lock guards the connection; _lock guards everything else. Order: _db.lock
         # before _lock, never the other way.
-        self._db_lock = threading.Lock()
         self._lock = threading.Lock()
-        self._conn: sqlite3.Connection | None = None
-        self._conn_pid = -1
         self._memory: OrderedDict[str, bytes] = OrderedDict()
         self._memory_used = 0
         self._pending: dict[str, int] = {}  # name -> last access (ns), not yet in the index
@@ -428,7 +398,7 @@ class ChunkCache:
             raise
 
     def _write_failed(self, exc: BaseException) -> None:
-        reason = _reason(exc)
+        reason = local_reason(exc)
         with self._lock:
             self._write_errors += 1
             self._last_error = reason
@@ -457,91 +427,15 @@ class ChunkCache:
             self._memory_used -= len(evicted)
 
     # ------------------------------------------------------------------ the index
-    def _connection(self, create: bool) -> sqlite3.Connection | None:
-        """This process's connection (caller holds ``_db_lock``); None if there is no index
-        and ``create`` is false."""
-        pid = os.getpid()
-        if self._conn is not None and self._conn_pid == pid:
-            return self._conn
-        self._conn = None  # a connection inherited through fork() must never be used
-        if not create and not self._index.exists():
-            return None
-        try:
-            if create:
-                self.path.mkdir(parents=True, exist_ok=True)
-            conn = sqlite3.connect(
-                str(self._index),
-                timeout=_BUSY_TIMEOUT_S,
-                isolation_level=None,
-                check_same_thread=False,
-            )
-        except sqlite3.Error as exc:
-            raise _index_error(self._index, exc) from exc
-        try:
-            if conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
-                conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=NORMAL")  # a cache needs no fsync per commit
-            version = conn.execute("PRAGMA user_version").fetchone()[0]
-            if version == 0:
-                self._create_schema(conn)
-            elif version != _SCHEMA_VERSION:
-                raise FormatVersionError(
-                    f"chunk cache {self.path} has format {version}; this hyperslab reads "
-                    f"format {_SCHEMA_VERSION}. Upgrade, or use another HYPERSLAB_CACHE_DIR",
-                    found=version,
-                    expected=_SCHEMA_VERSION,
-                )
-        except sqlite3.Error as exc:
-            conn.close()
-            raise _index_error(self._index, exc) from exc
-        except BaseException:
-            conn.close()
-            raise
-        self._conn, self._conn_pid = conn, pid
-        return conn
-
-    def _create_schema(self, conn: sqlite3.Connection) -> None:
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            fresh = conn.execute("PRAGMA user_version").fetchone()[0] == 0
-            if fresh:
-                for statement in _SCHEMA:
-                    conn.execute(statement)
-                conn.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")
-            conn.execute("COMMIT")
-        except BaseException:
-            with suppress(sqlite3.Error):
-                conn.execute("ROLLBACK")
-            raise
-        if fresh and os.path.isdir(self._data):
-            # A new index over old data (the index was deleted): adopt what is there.
-            self._in_transaction(conn, self._reconcile)
+    def _adopt_existing(self, conn: sqlite3.Connection) -> None:
+        """A new index over old data (the index was deleted): adopt what is there."""
+        if os.path.isdir(self._data):
+            self._reconcile(conn)
 
     def _transaction(
         self, fn: Callable[[sqlite3.Connection | None], T], *, create: bool = True
     ) -> T:
-        """Run ``fn`` in one write transaction (other writers wait); ``fn(None)`` when
-        there is no index and ``create`` is false."""
-        with self._db_lock:
-            conn = self._connection(create)
-            if conn is None:
-                return fn(None)
-            try:
-                return self._in_transaction(conn, fn)
-            except sqlite3.Error as exc:
-                raise _index_error(self._index, exc) from exc
-
-    @staticmethod
-    def _in_transaction(conn: sqlite3.Connection, fn: Callable[[sqlite3.Connection], T]) -> T:
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            result = fn(conn)
-            conn.execute("COMMIT")
-        except BaseException:
-            with suppress(sqlite3.Error):
-                conn.execute("ROLLBACK")
-            raise
-        return result
+        return self._db.transaction(fn, create=create)
 
     def _flush(self, conn: sqlite3.Connection) -> None:
         """Write the recency of recent hits (inside a write transaction)."""
@@ -561,10 +455,10 @@ class ChunkCache:
             and time.monotonic() - self._last_flush < _FLUSH_SECONDS
         ):
             return
-        if not self._db_lock.acquire(blocking=False):
+        if not self._db.lock.acquire(blocking=False):
             return  # another thread is writing; it flushes
         try:
-            conn = self._connection(create=False)
+            conn = self._db.connection(create=False)
             if conn is None:
                 with self._lock:
                     self._pending.clear()  # nothing indexed yet: no recency to keep
@@ -572,7 +466,7 @@ class ChunkCache:
                 return
             conn.execute(f"PRAGMA busy_timeout = {_FLUSH_BUSY_MS}")
             try:
-                self._in_transaction(conn, self._flush)
+                in_transaction(conn, self._flush)
             finally:
                 conn.execute(f"PRAGMA busy_timeout = {int(_BUSY_TIMEOUT_S * 1000)}")
         except (OSError, sqlite3.Error, HyperslabError):
@@ -581,7 +475,7 @@ class ChunkCache:
                 if len(self._pending) > _MAX_PENDING:
                     self._pending.clear()
         finally:
-            self._db_lock.release()
+            self._db.lock.release()
 
     def _evict(self, conn: sqlite3.Connection, limit: int) -> int:
         """Delete least-recently-used entries until the index holds ``<= limit`` bytes."""
@@ -612,13 +506,13 @@ class ChunkCache:
     def info(self) -> CacheInfo:
         """Totals of the cache on disk and this process's counters."""
         entries = size = 0
-        with self._db_lock:
-            conn = self._connection(create=False)
+        with self._db.lock:
+            conn = self._db.connection(create=False)
             if conn is not None:
                 try:
                     entries, size = conn.execute("SELECT entries, bytes FROM stats").fetchone()
                 except sqlite3.Error as exc:
-                    raise _index_error(self._index, exc) from exc
+                    raise self._db.error(exc) from exc
         with self._lock:
             return CacheInfo(
                 path=self.path,
@@ -691,7 +585,7 @@ class ChunkCache:
                 removed += n
         except CorruptError:
             # A damaged index cannot be trusted or repaired: start afresh.
-            discard_database(self, self._index)
+            self._db.discard()
         return removed + self._transaction(rest, create=False)
 
     def reconcile(self) -> dict[str, int]:
@@ -747,12 +641,12 @@ class ChunkCache:
 
     def close(self) -> None:
         """Write pending recency and close the index (the cache stays usable)."""
-        with self._db_lock:
-            if self._pending:
-                with suppress(OSError, sqlite3.Error, HyperslabError):
-                    conn = self._connection(create=False)
-                    if conn is not None:
-                        self._in_transaction(conn, self._flush)
-            if self._conn is not None and self._conn_pid == os.getpid():
-                self._conn.close()
-            self._conn = None
+        if self._pending:
+
+            def flush(conn: sqlite3.Connection | None) -> None:
+                if conn is not None:
+                    self._flush(conn)
+
+            with suppress(OSError, sqlite3.Error, HyperslabError):
+                self._transaction(flush, create=False)
+        self._db.close()
