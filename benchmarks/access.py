@@ -487,9 +487,9 @@ def hyperslab_reader(env: Env) -> list[Contender] | str:
     open_store, where = found
     import zarr
 
+    from hyperslab.convert.ingest import ingest
     from hyperslab.reading.chunk_cache import ChunkCache
     from hyperslab.reading.decode import DecodedCache
-    from hyperslab.convert.ingest import ingest
     from hyperslab.references.repository import Repository
     from hyperslab.storage import S3Site
 

@@ -17,8 +17,10 @@ import pytest
 from zarr.core.buffer import Buffer, cpu, default_buffer_prototype
 from zarr.testing.store import StoreTests
 
-from hyperslab.access.store import EntryView, HyperslabStore, StoreAddress
+from hyperslab.access.store import HyperslabStore
 from hyperslab.convert.ingest import ingest
+from hyperslab.reading.entry import EntryAddress, EntryView
+from hyperslab.reading.reader import EntryReader
 from hyperslab.reading.routing import Router
 from hyperslab.references.repository import Repository
 
@@ -66,8 +68,8 @@ class TestHyperslabStoreReadOnly(StoreTests[HyperslabStore, cpu.Buffer]):  # typ
     @pytest.fixture
     def store_kwargs(self, entry_view: tuple[EntryView, str]) -> dict[str, Any]:
         view, spec = entry_view
-        address = StoreAddress(spec, "x", view.snapshot, (), False)
-        return {"view": view, "router": Router(view.locations), "address": address}
+        address = EntryAddress(spec, "x", view.snapshot, (), False)
+        return {"reader": EntryReader(view, Router(view.locations), address)}
 
     @pytest.fixture
     def open_kwargs(self, store_kwargs: dict[str, Any]) -> dict[str, Any]:

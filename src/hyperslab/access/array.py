@@ -31,8 +31,6 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from hyperslab.errors import NotFoundError
-from hyperslab.reading.decode import decode_pool
-from hyperslab.reading.routing import ChunkRef
 
 if TYPE_CHECKING:
     import zarr
@@ -69,7 +67,8 @@ class HyperslabArray:
         self.chunks: tuple[int, ...] = tuple(self.zarr.chunks)
         self.dtype: np.dtype[Any] = np.dtype(self.zarr.dtype)
         self.attrs: dict[str, Any] = dict(self.zarr.attrs)
-        self._decoder = store._decoder(f"{path}/0")
+        self.reader = store.reader
+        self._decoder = self.reader.decoder(path)
         # the chunks' own dtype (byte order as stored), which the decoded bytes are viewed as
         self._stored_dtype: np.dtype[Any] = np.dtype(meta.dtype.to_native_dtype())
         self._order = getattr(meta, "order", "C")
@@ -160,8 +159,7 @@ class HyperslabArray:
         if hit is None:
             return None
         chunk, key = hit
-        if self.store._count is not None:
-            self.store._count(key)
+        self.reader.count(key)
         out = chunk[tuple(local)]
         if out.ndim == 0:
             return out[()].astype(self.dtype) if out.dtype != self.dtype else out[()]
@@ -177,45 +175,16 @@ class HyperslabArray:
     def _chunks(self, coords: Sequence[tuple[int, ...]]) -> list[np.ndarray | None]:
         """The decoded chunks at ``coords`` as arrays of the chunk shape (None: never
         written); everything not in memory is fetched in one batch and decoded in parallel."""
-        store, decoder = self.store, self._decoder
+        decoder = self._decoder
         assert decoder is not None
         prefix = f"{self.path}/" if self.path else ""
         keys = [prefix + (self._sep.join(map(str, c)) or "0") for c in coords]
-        raw: list[Any] = [None] * len(coords)
-        fetch: list[tuple[int, ChunkRef, str]] = []
-        for i, key in enumerate(keys):
-            found = store._locate(key)
-            if found is None:
-                continue
-            if store._count is not None:
-                store._count(key)
-            if isinstance(found, bytes):
-                raw[i] = decoder(found, key)
-                continue
-            ckey = decoder.memory_key(found)
-            cached = store.memory.get(ckey) if store.memory is not None else None
-            if cached is not None:
-                raw[i] = cached
-            else:
-                fetch.append((i, found, ckey))
-        if fetch:
-            results = store.router.fetch([ref for _, ref, _ in fetch])
-            for res in results:
-                if isinstance(res, BaseException):
-                    raise res
-            decoded = decode_pool().map(
-                lambda item: decoder(item[0], item[1].label),
-                [(res, ref) for res, (_, ref, _) in zip(results, fetch, strict=True)],
-            )
-            for (i, _, ckey), arr in zip(fetch, decoded, strict=True):
-                raw[i] = arr
-                if store.memory is not None:
-                    store.memory.put(ckey, arr)
+        raw: list[Any] = self.reader.decoded(keys, decoder)
         dtype, shape = self._stored_dtype, self.chunks
         shaped = [
             None if r is None else r.view(dtype).reshape(shape, order=self._order) for r in raw
         ]
-        if store.memory is not None:
+        if self.reader.memory is not None:
             with self._hot_lock:
                 for c, key, chunk in zip(coords, keys, shaped, strict=True):
                     if chunk is not None:

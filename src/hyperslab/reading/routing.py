@@ -25,6 +25,7 @@ URLs, which sites redact.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import time
@@ -64,7 +65,9 @@ class ChunkUnavailableError(HyperslabError):
     exit_status = TransientError.exit_status
 
 
-class ChunkCache(Protocol):  # what access/cache.py provides
+class ByteCache(Protocol):
+    """What the router needs of a cache (:class:`~.chunk_cache.ChunkCache` is one)."""
+
     def get_many(self, keys: Iterable[str]) -> dict[str, bytes]: ...
 
     def put_many(self, items: Iterable[tuple[str, bytes]]) -> None: ...
@@ -174,7 +177,7 @@ class Router:
         self,
         locations: Callable[[str], Sequence[Location]],
         *,
-        cache: ChunkCache | None = None,
+        cache: ByteCache | None = None,
         max_gap: int = DEFAULT_MAX_GAP,
         max_request: int = DEFAULT_MAX_REQUEST,
         workers: int = 8,
@@ -192,6 +195,12 @@ class Router:
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
+
+    async def afetch(self, refs: Sequence[ChunkRef]) -> list[bytes | BaseException]:
+        """:meth:`fetch` awaited from an event loop: it runs on the router's own threads,
+        never on the caller's loop."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._pool, self.fetch, refs)
 
     def _health(self, site: str) -> SiteHealth:
         with self._lock:

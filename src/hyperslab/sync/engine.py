@@ -684,7 +684,7 @@ def _plan_hot(
         return [], None  # this exact selection was completed before
     except NotFoundError:
         pass
-    from hyperslab.access.store import EntryView  # zarr & co: only when there is work
+    from hyperslab.reading.entry import EntryView  # zarr & co: only when there is work
 
     chosen: dict[tuple[str, int, int], HotChunk] = {}
     views: dict[str, Any] = {}
