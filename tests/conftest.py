@@ -92,7 +92,7 @@ class S3Bucket:
 @pytest.fixture(scope="session", autouse=True)
 def _no_access_statistics() -> Iterator[None]:
     """Stores opened by tests record no access statistics in the user's cache dir
-    (tests/access/test_stats.py turns them on where it needs them, in temporary dirs)."""
+    (tests/reading/test_access_stats.py turns them on where it needs them, in temporary dirs)."""
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("HYPERSLAB_ACCESS_STATS", "0")
         yield

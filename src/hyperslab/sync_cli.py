@@ -118,7 +118,7 @@ def run_sync(
 
 
 def print_report(report: Any) -> None:
-    from hyperslab.sync.engine import describe_plan
+    from hyperslab.sync.report import describe_plan
 
     for line in describe_plan(report):
         out.print(line, highlight=False)

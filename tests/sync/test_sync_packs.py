@@ -101,12 +101,12 @@ def test_s3_replicas_read_and_write_packs_on_the_io_loop(
 ) -> None:
     """S3 to S3, where the copy runs as coroutines: packing at B, reading B's packs
     into new packs at C, and B's packs into loose objects at D."""
-    from hyperslab.sync.engine import _shared_loop
+    from hyperslab.sync.transfer import shared_loop
 
     src = Repository.init(s3_bucket.site("a"))
     _grow(src, tmp_path, 0, 4)
     b, c, d = s3_bucket.site("b"), s3_bucket.site("c"), s3_bucket.site("d")
-    assert _shared_loop(src.site, b) is not None
+    assert shared_loop(src.site, b) is not None
     sync(src, b, sources=True)
     assert sync(Repository.open(b), c, sources=True).packs == 1
     assert sync(Repository.open(b), d, sources=True, pack=False).packs == 0

@@ -25,7 +25,7 @@ from hyperslab.sync import (
     SyncFailedError,
     sync,
 )
-from hyperslab.sync.engine import RateLimiter
+from hyperslab.sync.transfer import RateLimiter
 from tests.sync.objects import unpacked
 
 
@@ -269,7 +269,7 @@ def test_destination_down_mid_sync_then_rerun_completes(tmp_path: Path) -> None:
 def test_two_syncs_at_once_both_end_consistent(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, small_source: int
 ) -> None:
-    monkeypatch.setattr("hyperslab.sync.engine.SMALL_SOURCE", small_source)
+    monkeypatch.setattr("hyperslab.sync.transfer.SMALL_SOURCE", small_source)
     src_site = _site("src")
     dst_dir = tmp_path / "dst"
     src = Repository.init(src_site)

@@ -54,7 +54,7 @@ def replicas(
         b = f"s3://{bucket_b}/repo"
         c, d = str(tmp / "site-c"), str(tmp / "site-d")
         # sources stream through a temporary file and upload_file (the large-file path)
-        mp.setattr("hyperslab.sync.engine.SMALL_SOURCE", 0)
+        mp.setattr("hyperslab.sync.transfer.SMALL_SOURCE", 0)
         reports = {
             "b": sync(a, b, sources=True).to_json(),
             "c": sync(a, c, hot=ALL_HOT).to_json(),
@@ -120,13 +120,13 @@ def test_s3_to_s3_copies_on_the_io_loop_and_still_verifies(
     """Between two S3 sites the copy runs as coroutines on the IO loop (no thread per
     request); it must check every object exactly as the threaded copy does."""
     from hyperslab.errors import HyperslabError
-    from hyperslab.sync.engine import _shared_loop
+    from hyperslab.sync.transfer import shared_loop
     from tests.sync.test_sync_protocol import _grow
 
     src = Repository.init(s3_bucket.site("src"))
     _grow(src, tmp_path / "files", 0, 3)
     dst_site = s3_bucket.site("dst")
-    assert _shared_loop(src.site, dst_site) is not None  # the path under test
+    assert shared_loop(src.site, dst_site) is not None  # the path under test
     # damage one refmap at the source, behind the repository's back
     refmap = next(iter(src.site.list("refmaps/")))
     original = src.site.get(refmap)
@@ -155,7 +155,7 @@ def test_s3_to_s3_streams_large_objects_and_never_completes_a_bad_one(
     from hyperslab.errors import HyperslabError
     from tests.sync.test_sync_protocol import _grow
 
-    monkeypatch.setattr("hyperslab.sync.engine.LOOP_COPY_MAX", 0)  # everything sized streams
+    monkeypatch.setattr("hyperslab.sync.transfer.LOOP_COPY_MAX", 0)  # everything sized streams
     monkeypatch.setattr("hyperslab.storage.s3.wire.STREAM_BLOCK", 1024)  # many blocks per object
     src = Repository.init(s3_bucket.site("src"))
     _grow(src, tmp_path / "files", 0, 3)

@@ -44,8 +44,9 @@ from typing import Any
 from hyperslab.config import read_toml
 from hyperslab.errors import ConfigError, HyperslabError
 from hyperslab.references.repository import NotARepositoryError, Repository
-from hyperslab.sync.engine import SyncReport, sync
-from hyperslab.sync.hot import HotRules
+from hyperslab.sync.engine import sync
+from hyperslab.sync.hot_rules import HotRules
+from hyperslab.sync.report import SyncReport
 
 __all__ = ["Job", "OpenRepositories", "ReplicationRules", "run_round"]
 
