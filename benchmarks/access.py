@@ -90,7 +90,7 @@ console = Console(highlight=False, markup=False, width=max(Console().width, 190)
 
 def detector_file(directory: Path, size_mb: int) -> Path:
     """The cached benchmark file for ``size_mb`` MB of chunks, written if missing."""
-    from hyperslab.convert.sample import write_big_detector_file
+    from hyperslab.samples import write_big_detector_file
 
     name = f"detector_{size_mb}MB_{FRAME_SHAPE[0]}x{FRAME_SHAPE[1]}_gzip.nxs"
     path = directory / name

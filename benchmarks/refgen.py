@@ -56,7 +56,7 @@ def main() -> None:
     args.workdir.mkdir(parents=True, exist_ok=True)
     src = args.workdir / f"chunks_{args.chunks}.h5"
     if not src.exists():
-        from hyperslab.convert.sample import write_many_chunks_file
+        from hyperslab.samples import write_many_chunks_file
 
         t0 = time.perf_counter()
         write_many_chunks_file(src, n_chunks=args.chunks)

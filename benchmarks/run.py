@@ -142,7 +142,7 @@ READ_REFMAP_CHILD = """
 import json, sys, time
 t0 = time.perf_counter()
 a = json.loads(sys.argv[1])
-from hyperslab.references.refmap import read_refmap
+from hyperslab.references.refmap_files import read_refmap
 t1 = time.perf_counter()
 out = {"import_s": t1 - t0}
 try:
@@ -255,7 +255,7 @@ def sample_file(workdir: Path, n_chunks: int, log: Any) -> tuple[Path, dict[str,
         except Exception:
             path.unlink()
     if not path.exists():
-        from hyperslab.convert.sample import write_many_chunks_file
+        from hyperslab.samples import write_many_chunks_file
 
         log(f"writing {path} ({n_chunks:,} chunks, cached for later runs)…")
         t0 = time.perf_counter()

@@ -165,7 +165,7 @@ def small_files(directory: Path, seeds: range) -> list[Path]:
 
 
 def big_file(data: Path, big_mb: int) -> Path:
-    from hyperslab.convert.sample import write_big_detector_file
+    from hyperslab.samples import write_big_detector_file
 
     path = data / f"detector_{big_mb}MB.nxs"
     if not path.exists():

@@ -62,7 +62,7 @@ __all__ = [
 ]
 
 DEFAULT_CACHE_SIZE = 20 * 10**9
-#: decoded chunks each process keeps in memory (access/decode.py), like HDF5's chunk cache
+#: decoded chunks each process keeps in memory (reading/decode.py), like HDF5's chunk cache
 DEFAULT_CACHE_MEMORY = 256 << 20
 CONFIG_FILENAME = "hyperslab.toml"
 

@@ -11,8 +11,8 @@ import pytest
 
 from hyperslab.convert.api import ConvertOptions
 from hyperslab.convert.ingest import ingest
-from hyperslab.convert.sample import write_samples
 from hyperslab.references.repository import Repository
+from hyperslab.samples import write_samples
 from tests.conftest import S3Endpoint
 from tests.convert.corpus import build_corpus
 

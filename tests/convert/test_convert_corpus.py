@@ -103,7 +103,7 @@ def test_external_raw_storage_is_another_source(corpus: list[Path]) -> None:
 
 def test_interop_plain_fsspec_zarr_xarray(tmp_path: Path) -> None:
     """A map with concrete paths opens with fsspec + zarr + xarray and nothing of ours."""
-    from hyperslab.convert.sample import write_samples
+    from hyperslab.samples import write_samples
 
     src = next(p for p in write_samples(tmp_path / "s", frames=4) if "gzip" in p.name)
     out = write_refmap(build_refmap(src).refmap, tmp_path / "m.json")

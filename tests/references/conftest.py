@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from hyperslab.convert.sample import write_samples
+from hyperslab.samples import write_samples
 from hyperslab.storage import FileSite, MemorySite, Site, forget_memory_site
 from tests.conftest import S3Bucket
 

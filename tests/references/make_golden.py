@@ -12,7 +12,7 @@ with no inlined chunks so that every chunk is a checksummed reference).
 
 writes ``golden/v1.1-packed``: ``golden/v1.1`` synced (every branch and tag, with
 its sources) into a replica whose entry records, refmaps and checksums are packed
-(references/packs.py).
+(references/object_packs.py).
 """
 
 from __future__ import annotations
@@ -24,9 +24,9 @@ from pathlib import Path
 
 from hyperslab.convert.hdf5 import ConvertOptions
 from hyperslab.convert.ingest import ingest
-from hyperslab.convert.sample import write_samples
 from hyperslab.references.format import FORMAT_VERSION
 from hyperslab.references.repository import Repository
+from hyperslab.samples import write_samples
 
 HERE = Path(__file__).parent / "golden"
 SOURCES = Path("/tmp/hyperslab-golden-sources")  # a neutral path: it is recorded as origin

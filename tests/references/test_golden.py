@@ -153,7 +153,7 @@ def test_v1_1_store_reads_uploaded_sources_verified(tmp_path: Path, version: str
 
 # ``golden/v1.1-packed``: v1.1 synced (all branches, tags, sources) by the session that
 # added object packs: entry records, refmaps and checksums live in packs/, one per
-# leaf, found through locators/ (references/packs.py).
+# leaf, found through locators/ (references/object_packs.py).
 
 
 def test_v1_1_packed_replica_holds_exactly_what_v1_1_holds(tmp_path: Path) -> None:

@@ -1,4 +1,4 @@
-"""Object packs and leaf locators (references/packs.py): the builder, the locator
+"""Object packs and leaf locators (references/object_packs.py): the builder, the locator
 format, and a repository whose entries were packed by sync: reads, commits on top of
 it (including a leaf split), fsck and gc."""
 

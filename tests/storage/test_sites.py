@@ -474,7 +474,7 @@ class TestFileSite(SiteContract):
     def test_cas_across_processes(self, tmp_path: Path) -> None:
         root = tmp_path / "shared"
         procs, increments = 4, 10
-        # Plain interpreters importing only hyperslab.sites: far cheaper than a spawn pool.
+        # Plain interpreters importing only hyperslab.storage: far cheaper than a spawn pool.
         workers = [
             subprocess.Popen(
                 [sys.executable, "-c", _PROCESS_WORKER, str(root), str(i), str(increments)],

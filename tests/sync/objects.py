@@ -1,4 +1,4 @@
-"""What a site holds, object by object, whether loose or packed (references/packs.py)."""
+"""What a site holds, object by object, whether loose or packed (references/object_packs.py)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Sync writes entry records, refmaps and checksums packed (references/packs.py):
+"""Sync writes entry records, refmaps and checksums packed (references/object_packs.py):
 chains of replicas, the loose layout on request, incremental syncs across a leaf
 split, and a sync killed between its packs and its locators."""
 

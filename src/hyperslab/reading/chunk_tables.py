@@ -1,6 +1,6 @@
 """Where each chunk of an entry is: looked up eagerly (small maps) or lazily (large Parquet maps).
 
-A packed Parquet refmap (``references/packed.py``) and its checksums
+A packed Parquet refmap (``references/refmap_objects.py``) and its checksums
 (``references/checksums.py``) are sorted by ``(array, index)`` in row groups with
 min/max statistics. :class:`LazyRows` keeps the downloaded (hash-verified)
 compressed bytes, reads only the footer at open, and decodes a row group the first

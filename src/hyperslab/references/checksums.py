@@ -12,7 +12,7 @@ Rows (sorted by array, then linear chunk index, like a packed refmap): ``array``
 (int32, position in the sorted array list of the file's metadata), ``index``
 (int64), ``crc32c`` (uint32). Inline chunks need none: they live inside the
 content-addressed refmap. Readers verify every fetched chunk and treat a mismatch as
-a failed site (see ``access/routing.py``); maps ingested before checksums existed
+a failed site (see ``reading/routing.py``); maps ingested before checksums existed
 are read unverified.
 """
 

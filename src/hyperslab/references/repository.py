@@ -228,7 +228,7 @@ class Repository:
         self._writes = threading.local()  # per thread: the PUTs of a commit in flight
         self._pool: ThreadPoolExecutor | None = None
         self._pool_lock = threading.Lock()
-        # packed objects (references/packs.py): the leaf each entry, refmap and
+        # packed objects (references/object_packs.py): the leaf each entry, refmap and
         # checksums id was reached through, the locators read, and what they locate
         self._leaf_of: dict[str, str] = {}
         self._locators: dict[str, Locator | None] = {}

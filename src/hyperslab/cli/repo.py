@@ -1,5 +1,5 @@
 """Repository commands of the ``hyperslab`` CLI: init, ingest, log, show, diff,
-branch, tag, fsck, gc, search. (Registered on :data:`hyperslab.cli.app`.)
+branch, tag, fsck, gc, search. (Registered on :data:`hyperslab.cli.app.app`.)
 
 REPO is a URL (``file://``, ``s3://``, ``memory://``), a local path, or
 ``SITE:path`` with SITE a site in ``hyperslab.toml``.
@@ -13,7 +13,16 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from hyperslab.cli import JsonOpt, QuietOpt, _errors, _progress, _show_progress, app, err, out
+from hyperslab.cli.app import (
+    JsonOpt,
+    QuietOpt,
+    app,
+    err,
+    handle_errors,
+    out,
+    progress_bar,
+    show_progress,
+)
 from hyperslab.errors import BadInputError, CorruptError, HyperslabError
 
 RepoArg = Annotated[
@@ -67,7 +76,7 @@ def init(
     """
     from hyperslab.references.repository import Repository
 
-    with _errors(as_json):
+    with handle_errors(as_json):
         r = Repository.init(repo, single_writer=single_writer, branch=branch)
         head = r.branches()[branch]
         if as_json:
@@ -151,7 +160,7 @@ def ingest(
     from hyperslab.convert.ingest import ingest as do_ingest
     from hyperslab.convert.ingest import plan_entries
 
-    with _errors(as_json):
+    with handle_errors(as_json):
         if new_dim is not None and concat_dim is not None:
             raise BadInputError("give at most one of --combine-new-dim and --combine-dim")
         if fmt not in (None, "json", "parquet"):
@@ -162,7 +171,7 @@ def ingest(
         options = ConvertOptions(
             inline_threshold=inline_threshold, allow_broken_links=allow_broken_links
         )
-        with _progress(_show_progress(as_json, quiet)) as prog:
+        with progress_bar(show_progress(as_json, quiet)) as prog:
             task = prog.add_task("ingesting", total=total, item="")
 
             def on_entry(entry: str, res: dict[str, Any] | HyperslabError) -> None:
@@ -223,7 +232,7 @@ def log_cmd(
     as_json: JsonOpt = False,
 ) -> None:
     """History of a branch (newest first, following first parents)."""
-    with _errors(as_json):
+    with handle_errors(as_json):
         r = _open(repo)
         snaps = list(r.log(ref or branch, limit))
         if as_json:
@@ -249,7 +258,7 @@ def show(
     as_json: JsonOpt = False,
 ) -> None:
     """A snapshot: its entries, or with ENTRY names, their arrays and sources."""
-    with _errors(as_json):
+    with handle_errors(as_json):
         r = _open(repo)
         snap = r.snapshot(r.resolve(ref))
         if entries:
@@ -311,7 +320,7 @@ def diff(
     as_json: JsonOpt = False,
 ) -> None:
     """Entries added, removed or changed between two snapshots (with array changes)."""
-    with _errors(as_json):
+    with handle_errors(as_json):
         r = _open(repo)
         changes = r.diff(a, b)
         rows = []
@@ -385,7 +394,7 @@ def branch(
     as_json: JsonOpt = False,
 ) -> None:
     """List branches, create one (--from REF), or delete one (--delete)."""
-    with _errors(as_json):
+    with handle_errors(as_json):
         r = _open(repo)
         if name is None:
             _list_refs("branches", r.branches(), as_json)
@@ -415,7 +424,7 @@ def tag(
     as_json: JsonOpt = False,
 ) -> None:
     """List tags, or tag a snapshot (tags never move; creating an existing tag fails)."""
-    with _errors(as_json):
+    with handle_errors(as_json):
         r = _open(repo)
         if name is None:
             _list_refs("tags", r.tags(), as_json)
@@ -443,9 +452,9 @@ def fsck(
     """
     from hyperslab.references.fsck import fsck as do_fsck
 
-    with _errors(as_json):
+    with handle_errors(as_json):
         r = _open(repo)
-        with _progress(_show_progress(as_json, quiet)) as prog:
+        with progress_bar(show_progress(as_json, quiet)) as prog:
             task = prog.add_task("checking", total=None, item="")
 
             def tick(what: str, n: int) -> None:
@@ -492,7 +501,7 @@ def gc(
     from hyperslab.references.gc import gc as do_gc
     from hyperslab.references.gc import parse_duration
 
-    with _errors(as_json):
+    with handle_errors(as_json):
         r = _open(repo)
         report = do_gc(r, older_than=parse_duration(older_than), dry_run=dry_run, force=force)
         if as_json:
@@ -537,7 +546,7 @@ def search(
     """
     from hyperslab.references.search import search as do_search
 
-    with _errors(as_json):
+    with handle_errors(as_json):
         r = _open(repo)
         if limit < 0:
             raise BadInputError(f"--limit must be 0 (all) or more, not {limit}")

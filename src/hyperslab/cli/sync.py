@@ -1,5 +1,5 @@
 """Replication commands of the ``hyperslab`` CLI: ``hyperslab sync`` and
-``hyperslab replicate``. (Registered on :data:`hyperslab.cli.app`.)
+``hyperslab replicate``. (Registered on :data:`hyperslab.cli.app.app`.)
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 
-from hyperslab.cli import JsonOpt, QuietOpt, _errors, _show_progress, app, err, out
+from hyperslab.cli.app import JsonOpt, QuietOpt, app, err, handle_errors, out, show_progress
 from hyperslab.errors import BadInputError
 
 SYNC_HELP = """Copy a repository's branches (and tags, hot chunks, source files) to another site.
@@ -198,7 +198,7 @@ def sync_cmd(
     as_json: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
-    with _errors(as_json):
+    with handle_errors(as_json):
         if all_branches and branch:
             raise BadInputError("give --branch or --all-branches, not both")
         from hyperslab.sync import HotRules
@@ -212,7 +212,7 @@ def sync_cmd(
         report = run_sync(
             src,
             dst,
-            show=_show_progress(as_json, quiet),
+            show=show_progress(as_json, quiet),
             branches=branch or None,
             all_branches=all_branches,
             tags=tags,
@@ -282,7 +282,7 @@ def replicate_cmd(
     from hyperslab.sync.replicate import OpenRepositories, ReplicationRules, run_round
 
     status = 0
-    with _errors(as_json):
+    with handle_errors(as_json):
         if interval is not None and interval <= 0:
             raise BadInputError("--interval must be a positive number of seconds")
         spec = ReplicationRules.load(rules)
@@ -291,7 +291,7 @@ def replicate_cmd(
             from hyperslab.reading.access_stats import resolve_stats
 
             counts = resolve_stats(str(stats) if stats else None, None)
-        run = functools.partial(run_sync, show=_show_progress(as_json, quiet))
+        run = functools.partial(run_sync, show=show_progress(as_json, quiet))
         opened = OpenRepositories() if watch else None
         while True:
             rnd = run_round(spec, dry_run=dry_run, stats=counts, run=run, opened=opened)

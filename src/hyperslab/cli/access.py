@@ -1,6 +1,6 @@
 """Access commands of the ``hyperslab`` CLI: ``hyperslab cache info|clear``,
 ``hyperslab stats show|clear`` and ``hyperslab export-refs``. (Registered on
-:data:`hyperslab.cli.app`.)
+:data:`hyperslab.cli.app.app`.)
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from typing import Annotated, Any
 
 import typer
 
-from hyperslab.cli import JsonOpt, _errors, app, out
+from hyperslab.cli.app import JsonOpt, app, handle_errors, out
 from hyperslab.errors import CorruptError
 
 CACHE_HELP = """Inspect or empty the local chunk cache.
@@ -68,7 +68,7 @@ def info(directory: DirOpt = None, as_json: JsonOpt = False) -> None:
 
       HYPERSLAB_CACHE_SIZE=50GB hyperslab cache info --json
     """
-    with _errors(as_json):
+    with handle_errors(as_json):
         report = _open(directory).info()
         if as_json:
             print(json.dumps({"ok": True, **report.to_json()}))
@@ -98,7 +98,7 @@ def clear(
 
       hyperslab cache clear --dir /scratch/hyperslab-cache/chunks --json
     """
-    with _errors(as_json):
+    with handle_errors(as_json):
         cache = _open(directory)
         try:
             before = cache.info()
@@ -166,7 +166,7 @@ def export_refs(
     """
     from hyperslab.access.export import export_refs as do_export
 
-    with _errors(as_json):
+    with handle_errors(as_json):
         res = do_export(repo, entry, site, output, ref=ref)
         if as_json:
             print(json.dumps({"ok": True, **res.to_json()}))
@@ -286,7 +286,7 @@ def stats_show(
     """
     from rich.table import Table
 
-    with _errors(as_json):
+    with handle_errors(as_json):
         stats = _open_stats(path)
         summary = stats.summary()
         known = {r.repo: r.display for r in summary.repositories}
@@ -351,7 +351,7 @@ def stats_clear(
 
       hyperslab stats clear --older-than 90 --json
     """
-    with _errors(as_json):
+    with handle_errors(as_json):
         stats = _open_stats(path)
         removed = stats.clear(older_than=older_than)
         doc = {"path": str(stats.path), "older_than": older_than, "removed_reads": removed}

@@ -1,113 +1,25 @@
-"""The ``hyperslab`` command.
-
-Every command prints a human summary by default and one JSON document with
-``--json`` (errors included: ``{"ok": false, "error": {"code": ..., ...}}``).
-Exit statuses are stable (see ``hyperslab --help``).
-"""
+"""Conversion commands of the ``hyperslab`` CLI: ``refs``, ``verify``, ``sample``."""
 
 from __future__ import annotations
 
 import json
-import os
-import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, Any
 
 import typer
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from hyperslab import __version__
-from hyperslab.errors import BadInputError, HyperslabError, VerificationError, redact
-
-EXIT_HELP = """
-Exit statuses: 0 ok · 1 internal error · 2 bad input (not HDF5, unsupported, unsafe name,
-config) · 3 not found (incl. broken links) · 4 access denied · 5 conflict · 6 corrupt /
-format version · 7 transient (retry) · 8 verification failed.
-"""
-
-app = typer.Typer(
-    name="hyperslab",
-    help="HDF5/NeXus files as virtual Zarr: reference maps, verified bit for bit.\n" + EXIT_HELP,
-    no_args_is_help=True,
-    add_completion=False,
-    rich_markup_mode="rich",
-    pretty_exceptions_enable=False,
+from hyperslab.cli.app import (
+    JsonOpt,
+    QuietOpt,
+    app,
+    err,
+    handle_errors,
+    out,
+    progress_bar,
+    show_progress,
 )
-# soft_wrap: a message stays one line (wrapped by the terminal, not by rich), so logs
-# and scripts that grep stderr see it whole whatever the terminal width
-err = Console(stderr=True, soft_wrap=True)
-out = Console()
-
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document instead of text.")]
-QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
-
-
-def _fail(exc: HyperslabError, as_json: bool) -> NoReturn:
-    if as_json:
-        print(json.dumps({"ok": False, "error": exc.to_json()}))
-    else:
-        err.print(f"[bold red]error[/] [dim]({exc.code})[/]: {exc.message}", highlight=False)
-    raise typer.Exit(exc.exit_status)
-
-
-@contextmanager
-def _errors(as_json: bool) -> Iterator[None]:
-    try:
-        yield
-    except HyperslabError as exc:
-        _fail(exc, as_json)
-    except KeyboardInterrupt:
-        err.print("interrupted")
-        raise typer.Exit(130) from None
-    except (typer.Exit, typer.Abort):
-        raise
-    except Exception as exc:
-        if os.environ.get("HYPERSLAB_DEBUG"):
-            raise
-        wrapped = HyperslabError(
-            f"internal error: {type(exc).__name__}: {redact(str(exc))} "
-            "(set HYPERSLAB_DEBUG=1 for a traceback)"
-        )
-        _fail(wrapped, as_json)
-
-
-def _progress(enabled: bool) -> Progress:
-    return Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[item]}", style="dim"),
-        TimeElapsedColumn(),
-        console=err,
-        disable=not enabled,
-        transient=True,
-    )
-
-
-def _show_progress(as_json: bool, quiet: bool) -> bool:
-    return not (as_json or quiet) and err.is_terminal
-
-
-def _version(value: bool) -> None:
-    if value:
-        out.print(f"hyperslab {__version__}")
-        raise typer.Exit()
-
-
-@app.callback()
-def _main(
-    version: Annotated[
-        bool,
-        typer.Option(
-            "--version", callback=_version, is_eager=True, help="Show the version and exit."
-        ),
-    ] = False,
-) -> None:
-    """hyperslab: reference maps over HDF5/NeXus, verified bit for bit."""
+from hyperslab.errors import BadInputError, HyperslabError, VerificationError
 
 
 # ---------------------------------------------------------------- refs
@@ -182,7 +94,7 @@ def refs(
     from hyperslab.convert.hdf5 import ConvertOptions
     from hyperslab.references.refmap_files import choose_format, write_refmap
 
-    with _errors(as_json):
+    with handle_errors(as_json):
         if fmt not in (None, "json", "parquet"):
             raise BadInputError(f"--format must be json or parquet, not {fmt!r}")
         if new_dim is not None and concat_dim is not None:
@@ -207,7 +119,7 @@ def refs(
         done: list[tuple[str, Any]] = []
         failed: list[tuple[str, HyperslabError]] = []
         written: list[dict[str, Any]] = []
-        with _progress(_show_progress(as_json, quiet)) as prog:
+        with progress_bar(show_progress(as_json, quiet)) as prog:
             task = prog.add_task("scanning", total=len(files), item="")
             for f in files:
                 prog.update(task, item=Path(f).name)
@@ -303,8 +215,8 @@ def verify(
     """
     from hyperslab.convert.verify import verify as run_verify
 
-    with _errors(as_json):
-        with _progress(_show_progress(as_json, quiet)) as prog:
+    with handle_errors(as_json):
+        with progress_bar(show_progress(as_json, quiet)) as prog:
             task = prog.add_task("verifying", total=None, item="")
 
             def tick(path: str, i: int, n: int) -> None:
@@ -353,33 +265,16 @@ def sample(
     quiet: QuietOpt = False,
 ) -> None:
     """Write realistic NeXus detector files (Pilatus-like uint32 stacks, gzip and bitshuffle-LZ4)."""
-    from hyperslab.convert.sample import write_samples
+    from hyperslab.samples import write_samples
 
-    with _errors(as_json):
+    with handle_errors(as_json):
         if frames < 1:
             raise BadInputError("--frames must be at least 1")
         paths = write_samples(
-            directory, frames=frames, seed=seed, progress=_show_progress(as_json, quiet)
+            directory, frames=frames, seed=seed, progress=show_progress(as_json, quiet)
         )
         if as_json:
             print(json.dumps({"ok": True, "files": [str(p) for p in paths]}))
         else:
             for p in paths:
                 out.print(f"[green]✓[/] {p} ({p.stat().st_size / 1e6:.1f} MB)", highlight=False)
-
-
-# the repository and access commands live in their own modules and register on `app`
-from hyperslab import access_cli as _access_cli  # noqa: E402
-from hyperslab import repo_cli as _repo_cli  # noqa: E402
-from hyperslab import sync_cli as _sync_cli  # noqa: E402
-
-__all__ = ["_access_cli", "_repo_cli", "_sync_cli", "app", "main"]
-
-
-def main(argv: list[str] | None = None) -> None:
-    """Console entry point."""
-    app(args=argv if argv is not None else sys.argv[1:], prog_name="hyperslab")
-
-
-if __name__ == "__main__":
-    main()

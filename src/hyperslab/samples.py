@@ -521,7 +521,7 @@ def _write_multi(directory: Path, *, seed: int, shape: tuple[int, int], advance:
         mean["y_pixel_offset"] = entry["data/y_pixel_offset"]
         mean["x_pixel_offset"] = entry["data/x_pixel_offset"]
         process = _nx_group(entry, "process", "NXprocess")
-        _text(process, "program", "hyperslab.convert.sample")
+        _text(process, "program", "hyperslab.samples")
         _text(process, "version", "0.1.0")
         _text(process, "date", _iso(info.end(frames)))
         note = _nx_group(process, "parameters", "NXnote")

@@ -1,4 +1,4 @@
-"""The synthetic NeXus files of ``hyperslab.convert.sample`` look like beamline output."""
+"""The synthetic NeXus files of ``hyperslab.samples`` look like beamline output."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import hdf5plugin
 import numpy as np
 import pytest
 
-from hyperslab.convert.sample import (
+from hyperslab.samples import (
     CREATOR,
     GAP_VALUE,
     PIXEL_MASK_DEAD,

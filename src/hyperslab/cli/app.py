@@ -1,0 +1,128 @@
+"""What every ``hyperslab`` command shares: the Typer app, the consoles, the common
+options, the error handler (named errors → exit statuses and ``--json``) and the
+progress bars.
+
+Every command prints a human summary by default and one JSON document with
+``--json`` (errors included: ``{"ok": false, "error": {"code": ..., ...}}``).
+Exit statuses are stable (see ``hyperslab --help``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Annotated, NoReturn
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from hyperslab import __version__
+from hyperslab.errors import HyperslabError, redact
+
+EXIT_HELP = """
+Exit statuses: 0 ok · 1 internal error · 2 bad input (not HDF5, unsupported, unsafe name,
+config) · 3 not found (incl. broken links) · 4 access denied · 5 conflict · 6 corrupt /
+format version · 7 transient (retry) · 8 verification failed.
+"""
+
+app = typer.Typer(
+    name="hyperslab",
+    help="HDF5/NeXus files as virtual Zarr: reference maps, verified bit for bit.\n" + EXIT_HELP,
+    no_args_is_help=True,
+    add_completion=False,
+    rich_markup_mode="rich",
+    pretty_exceptions_enable=False,
+)
+# soft_wrap: a message stays one line (wrapped by the terminal, not by rich), so logs
+# and scripts that grep stderr see it whole whatever the terminal width
+err = Console(stderr=True, soft_wrap=True)
+out = Console()
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document instead of text.")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
+
+
+def fail(exc: HyperslabError, as_json: bool) -> NoReturn:
+    """Print ``exc`` (text on stderr, or one JSON document) and exit with its status."""
+    if as_json:
+        print(json.dumps({"ok": False, "error": exc.to_json()}))
+    else:
+        err.print(f"[bold red]error[/] [dim]({exc.code})[/]: {exc.message}", highlight=False)
+    raise typer.Exit(exc.exit_status)
+
+
+@contextmanager
+def handle_errors(as_json: bool) -> Iterator[None]:
+    """Named errors exit with their status; anything else is an ``internal`` error (exit
+    1, a traceback with ``HYPERSLAB_DEBUG=1``); Ctrl-C exits 130."""
+    try:
+        yield
+    except HyperslabError as exc:
+        fail(exc, as_json)
+    except KeyboardInterrupt:
+        err.print("interrupted")
+        raise typer.Exit(130) from None
+    except (typer.Exit, typer.Abort):
+        raise
+    except Exception as exc:
+        if os.environ.get("HYPERSLAB_DEBUG"):
+            raise
+        wrapped = HyperslabError(
+            f"internal error: {type(exc).__name__}: {redact(str(exc))} "
+            "(set HYPERSLAB_DEBUG=1 for a traceback)"
+        )
+        fail(wrapped, as_json)
+
+
+def progress_bar(enabled: bool) -> Progress:
+    """A transient progress bar on stderr (``enabled=False``: invisible, same API)."""
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[item]}", style="dim"),
+        TimeElapsedColumn(),
+        console=err,
+        disable=not enabled,
+        transient=True,
+    )
+
+
+def show_progress(as_json: bool, quiet: bool) -> bool:
+    """Bars only on a terminal, and never with ``--json`` or ``--quiet``."""
+    return not (as_json or quiet) and err.is_terminal
+
+
+def _version(value: bool) -> None:
+    if value:
+        out.print(f"hyperslab {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_version, is_eager=True, help="Show the version and exit."
+        ),
+    ] = False,
+) -> None:
+    """hyperslab: reference maps over HDF5/NeXus, verified bit for bit."""
+
+
+__all__ = [
+    "EXIT_HELP",
+    "JsonOpt",
+    "QuietOpt",
+    "app",
+    "err",
+    "fail",
+    "handle_errors",
+    "out",
+    "progress_bar",
+    "show_progress",
+]
