@@ -48,6 +48,7 @@ lint: install
 	$(VENV)/bin/ruff check $(LINT_PATHS)
 	$(VENV)/bin/ruff format --check $(LINT_PATHS)
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports --no-cache
 
 test: install lint
 	$(VENV)/bin/pytest -n 2 -q -p no:cacheprovider

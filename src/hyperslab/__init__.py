@@ -14,12 +14,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from hyperslab.version import __version__
+
 if TYPE_CHECKING:
     from hyperslab.access.array import open_array
     from hyperslab.access.dataset import open_dataset
     from hyperslab.access.store import open_store
 
-__version__ = "0.1.0"
 
 __all__ = ["__version__", "open_array", "open_dataset", "open_store"]
 

@@ -16,15 +16,11 @@ from hypothesis import strategies as st
 from hyperslab.errors import ConfigError, NotFoundError, TransientError
 from hyperslab.storage import S3Site, Site
 from hyperslab.storage.s3.auth import Credentials, CredentialSource, sign_v4
-from hyperslab.storage.s3.transport import (
-    S3ErrorReply,
-    S3NoCredentials,
-    client_choice,
-    common_options,
-)
+from hyperslab.storage.s3.clients import client_choice, common_options
+from hyperslab.storage.s3.transport import S3ErrorReply, S3NoCredentials
 from hyperslab.storage.s3.wire import EMPTY_SHA256, S3Wire, aclose_session, parse_list_page
 from tests.conftest import S3Bucket
-from tests.storage.test_sites import SiteContract, SiteFactory
+from tests.storage import test_sites
 
 EXAMPLE = Credentials("AKIAIOSFODNN7EXAMPLE", "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY")
 
@@ -390,35 +386,26 @@ def test_unreachable_endpoint_is_transient_on_the_loop_too() -> None:
         fsspec.asyn.sync(site.io_loop, one)
 
 
-class TestS3SiteBotocore(SiteContract):
-    """The whole site contract again with every request through botocore."""
+class TestS3SiteBotocore(test_sites.TestS3Site):
+    """The whole site contract, and the S3 site's own tests, again with every request
+    through botocore."""
 
     atomic_sizes = (64 << 10, 256 << 10)
     atomic_rounds = 3
     cas_threads, cas_increments = 2, 2
 
-    @pytest.fixture
-    def site_factory(
-        self, s3_bucket: S3Bucket, monkeypatch: pytest.MonkeyPatch
-    ) -> Iterator[SiteFactory]:
+    @pytest.fixture(autouse=True)
+    def _client(self, monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.setenv("HYPERSLAB_S3_CLIENT", "botocore")
-        opened: list[Site] = []
 
-        def factory(prefix: str) -> Site:
-            site = s3_bucket.site(prefix)
-            assert isinstance(site, S3Site) and site.client == "botocore"
-            opened.append(site)
-            return site
-
-        yield factory
-        for site in opened:
-            site.close()
+    def test_the_client_is_botocore(self, site: Site) -> None:
+        assert isinstance(site, S3Site) and site.client == "botocore"
 
 
 # --------------------------------------------------------------------------- multipart uploads
 
 
-@pytest.mark.parametrize("client", ["wire", "botocore"])
+@pytest.mark.parametrize("client", ["wire", "botocore", "obstore"])
 def test_large_files_upload_in_parts_and_verify(
     s3_bucket: S3Bucket, tmp_path: Any, monkeypatch: pytest.MonkeyPatch, client: str
 ) -> None:
@@ -466,3 +453,19 @@ def test_a_failed_part_aborts_the_upload(
     assert not [
         u for u in uploads.get("Uploads", []) if u["Key"].startswith(s3_bucket.key("abort/"))
     ]
+
+
+class TestS3SiteObstore(test_sites.TestS3Site):
+    """The whole site contract, and the S3 site's own tests, again with every request
+    through obstore (Rust object_store)."""
+
+    atomic_sizes = (64 << 10, 256 << 10)
+    atomic_rounds = 3
+    cas_threads, cas_increments = 2, 2
+
+    @pytest.fixture(autouse=True)
+    def _client(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.setenv("HYPERSLAB_S3_CLIENT", "obstore")
+
+    def test_the_client_is_obstore(self, site: Site) -> None:
+        assert isinstance(site, S3Site) and site.client == "obstore"

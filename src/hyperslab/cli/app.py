@@ -19,8 +19,8 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from hyperslab import __version__
 from hyperslab.errors import HyperslabError, redact
+from hyperslab.version import __version__
 
 EXIT_HELP = """
 Exit statuses: 0 ok · 1 internal error · 2 bad input (not HDF5, unsupported, unsafe name,

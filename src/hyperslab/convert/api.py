@@ -10,11 +10,11 @@ from typing import Any
 
 import numpy as np
 
-from hyperslab import __version__
 from hyperslab.convert.hdf5 import ConvertOptions, FileReport, scan_hdf5
 from hyperslab.convert.nexus import assign_dimensions
 from hyperslab.errors import BadInputError, HyperslabError, NotFoundError
 from hyperslab.references.refmap import ArrayRefs, RefMap
+from hyperslab.version import __version__
 
 __all__ = [
     "HDF5_SUFFIXES",

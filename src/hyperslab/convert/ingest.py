@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hyperslab import __version__
 from hyperslab.convert.api import (
     ConversionResult,
     build_refmap,
@@ -51,6 +50,7 @@ from hyperslab.references.keys import (
 from hyperslab.references.refmap import RefMap, inline_nbytes
 from hyperslab.references.refmap_objects import RefmapFormat, encode_refmap
 from hyperslab.references.repository import DEFAULT_BRANCH, CommitResult, Repository
+from hyperslab.version import __version__
 
 __all__ = [
     "IngestResult",

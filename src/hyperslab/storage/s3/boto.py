@@ -15,8 +15,9 @@ import asyncio
 import contextlib
 import threading
 import weakref
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -225,8 +226,13 @@ class BotocoreTransport(Transport):
     def delete(self, key: str) -> None:
         self._run(lambda: self._adelete(key))
 
-    def list_page(self, prefix: str, token: str | None) -> tuple[list[str], str | None]:
-        return self._run(lambda: self._alist_page(prefix, token))
+    def list(self, prefix: str) -> Iterator[str]:
+        token: str | None = None
+        while True:
+            keys, token = self._run(partial(self._alist_page, prefix, token))
+            yield from keys
+            if not token:
+                return
 
     def upload_file(self, key: str, path: Path) -> str:
         return self._run(lambda: self._aupload_file(key, path))

@@ -35,13 +35,9 @@ from hyperslab.errors import (
     redact,
 )
 from hyperslab.storage.keys import join_key, validate_key, validate_prefix
+from hyperslab.storage.s3.clients import choose_transport
 from hyperslab.storage.s3.errors import RANGE_CODES, site_error
-from hyperslab.storage.s3.transport import (
-    Transport,
-    TransportSettings,
-    choose_transport,
-    multipart_etag,
-)
+from hyperslab.storage.s3.transport import Transport, TransportSettings, multipart_etag
 from hyperslab.storage.site import ObjectInfo, Site, check_range, probe_cas, range_error
 
 __all__ = ["S3Site"]
@@ -68,7 +64,7 @@ class S3Site(Site):
 
     Requests go through hyperslab's own SigV4 client (:mod:`.wire`) unless
     ``HYPERSLAB_S3_CLIENT`` names another transport or ``options`` hold settings only
-    botocore understands (:func:`~.transport.choose_transport`).
+    botocore understands (:func:`~.clients.choose_transport`).
 
     ``cas``: whether the server enforces conditional writes; None (default) means find
     out with :func:`~hyperslab.storage.site.probe_cas` the first time
@@ -243,20 +239,17 @@ class S3Site(Site):
             join_key(self.prefix, prefix) if prefix else (self.prefix + "/" if self.prefix else "")
         )
         cut = len(self.prefix) + 1 if self.prefix else 0
-        token: str | None = None
-        while True:
-            keys, token = self._call("list", prefix, partial(self.transport.list_page, full, token))
-            for raw in keys:
-                key = raw[cut:]
-                try:
-                    validate_key(key)
-                except UnsafeNameError:
-                    # Written by some other tool (directory markers, '//' ...): not ours.
-                    log.debug("skipping unaddressable object %r at %s", key, self.url)
-                    continue
-                yield key
-            if not token:
-                return
+        keys = self._call("list", prefix, partial(self.transport.list, full))
+        end = ""  # no key is empty
+        while raw := self._call("list", prefix, partial(next, keys, end)):
+            key = raw[cut:]
+            try:
+                validate_key(key)
+            except UnsafeNameError:
+                # Written by some other tool (directory markers, '//' ...): not ours.
+                log.debug("skipping unaddressable object %r at %s", key, self.url)
+                continue
+            yield key
 
     # ----- writes
 

@@ -4,7 +4,7 @@ A site keeps the contract (key validation, prefixes, strict ranges, CAS semantic
 verified uploads, error messages); a transport only moves requests for one bucket:
 
 * ``get`` (whole or one byte range), ``head``, ``put`` (with ``Content-MD5``,
-  ``If-None-Match: *`` or ``If-Match``), ``delete``, one page of ``ListObjectsV2``,
+  ``If-None-Match: *`` or ``If-Match``), ``delete``, a listing (``ListObjectsV2``),
   and ``upload_file`` (multipart for large files);
 * each call twice: blocking (from any thread) and as a coroutine on :attr:`io_loop`;
 * optionally :meth:`aopen_get` / :meth:`aput_stream`, a GET whose body is consumed as
@@ -14,7 +14,7 @@ Transports raise only the failures below; :mod:`.errors` turns them into named
 :mod:`hyperslab.errors` naming the site, the key and the operation. Three
 transports implement it: :mod:`.wire` (hyperslab's SigV4 client, the default),
 :mod:`.boto` (aiobotocore, for sites whose ``options`` need botocore) and
-:mod:`.obstore` (Rust ``object_store``), chosen by :func:`choose_transport`.
+:mod:`.obstore` (Rust ``object_store``); :mod:`.clients` picks one per site.
 """
 
 from __future__ import annotations
@@ -22,20 +22,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import os
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Mapping
-from dataclasses import dataclass, replace
+from collections.abc import AsyncIterator, Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
-
-from hyperslab.errors import ConfigError
+from typing import TYPE_CHECKING, ClassVar
 
 if TYPE_CHECKING:
     from hyperslab.storage.site import ObjectInfo
 
 __all__ = [
-    "CLIENT_VAR",
     "Fetched",
     "S3ErrorReply",
     "S3Failure",
@@ -43,14 +39,9 @@ __all__ = [
     "S3Unreachable",
     "Transport",
     "TransportSettings",
-    "choose_transport",
-    "client_choice",
-    "common_options",
     "multipart_etag",
 ]
 
-#: environment variable that picks the transport of every S3 site
-CLIENT_VAR = "HYPERSLAB_S3_CLIENT"
 #: uploads of local files at least this large go in parts (S3's single-PUT limit is 5 GiB)
 MULTIPART_THRESHOLD = 100 << 20
 #: size of each part of a multipart upload (S3 allows 10,000 parts: 500 GB files)
@@ -137,8 +128,8 @@ class Transport(ABC):
     def delete(self, key: str) -> None: ...
 
     @abstractmethod
-    def list_page(self, prefix: str, token: str | None) -> tuple[list[str], str | None]:
-        """Keys of one page of the listing under ``prefix`` and the token of the next."""
+    def list(self, prefix: str) -> Iterator[str]:
+        """Every key that starts with ``prefix`` (a string prefix), in sorted order."""
 
     @abstractmethod
     def upload_file(self, key: str, path: Path) -> str:
@@ -187,67 +178,6 @@ class Transport(ABC):
 
 
 # --------------------------------------------------------------------------- choosing
-
-
-#: site ``options`` (s3fs spelling) every transport understands; any other needs botocore
-COMMON_OPTIONS = frozenset({"retries", "config_kwargs"})
-_COMMON_CONFIG = frozenset({"connect_timeout", "read_timeout", "retries"})
-
-
-def common_options(options: Mapping[str, Any]) -> dict[str, Any] | None:
-    """The retries and timeouts of a site's ``options`` as :class:`TransportSettings`
-    fields, or None when the options hold anything else (botocore settings)."""
-    config = options.get("config_kwargs") or {}
-    if set(options) - COMMON_OPTIONS or not isinstance(config, dict):
-        return None
-    if set(config) - _COMMON_CONFIG:
-        return None
-    retry = config.get("retries") or {}
-    if not isinstance(retry, dict) or set(retry) - {"max_attempts", "total_max_attempts", "mode"}:
-        return None
-    out: dict[str, Any] = {}
-    attempts = [int(options["retries"])] if options.get("retries") is not None else []
-    if retry.get("total_max_attempts") is not None:
-        attempts.append(int(retry["total_max_attempts"]))
-    elif retry.get("max_attempts") is not None:  # botocore: retries after the first try
-        attempts.append(int(retry["max_attempts"]) + 1)
-    if attempts:
-        out["retries"] = min(attempts)
-    for name in ("connect_timeout", "read_timeout"):
-        if config.get(name) is not None:
-            out[name] = float(config[name])
-    return out
-
-
-def client_choice() -> str:
-    """``HYPERSLAB_S3_CLIENT``: ``wire`` (default), ``obstore`` or ``botocore``."""
-    choice = os.environ.get(CLIENT_VAR, "").strip().lower() or "wire"
-    if choice == "s3fs":  # its name before botocore was called directly
-        choice = "botocore"
-    if choice not in ("wire", "obstore", "botocore"):
-        raise ConfigError(f"{CLIENT_VAR} must be 'wire', 'obstore' or 'botocore', not {choice!r}")
-    return choice
-
-
-def choose_transport(settings: TransportSettings, options: Mapping[str, Any]) -> Transport:
-    """The transport for a site: botocore when ``options`` hold settings only botocore
-    understands (``client_kwargs``, ``s3_additional_kwargs`` ...) or
-    ``HYPERSLAB_S3_CLIENT=botocore``; otherwise the client ``HYPERSLAB_S3_CLIENT``
-    names, hyperslab's own by default."""
-    choice = client_choice()
-    common = common_options(options)
-    if choice == "botocore" or common is None:
-        from hyperslab.storage.s3.boto import BotocoreTransport
-
-        return BotocoreTransport(settings, options)
-    settings = replace(settings, **common)
-    if choice == "obstore":
-        from hyperslab.storage.s3.obstore import ObstoreTransport
-
-        return ObstoreTransport(settings)
-    from hyperslab.storage.s3.wire import WireTransport
-
-    return WireTransport(settings)
 
 
 def multipart_etag(path: Path, part_size: int | None) -> str:

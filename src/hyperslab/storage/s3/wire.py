@@ -37,7 +37,7 @@ import random
 import threading
 import time
 import xml.etree.ElementTree as ET
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
@@ -559,12 +559,16 @@ class WireTransport(Transport):
     def delete(self, key: str) -> None:
         self.wire.request("DELETE", key)
 
-    def list_page(self, prefix: str, token: str | None) -> tuple[list[str], str | None]:
-        query = [("list-type", "2"), ("prefix", prefix), ("encoding-type", "url")]
-        if token:
-            query.append(("continuation-token", token))
-        items, nxt = parse_list_page(self.wire.request("GET", "", query=query).body)
-        return [k for k, _ in items], nxt
+    def list(self, prefix: str) -> Iterator[str]:
+        token: str | None = None
+        while True:
+            query = [("list-type", "2"), ("prefix", prefix), ("encoding-type", "url")]
+            if token:
+                query.append(("continuation-token", token))
+            items, token = parse_list_page(self.wire.request("GET", "", query=query).body)
+            yield from (k for k, _ in items)
+            if not token:
+                return
 
     def upload_file(self, key: str, path: Path) -> str:
         part = self.part_size(path.stat().st_size)

@@ -1,0 +1,1 @@
+"""Project-specific import-linter contracts (``[tool.importlinter]`` in pyproject.toml)."""
