@@ -471,7 +471,7 @@ def _find_open_store() -> tuple[Callable[..., Any], str] | None:
     return None
 
 
-def hyperslab_reader(env: Env) -> list[Contender] | str:
+def hyperslab_reader(env: Env, clients: list[str]) -> list[Contender] | str:
     """hyperslab's rows, or the reason there are none.
 
     Setup (timed into ``env.prep``, not counted as read traffic): a repository at
@@ -480,6 +480,8 @@ def hyperslab_reader(env: Env) -> list[Contender] | str:
     and ``ingest(..., upload_sources=True)`` of the local file as entry
     ``detector``, which copies the file into the repository's ``sources/``. Reads
     then go through the counting proxy, with a fresh empty ``ChunkCache`` per open.
+    One pair of rows per S3 client in ``clients`` (``wire`` is hyperslab's own; the
+    rows of the others are named after them, e.g. ``hyperslab[obstore] ...``).
     """
     found = _find_open_store()
     if found is None:
@@ -514,10 +516,10 @@ def hyperslab_reader(env: Env) -> list[Contender] | str:
     env.prep["hyperslab_ingest_s"] = round(time.perf_counter() - t0, 3)
     env.prep["hyperslab_open_store"] = where
 
-    def open_(how: str) -> Any:
+    def open_(how: str, client: str) -> Any:
         # A fresh repository handle (through the counting proxy) and an empty cache:
         # the first read is cold, the second on the same store warm.
-        site = S3Site(env.bucket, HS_PREFIX, endpoint_url=env.proxy_url, cas=False)
+        site = S3Site(env.bucket, HS_PREFIX, endpoint_url=env.proxy_url, cas=False, client=client)
         r = Repository.open(site)
         cache_dir = Path(tempfile.mkdtemp(prefix="hs-cache-", dir=env.tmp))
         chunk_cache = ChunkCache(cache_dir, max_bytes=4 << 30)
@@ -544,24 +546,30 @@ def hyperslab_reader(env: Env) -> list[Contender] | str:
     def read(h: Any, sel: Selection) -> np.ndarray:
         return np.asarray(h[0][sel.index])
 
-    return [
-        Contender(
-            "hyperslab open_store + zarr",
-            lambda: open_("zarr"),
-            read,
-            close,
-            note="fresh empty ChunkCache and decoded-chunk cache per open",
-            group="hyperslab",
-        ),
-        Contender(
-            "hyperslab open_array",
-            lambda: open_("array"),
-            read,
-            close,
-            note="the same store, read with hyperslab.open_array's NumPy indexing (no zarr)",
-            group="hyperslab",
-        ),
-    ]
+    out: list[Contender] = []
+    for client in clients:
+        tag = "hyperslab" if client == "wire" else f"hyperslab[{client}]"
+        on = "" if client == "wire" else f"; S3 client {client}"
+        out += [
+            Contender(
+                f"{tag} open_store + zarr",
+                lambda c=client: open_("zarr", c),
+                read,
+                close,
+                note="fresh empty ChunkCache and decoded-chunk cache per open" + on,
+                group="hyperslab",
+            ),
+            Contender(
+                f"{tag} open_array",
+                lambda c=client: open_("array", c),
+                read,
+                close,
+                note="the same store, read with hyperslab.open_array's NumPy indexing (no zarr)"
+                + on,
+                group="hyperslab",
+            ),
+        ]
+    return out
 
 
 # ================================================================ measurement
@@ -572,18 +580,22 @@ class Sample:
     open_s: float
     cold_s: float
     warm_s: float
+    # CPU seconds of this process (every thread) over the open + cold read, and the warm
+    # read: the server and the proxy run in processes of their own
+    cold_cpu_s: float
     open_io: Counts
     cold_io: Counts
     warm_io: Counts
     ok: bool
     error: str | None = None
+    warm_cpu_s: float = 0.0
 
 
 def measure(c: Contender, sel: Selection, truth: np.ndarray, proxy: CountingProxy) -> Sample:
-    marks: list[tuple[float, Counts]] = []
+    marks: list[tuple[float, Counts, float]] = []
 
     def mark() -> None:
-        marks.append((time.perf_counter(), proxy.counts()))
+        marks.append((time.perf_counter(), proxy.counts(), time.process_time()))
 
     # Collect garbage here, on the main thread: s3fs' session finalizers misfire
     # when the collector happens to run them on an event-loop thread, and a
@@ -600,16 +612,18 @@ def measure(c: Contender, sel: Selection, truth: np.ndarray, proxy: CountingProx
         mark()
     except Exception as exc:  # reported in the table; the run goes on
         z = Counts()
-        return Sample(0, 0, 0, z, z, z, False, f"{type(exc).__name__}: {exc}"[:300])
+        return Sample(0, 0, 0, 0, z, z, z, False, f"{type(exc).__name__}: {exc}"[:300])
     finally:
         if handle is not None:
             with contextlib.suppress(Exception):
                 c.close(handle)
         handle = None
         gc.collect()
-    (t0, c0), (t1, c1), (t2, c2), (t3, c3) = marks
+    (t0, c0, p0), (t1, c1, _), (t2, c2, p2), (t3, c3, p3) = marks
     ok = bool(np.array_equal(np.asarray(cold), truth) and np.array_equal(np.asarray(warm), truth))
-    return Sample(t1 - t0, t2 - t1, t3 - t2, c1 - c0, c2 - c1, c3 - c2, ok)
+    return Sample(
+        t1 - t0, t2 - t1, t3 - t2, p2 - p0, c1 - c0, c2 - c1, c3 - c2, ok, warm_cpu_s=p3 - p2
+    )
 
 
 def summarise(row: Row, samples: list[Sample], remote: bool) -> None:
@@ -629,6 +643,8 @@ def summarise(row: Row, samples: list[Sample], remote: bool) -> None:
     row.open_s = med([s.open_s for s in samples])
     row.cold_s = med([s.cold_s for s in samples])
     row.warm_s = med([s.warm_s for s in samples])
+    row.cold_cpu_s = med([s.cold_cpu_s for s in samples])
+    row.warm_cpu_s = med([s.warm_cpu_s for s in samples])
     if remote:
         row.open_bytes = round(med([s.open_io.down for s in samples]))
         row.cold_bytes = round(med([s.cold_io.down for s in samples]))
@@ -684,6 +700,8 @@ class Row:
     cold_bytes: int | None = None
     warm_bytes: int | None = None
     requests: int | None = None  # HTTP requests during open + cold read
+    cold_cpu_s: float | None = None  # CPU seconds of open + cold read (this process)
+    warm_cpu_s: float | None = None
     ok: bool = True
     error: str | None = None
     repeats: list[dict[str, Any]] = field(default_factory=list)
@@ -832,6 +850,31 @@ def aims(rows: list[Row]) -> list[str]:
     return out
 
 
+def clients_summary(rows: list[Row]) -> list[str]:
+    """hyperslab's rows per S3 client (--clients) against the same rows with ``wire``:
+    wall and CPU seconds of open + cold read, warm read, and requests per second."""
+    out = []
+    for r in rows:
+        if r.group != "hyperslab" or not r.name.startswith("hyperslab[") or r.error:
+            continue
+        client, rest = r.name[len("hyperslab[") :].split("]", 1)
+        base = next((b for b in rows if b.kind == r.kind and b.name == "hyperslab" + rest), None)
+        if base is None or base.error or not base.cold_s or not r.cold_s:
+            continue
+        cold, bcold = (r.open_s or 0) + r.cold_s, (base.open_s or 0) + base.cold_s
+        rps = (r.requests or 0) / cold
+        brps = (base.requests or 0) / bcold
+        cells = [
+            f"open+cold {cold * 1e3:.1f} ms ({cold / bcold:.2f}x)",
+            f"CPU {(r.cold_cpu_s or 0) * 1e3:.1f} ms ({(r.cold_cpu_s or 0) / (base.cold_cpu_s or 1):.2f}x)",
+            f"warm {(r.warm_s or 0) * 1e3:.2f} ms ({(r.warm_s or 0) / (base.warm_s or 1):.2f}x)",
+        ]
+        if brps:
+            cells.append(f"{rps:,.0f} req/s ({rps / brps:.2f}x)")
+        out.append(f"{r.kind:6} {client}{rest}: " + ", ".join(cells))
+    return out
+
+
 # ------------------------------------------------------------------------- main
 
 
@@ -890,7 +933,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             hs_missing = "skipped (--no-hyperslab)"
         else:
             try:
-                hs = hyperslab_reader(env)
+                hs = hyperslab_reader(env, args.clients)
             except Exception as exc:  # a reader in progress must not stop the baselines
                 hs = f"reader not available yet ({type(exc).__name__}: {exc})"[:300]
             if isinstance(hs, str):
@@ -983,6 +1026,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     )
     for line in aims(rows):
         console.print(line)
+    clients = clients_summary(rows)
+    if clients:
+        console.print("hyperslab's S3 clients (ratio = client / wire, same run):")
+        for line in clients:
+            console.print("  " + line)
     if hs_missing:
         console.print(f"hyperslab: {hs_missing}")
     return {
@@ -994,6 +1042,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "download": {"s": dl_s, "bytes": dl_io.down, "requests": dl_io.requests},
         "direct": args.direct,
         "hyperslab": hs_missing or "measured",
+        "clients": clients,
         "rows": [
             {
                 **asdict(r),
@@ -1052,12 +1101,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--download-repeats", type=int, default=1)
     p.add_argument("--no-hyperslab", action="store_true", help="baselines only")
     p.add_argument(
+        "--clients",
+        default="wire",
+        help="hyperslab's S3 clients to time, rows of their own: wire (its own, default), "
+        "obstore, botocore; e.g. --clients wire,obstore",
+    )
+    p.add_argument(
         "--direct",
         action="store_true",
         help="readers talk to s3rver directly, not through the counting proxy: "
         "timings without the proxy's hop, no byte counts",
     )
     args = p.parse_args(argv)
+    args.clients = [c.strip() for c in args.clients.split(",") if c.strip()]
     if args.repeats < 1:
         p.error("--repeats must be >= 1")
 

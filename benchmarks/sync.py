@@ -242,20 +242,20 @@ def upload(url: str, bucket: str, fx: Fixture) -> float:
     return time.perf_counter() - t0
 
 
-def list_keys(url: str, bucket: str) -> dict[str, int]:
+def list_keys(url: str, bucket: str, prefix: str = PREFIX) -> dict[str, int]:
     client = boto_client(url)
     out: dict[str, int] = {}
     for page in client.get_paginator("list_objects_v2").paginate(
-        Bucket=bucket, Prefix=PREFIX + "/"
+        Bucket=bucket, Prefix=prefix + "/"
     ):
         for obj in page.get("Contents", []):
-            out[obj["Key"][len(PREFIX) + 1 :]] = obj["Size"]
+            out[obj["Key"][len(prefix) + 1 :]] = obj["Size"]
     return out
 
 
-def get_text(url: str, bucket: str, key: str) -> str | None:
+def get_text(url: str, bucket: str, key: str, prefix: str = PREFIX) -> str | None:
     try:
-        body = boto_client(url).get_object(Bucket=bucket, Key=f"{PREFIX}/{key}")["Body"]
+        body = boto_client(url).get_object(Bucket=bucket, Key=f"{prefix}/{key}")["Body"]
         return str(body.read().decode())
     except Exception:
         return None
@@ -316,7 +316,7 @@ def plain_copy(src_url: str, dst_url: str, jobs: int, dst_prefix: str = PREFIX) 
 class Run:
     size: int  # small entries in the repository
     what: str  # "first", "no-op", "+10 entries", ...
-    tool: str  # "hyperslab", "rclone", "rclone --fast-list --size-only", "s3fs copy"
+    tool: str  # "hyperslab" (its own S3 client), "hyperslab/obstore", "rclone", "s3fs copy" ...
     cmd: list[str]
     repeat: int = 1  # which round of a repeated step (first syncs: --repeats)
     wall_s: float = 0.0
@@ -511,12 +511,15 @@ class Bench:
     ) -> Run:
         run = Run(size, what, tool, cmd, repeat)
         before = {r: p.counts() for r, p in self.proxies.items()}
-        t, text = self.spawner.run(cmd, self.env, timeout=1800)
+        env = self.env
+        if tool.startswith("hyperslab/"):  # another S3 client: HYPERSLAB_S3_CLIENT
+            env = {**env, "HYPERSLAB_S3_CLIENT": tool.split("/", 1)[1]}
+        t, text = self.spawner.run(cmd, env, timeout=1800)
         run.wall_s, run.cpu_s, run.rss_mb, run.rc = t.wall_s, t.cpu_s, t.rss_mb, t.rc
         after = {r: p.counts() for r, p in self.proxies.items()}
         run.src = after["src"] - before["src"]
         run.dst = after[dst] - before[dst]
-        if tool in ("hyperslab", "s3fs copy"):
+        if tool.startswith("hyperslab") or tool == "s3fs copy":
             run.report = json_report(text)
         else:
             run.report = rclone_stats(text)
@@ -534,24 +537,28 @@ class Bench:
 # --------------------------------------------------------------------------- one size
 
 
-def unpacked_keys(url: str, bucket: str, keys: dict[str, int]) -> dict[str, int]:
+def unpacked_keys(
+    url: str, bucket: str, keys: dict[str, int], prefix: str = PREFIX
+) -> dict[str, int]:
     """``keys`` with hyperslab's object packs opened: every object a locator places in a
     pack counts as held (with its length); the packs and locators themselves do not."""
     out = {k: n for k, n in keys.items() if not k.startswith(("packs/", "locators/"))}
     for key in keys:
         if key.startswith("locators/"):
-            doc = json.loads(get_text(url, bucket, key) or "{}")
+            doc = json.loads(get_text(url, bucket, key, prefix) or "{}")
             for objs in doc.get("entries", {}).values():
                 for obj, (_pack, _offset, length) in objs.items():
                     out.setdefault(obj, length)
     return out
 
 
-def verify(bench: Bench, role: str, want: dict[str, int], branch: str | None) -> dict[str, Any]:
-    """Keys at ``role``'s bucket (packed objects counted through the locators) against
-    ``want`` (A's), and its branch against ``branch``."""
-    listed = list_keys(bench.servers[role].url, BUCKETS[role])
-    got = unpacked_keys(bench.servers[role].url, BUCKETS[role], listed)
+def verify(
+    bench: Bench, role: str, want: dict[str, int], branch: str | None, prefix: str = PREFIX
+) -> dict[str, Any]:
+    """Keys at ``role``'s bucket below ``prefix`` (packed objects counted through the
+    locators) against ``want`` (A's), and its branch against ``branch``."""
+    listed = list_keys(bench.servers[role].url, BUCKETS[role], prefix)
+    got = unpacked_keys(bench.servers[role].url, BUCKETS[role], listed, prefix)
     missing = sorted(set(want) - set(got))
     extra = sorted(set(got) - set(want))
     differ = sorted(k for k in set(want) & set(got) if want[k] != got[k])
@@ -566,7 +573,7 @@ def verify(bench: Bench, role: str, want: dict[str, int], branch: str | None) ->
         "extra_examples": extra[:5],
         "size_differs": differ[:5],
     }
-    got_branch = get_text(bench.servers[role].url, BUCKETS[role], BRANCH)
+    got_branch = get_text(bench.servers[role].url, BUCKETS[role], BRANCH, prefix)
     out["branch_matches"] = branch is not None and branch == got_branch
     return out
 
@@ -591,9 +598,17 @@ def run_size(
         first_branch = get_text(src_url, BUCKETS["src"], BRANCH)
         print(f"  uploaded to A in {out['upload_s']:.1f} s (boto3, 16 threads, untimed setup)")
 
+        # hyperslab with each S3 client asked for (--clients), each into a prefix of its own
+        hs_tools = [("hyperslab" if c == "wire" else f"hyperslab/{c}", c) for c in args.clients]
+
+        def hs_prefix(client: str, prefix: str = PREFIX) -> str:
+            return prefix if client == "wire" else f"{prefix}-{client}"
+
         # first syncs; hyperslab first, so it never profits from a cache the others warmed
         if hs:
-            runs.append(bench.run(n, "first", "hyperslab", "hs", bench.hs_sync()))
+            for tool, client in hs_tools:
+                cmd = bench.hs_sync(prefix=hs_prefix(client))
+                runs.append(bench.run(n, "first", tool, "hs", cmd))
         runs.append(bench.run(n, "first", "rclone", "rclone", bench.rclone_sync()))
         runs.append(bench.run(n, "first", "s3fs copy", "copy", bench.copy()))
         # more rounds into fresh prefixes, each starting with another tool: the servers'
@@ -601,18 +616,22 @@ def run_size(
         for k in range(2, args.repeats + 1):
             prefix = f"{PREFIX}-r{k}"
             steps = [
-                ("hyperslab", "hs", bench.hs_sync(prefix=prefix)),
+                (tool, "hs", bench.hs_sync(prefix=hs_prefix(client, prefix)))
+                for tool, client in (hs_tools if hs else [])
+            ]
+            steps += [
                 ("rclone", "rclone", bench.rclone_sync(prefix=prefix)),
                 ("s3fs copy", "copy", bench.copy(prefix)),
             ]
-            if not hs:
-                steps = steps[1:]
             for i in range(len(steps)):
                 tool, role, cmd = steps[(i + k - 1) % len(steps)]
                 runs.append(bench.run(n, "first", tool, role, cmd, repeat=k))
         # no-op re-syncs
         if hs:
-            runs.append(bench.run(n, "no-op", "hyperslab", "hs", bench.hs_sync()))
+            for tool, client in hs_tools:
+                runs.append(
+                    bench.run(n, "no-op", tool, "hs", bench.hs_sync(prefix=hs_prefix(client)))
+                )
         runs.append(bench.run(n, "no-op", "rclone", "rclone", bench.rclone_sync()))
         fast = "rclone " + " ".join(RCLONE_FAST)
         runs.append(bench.run(n, "no-op", fast, "rclone", bench.rclone_sync(*RCLONE_FAST)))
@@ -625,15 +644,17 @@ def run_size(
             out["increments"][k] = commit_entries(src_url, files, f"inc/k{k}")
             what = f"+{k} entries"
             if hs:
-                runs.append(bench.run(n, what, "hyperslab", "hs", bench.hs_sync()))
+                for tool, client in hs_tools:
+                    cmd = bench.hs_sync(prefix=hs_prefix(client))
+                    runs.append(bench.run(n, what, tool, "hs", cmd))
             runs.append(bench.run(n, what, "rclone", "rclone", bench.rclone_sync()))
         # did every copy arrive?
         want = list_keys(src_url, BUCKETS["src"])
         branch = get_text(src_url, BUCKETS["src"], BRANCH)
         out["objects_at_end"] = len(want)
-        out["verify"] = {
-            role: verify(bench, role, want, branch) for role in (["hs"] if hs else []) + ["rclone"]
-        }
+        out["verify"] = {"rclone": verify(bench, "rclone", want, branch)}
+        for tool, client in hs_tools if hs else []:
+            out["verify"][tool] = verify(bench, "hs", want, branch, hs_prefix(client))
         # the s3fs copy only saw the first state
         first = {k: v for k, v in want.items() if k in fx.objects}
         out["verify"]["copy"] = verify(bench, "copy", first, first_branch)
@@ -641,7 +662,7 @@ def run_size(
     print_table(fx, runs)
     for role, v in out["verify"].items():
         print(
-            f"  at {role:6}: {v['objects']:,} objects ({v['stored_objects']:,} stored), "
+            f"  at {role:18}: {v['objects']:,} objects ({v['stored_objects']:,} stored), "
             f"missing {v['missing']} "
             f"{v['missing_by_dir'] or ''}, extra {v['extra']}, branch "
             f"{'matches A' if v['branch_matches'] else 'DIFFERS from A'}"
@@ -759,6 +780,45 @@ def aims(sizes: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def clients_summary(sizes: list[dict[str, Any]]) -> list[str]:
+    """hyperslab's S3 clients side by side (--clients): per step, the median wall seconds,
+    CPU seconds and requests per second of each, and each other client against ``wire``."""
+    lines: list[str] = []
+    for s in sizes:
+        tools = sorted({r["tool"] for r in s["runs"] if r["tool"].startswith("hyperslab")})
+        if len(tools) < 2:
+            continue
+        lines.append(f"{s['objects']:,} objects (medians over rounds; ratio = client / wire):")
+        steps = list(dict.fromkeys(r["what"] for r in s["runs"]))
+        for what in steps:
+            cells: dict[str, tuple[float, float, float]] = {}
+            for tool in tools:
+                rs = [
+                    r for r in s["runs"] if r["what"] == what and r["tool"] == tool and r["rc"] == 0
+                ]
+                if rs:
+                    wall = statistics.median(r["wall_s"] for r in rs)
+                    cpu = statistics.median(r["cpu_s"] for r in rs)
+                    rps = statistics.median(_reqs(r) / r["wall_s"] for r in rs)
+                    cells[tool] = (wall, cpu, rps)
+            if "hyperslab" not in cells:
+                continue
+            base = cells["hyperslab"]
+            parts = []
+            for tool, (wall, cpu, rps) in cells.items():
+                name = "wire" if tool == "hyperslab" else tool.split("/", 1)[1]
+                rel = (
+                    ""
+                    if tool == "hyperslab"
+                    else (
+                        f" (wall {wall / base[0]:.2f}x, CPU {cpu / base[1]:.2f}x, req/s {rps / base[2]:.2f}x)"
+                    )
+                )
+                parts.append(f"{name} {wall:.2f} s, {cpu:.2f} CPU-s, {rps:,.0f} req/s{rel}")
+            lines.append(f"  {what:12} " + "; ".join(parts))
+    return lines
+
+
 def _reqs(r: dict[str, Any]) -> int:
     return int(r["src"]["requests"] + r["dst"]["requests"])
 
@@ -801,6 +861,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", type=Path, help="results file (default: DIR/sync/results.json)")
     ap.add_argument("--rclone", type=Path, help="an rclone binary (default: the Debian package)")
     ap.add_argument("--no-hyperslab", action="store_true", help="baselines only")
+    ap.add_argument(
+        "--clients",
+        default="wire",
+        help="hyperslab's S3 clients to time, each a contender of its own (HYPERSLAB_S3_CLIENT): "
+        "wire (its own, the default), obstore, botocore; e.g. --clients wire,obstore",
+    )
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["_copy"]:  # child process of the copy baseline
         plain_copy(argv[1], argv[2], int(argv[3]), *argv[4:5])
@@ -810,6 +876,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     args = ap.parse_args(argv)
     args.increments = [int(k) for k in args.increments.split(",") if k]
+    args.clients = [c.strip() for c in args.clients.split(",") if c.strip()]
     entries = [int(n) for n in args.entries.split(",") if n]
     spawner = Spawner()  # first, while this process is still small
     try:
@@ -853,6 +920,11 @@ def main(argv: list[str] | None = None) -> int:
         for fx in fixtures:
             results["sizes"].append(run_size(fx, args, hs, rclone, spawner))
         results["aims"] = aims(results["sizes"])
+        results["clients"] = clients_summary(results["sizes"])
+        if results["clients"]:
+            print("\nhyperslab's S3 clients:")
+            for line in results["clients"]:
+                print("  " + line)
         results["load_average_end"] = os.getloadavg()[0]
         print("\nthe issue's aims (largest size for the first sync):")
         for line in results["aims"]:

@@ -69,9 +69,10 @@ def common_options(options: Mapping[str, Any]) -> dict[str, Any] | None:
     return out
 
 
-def client_choice() -> str:
-    """``HYPERSLAB_S3_CLIENT``: ``wire`` (default), ``obstore`` or ``botocore``."""
-    choice = os.environ.get(CLIENT_VAR, "").strip().lower() or "wire"
+def client_choice(name: str | None = None) -> str:
+    """The client ``name`` asks for, else ``HYPERSLAB_S3_CLIENT``, else ``wire``."""
+    choice = (name if name is not None else os.environ.get(CLIENT_VAR, "")).strip().lower()
+    choice = choice or "wire"
     if choice == "s3fs":  # its name before botocore was called directly
         choice = "botocore"
     if choice not in CLIENTS:
@@ -81,12 +82,14 @@ def client_choice() -> str:
     return choice
 
 
-def choose_transport(settings: TransportSettings, options: Mapping[str, Any]) -> Transport:
+def choose_transport(
+    settings: TransportSettings, options: Mapping[str, Any], client: str | None = None
+) -> Transport:
     """The transport for a site: botocore when ``options`` hold settings only botocore
     understands (``client_kwargs``, ``s3_additional_kwargs`` ...) or
     ``HYPERSLAB_S3_CLIENT=botocore``; otherwise the client ``HYPERSLAB_S3_CLIENT``
     names, hyperslab's own by default."""
-    choice = client_choice()
+    choice = client_choice(client)
     common = common_options(options)
     if choice == "botocore" or common is None:
         return BotocoreTransport(settings, options)

@@ -70,7 +70,8 @@ class S3Site(Site):
     out with :func:`~hyperslab.storage.site.probe_cas` the first time
     :attr:`supports_cas` is read. ``options``: s3fs-style settings (``retries``,
     ``config_kwargs`` timeouts; for botocore also ``client_kwargs`` ...); credentials
-    are refused there.
+    are refused there. ``client``: the transport by name (``wire``, ``obstore``,
+    ``botocore``), over ``HYPERSLAB_S3_CLIENT``.
     """
 
     def __init__(
@@ -85,6 +86,7 @@ class S3Site(Site):
         options: dict[str, Any] | None = None,
         cas: bool | None = None,
         max_concurrency: int = 16,
+        client: str | None = None,
     ) -> None:
         if not _BUCKET.match(bucket):
             raise BadInputError(f"bad S3 bucket name {bucket!r}")
@@ -106,7 +108,7 @@ class S3Site(Site):
             )
         settings = TransportSettings(bucket, endpoint_url, region, profile, anon)
         try:
-            self.transport: Transport = choose_transport(settings, kwargs)
+            self.transport: Transport = choose_transport(settings, kwargs, client)
         except HyperslabError:
             raise
         except (TypeError, ValueError) as exc:
