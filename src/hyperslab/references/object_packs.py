@@ -39,19 +39,21 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from hyperslab.errors import CorruptError, FormatVersionError
+from hyperslab.errors import CorruptError, FormatVersionError, NotFoundError
 from hyperslab.references.format import canonical_json, object_id
-from hyperslab.references.keys import is_object_id
+from hyperslab.references.keys import LOCATOR_PREFIX, is_object_id, locator_key, object_pack_key
+from hyperslab.storage import Site
 
 __all__ = [
     "PACK_OBJECT_MAX",
     "PACK_TARGET",
     "Locator",
     "PackSlot",
+    "PackedObjects",
     "Packer",
 ]
 
@@ -181,3 +183,97 @@ class Packer:
             at += len(data)
         self._buf, self._size = [], 0
         return pid, pack, where
+
+
+class PackedObjects:
+    """What one site keeps in packs, as far as this process has looked: the locators
+    read (or written) so far, what they locate, and which leaf each entry, refmap and
+    checksums id was reached through (readers find a packed object through the
+    locator of that leaf). A :class:`~hyperslab.references.repository.Repository`
+    holds one; sync and fsck ask it too."""
+
+    def __init__(self, site: Site, display: str) -> None:
+        self.site = site
+        self.display = display
+        self._leaf_of: dict[str, str] = {}
+        self._locators: dict[str, Locator | None] = {}
+        self._located: dict[str, PackSlot] = {}
+        self._has_locators: bool | None = None
+
+    def location(self, key: str) -> PackSlot | None:
+        """Where object ``key`` is packed, if a locator read so far says so."""
+        return self._located.get(key)
+
+    def locator(self, leaf: str) -> Locator | None:
+        """The locator of entry-tree leaf ``leaf`` at this site (None: there is none,
+        all of its objects are loose). What it locates is remembered for reads."""
+        if leaf in self._locators:
+            return self._locators[leaf]
+        try:
+            loc: Locator | None = Locator.from_bytes(self.site.get(locator_key(leaf)), leaf)
+        except NotFoundError:
+            loc = None
+        self.remember(leaf, loc)
+        return loc
+
+    def remember(self, leaf: str, loc: Locator | None) -> None:
+        """Use ``loc`` as leaf ``leaf``'s locator here (just read or just written)."""
+        self._locators[leaf] = loc
+        if loc is not None:
+            self._located.update(loc.locations())
+
+    def note(self, kind: str, oid: str, doc: Mapping[str, Any]) -> None:
+        """Remember which leaf the ids a parsed object names were reached through, so
+        that a packed object can be found through that leaf's locator."""
+        if kind == "manifest" and doc.get("kind") == "leaf":
+            for value in doc.get("entries", {}).values():
+                eid = value.get("id") if isinstance(value, dict) else None
+                if isinstance(eid, str):
+                    self._leaf_of[eid] = oid
+        elif kind == "entry":
+            leaf = self._leaf_of.get(oid)
+            if leaf is None:
+                return
+            for ref in (doc.get("refmap"), doc.get("checksums")):
+                if isinstance(ref, dict) and isinstance(ref.get("id"), str):
+                    self._leaf_of[ref["id"]] = leaf
+
+    def find(self, key: str, oid: str) -> PackSlot | None:
+        """Where ``key`` is packed, from the locator of the leaf ``oid`` was reached
+        through (None: not packed there, or not reached through a leaf)."""
+        leaf = self._leaf_of.get(oid)
+        if leaf is None:
+            return None
+        self.locator(leaf)
+        return self._located.get(key)
+
+    def read(self, kind: str, oid: str, where: PackSlot) -> bytes:
+        """The packed bytes of object ``oid`` (the caller checks them against the id)."""
+        pack, offset, length = where
+        try:
+            return self.site.get_range(object_pack_key(pack), offset, length)
+        except NotFoundError:
+            raise NotFoundError(
+                f"{kind} {oid} is in pack {pack[:12]}…, which is missing from {self.display}",
+                key=object_pack_key(pack),
+                object=oid,
+            ) from None
+
+    def carried_locator(self, leaf: str, doc: Mapping[str, Any]) -> Locator | None:
+        """A new leaf's locator, from the locators of the leaves its entries were read
+        from (entries this writer adds are loose: they need none). Only at a site that
+        has locators at all: elsewhere every object is loose."""
+        if self._has_locators is None:
+            self._has_locators = next(iter(self.site.list(LOCATOR_PREFIX)), None) is not None
+        if not self._has_locators:
+            return None
+        entries = {}
+        for value in doc.get("entries", {}).values():
+            eid = value.get("id")
+            came_from = self._leaf_of.get(eid)
+            if came_from is None or came_from == leaf:
+                continue
+            old = self.locator(came_from)
+            if old is not None and eid in old.entries:
+                entries[eid] = old.entries[eid]
+        return Locator(leaf, entries) if entries else None

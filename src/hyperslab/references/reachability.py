@@ -123,7 +123,7 @@ def _walk_locators(repo: Repository, r: Reachable, bad: Problem) -> None:
     packed) and the object packs they name."""
     for leaf in sorted(r.leaves):
         try:
-            loc = repo.locator(leaf)
+            loc = repo.packs.locator(leaf)
         except HyperslabError as exc:
             bad("locator", leaf, exc)
             continue

@@ -48,7 +48,6 @@ from hyperslab.references.format import (
 )
 from hyperslab.references.keys import (
     KIND_OF_DIR,
-    LOCATOR_PREFIX,
     REPO_KEY,
     Kind,
     catalog_key,
@@ -56,10 +55,9 @@ from hyperslab.references.keys import (
     kind_dir,
     locator_key,
     object_key,
-    object_pack_key,
     split_object_key,
 )
-from hyperslab.references.object_packs import Locator, PackSlot
+from hyperslab.references.object_packs import PackedObjects
 from hyperslab.references.refs import Refs
 from hyperslab.references.tree import EntryTree
 from hyperslab.storage import Site, open_site
@@ -228,12 +226,8 @@ class Repository:
         self._writes = threading.local()  # per thread: the PUTs of a commit in flight
         self._pool: ThreadPoolExecutor | None = None
         self._pool_lock = threading.Lock()
-        # packed objects (references/object_packs.py): the leaf each entry, refmap and
-        # checksums id was reached through, the locators read, and what they locate
-        self._leaf_of: dict[str, str] = {}
-        self._locators: dict[str, Locator | None] = {}
-        self._located: dict[str, PackSlot] = {}
-        self._has_locators: bool | None = None
+        #: objects this site keeps in packs (sync destinations): references/object_packs.py
+        self.packs = PackedObjects(site, display)
 
     # ------------------------------------------------------------- open/init
     @staticmethod
@@ -420,12 +414,12 @@ class Repository:
     def get_object(self, kind: Kind, oid: str, ext: str = ".json") -> bytes:
         """The bytes of object ``oid``, loose or packed, checked against its id."""
         key = object_key(kind, oid, ext)
-        where = self._located.get(key)
+        where = self.packs.location(key)
         if where is None:
             try:
                 data = self.site.get(key)
             except NotFoundError:
-                where = self._find_packed(key, oid)
+                where = self.packs.find(key, oid)
                 if where is None:
                     raise NotFoundError(
                         f"{kind} {oid} is missing from {self.display} ({key})",
@@ -433,7 +427,7 @@ class Repository:
                         object=oid,
                     ) from None
         if where is not None:
-            data = self._read_packed(kind, oid, where)
+            data = self.packs.read(kind, oid, where)
         self.check_object(key, object_id(data))
         return data
 
@@ -441,84 +435,6 @@ class Repository:
         """:meth:`get_object` by object key ``folder/<id><ext>``."""
         folder, oid, ext = split_object_key(key)
         return self.get_object(KIND_OF_DIR[folder], oid, ext)
-
-    # ------------------------------------------------------------- packed objects
-    def _find_packed(self, key: str, oid: str) -> PackSlot | None:
-        """Where ``key`` is packed, from the locator of the leaf ``oid`` was reached
-        through (None: not packed there, or not reached through a leaf)."""
-        leaf = self._leaf_of.get(oid)
-        if leaf is None:
-            return None
-        self.locator(leaf)
-        return self._located.get(key)
-
-    def _read_packed(self, kind: str, oid: str, where: PackSlot) -> bytes:
-        pack, offset, length = where
-        try:
-            return self.site.get_range(object_pack_key(pack), offset, length)
-        except NotFoundError:
-            raise NotFoundError(
-                f"{kind} {oid} is in pack {pack[:12]}…, which is missing from {self.display}",
-                key=object_pack_key(pack),
-                object=oid,
-            ) from None
-
-    def packed_location(self, key: str) -> PackSlot | None:
-        """Where object ``key`` is packed, if a locator read so far says so."""
-        return self._located.get(key)
-
-    def locator(self, leaf: str) -> Locator | None:
-        """The locator of entry-tree leaf ``leaf`` at this site (None: there is none,
-        all of its objects are loose). What it locates is remembered for reads."""
-        if leaf in self._locators:
-            return self._locators[leaf]
-        try:
-            loc: Locator | None = Locator.from_bytes(self.site.get(locator_key(leaf)), leaf)
-        except NotFoundError:
-            loc = None
-        self.remember_locator(leaf, loc)
-        return loc
-
-    def remember_locator(self, leaf: str, loc: Locator | None) -> None:
-        """Use ``loc`` as leaf ``leaf``'s locator here (just read or just written)."""
-        self._locators[leaf] = loc
-        if loc is not None:
-            self._located.update(loc.locations())
-
-    def note(self, kind: str, oid: str, doc: Mapping[str, Any]) -> None:
-        """Remember which leaf the ids a parsed object names were reached through, so
-        that a packed object can be found through that leaf's locator."""
-        if kind == "manifest" and doc.get("kind") == "leaf":
-            for value in doc.get("entries", {}).values():
-                eid = value.get("id") if isinstance(value, dict) else None
-                if isinstance(eid, str):
-                    self._leaf_of[eid] = oid
-        elif kind == "entry":
-            leaf = self._leaf_of.get(oid)
-            if leaf is None:
-                return
-            for ref in (doc.get("refmap"), doc.get("checksums")):
-                if isinstance(ref, dict) and isinstance(ref.get("id"), str):
-                    self._leaf_of[ref["id"]] = leaf
-
-    def _carried_locator(self, leaf: str, doc: Mapping[str, Any]) -> Locator | None:
-        """A new leaf's locator, from the locators of the leaves its entries were read
-        from (entries this writer adds are loose: they need none). Only at a site that
-        has locators at all: elsewhere every object is loose."""
-        if self._has_locators is None:
-            self._has_locators = next(iter(self.site.list(LOCATOR_PREFIX)), None) is not None
-        if not self._has_locators:
-            return None
-        entries = {}
-        for value in doc.get("entries", {}).values():
-            eid = value.get("id")
-            came_from = self._leaf_of.get(eid)
-            if came_from is None or came_from == leaf:
-                continue
-            old = self.locator(came_from)
-            if old is not None and eid in old.entries:
-                entries[eid] = old.entries[eid]
-        return Locator(leaf, entries) if entries else None
 
     def check_object(self, key: str, digest: str) -> None:
         """CorruptError unless content-addressed object ``key`` (``kind/<id>.ext``) read
@@ -544,7 +460,7 @@ class Repository:
         """An object's bytes and parsed document (not cached; see :meth:`read_json`)."""
         data = self.get_object(kind, oid)
         doc = parse_object(data, kind, f"{kind} {oid}")
-        self.note(kind, oid, doc)
+        self.packs.note(kind, oid, doc)
         return data, doc
 
     def write_json(self, kind: Kind, doc: dict[str, Any]) -> str:
@@ -575,10 +491,10 @@ class Repository:
         stored = json.loads(data)  # what readers will see (tuples are lists, etc.)
         if self._should_put(key, data):
             self._put(catalog_key(oid), self._catalog_for(oid, stored, base).to_bytes())
-            loc = self._carried_locator(oid, stored)
+            loc = self.packs.carried_locator(oid, stored)
             if loc is not None:  # where this site packed the entries it keeps
                 self._put(locator_key(oid), loc.to_bytes())
-                self.remember_locator(oid, loc)
+                self.packs.remember(oid, loc)
             self._put(key, data)
         self._cache.put(f"manifest:{oid}", stored)
         return oid

@@ -77,18 +77,18 @@ class Packing:
         out = []
         for leaf, (base, eids) in walker.leaves.items():
             # read (and remembered) before the copy by read_locators
-            have = None if self.fresh else dst.locator(leaf)
+            have = None if self.fresh else dst.packs.locator(leaf)
             if have is not None:  # a killed sync wrote it (after the packs it names)
                 built[leaf] = have
                 continue
             base_loc = built.get(base) if base in built else (
-                None if self.fresh or base is None else dst.locator(base)
+                None if self.fresh or base is None else dst.packs.locator(base)
             )  # fmt: skip
             entries: dict[str, dict[str, PackSlot]] = {}
             for eid in eids:
                 objs = dict(base_loc.entries.get(eid, {})) if base_loc else {}
                 for key in walker.entry_keys.get(eid, ()):
-                    where = self.packed.get(key) or dst.packed_location(key)
+                    where = self.packed.get(key) or dst.packs.location(key)
                     if where is not None:
                         objs[key] = where
                 if objs:
@@ -117,7 +117,7 @@ def write_locators(dst: Repository, packing: Packing, report: SyncReport, jobs: 
             report.failures.append({"key": locator_key(loc.leaf), "kind": "locator",
                                     "error": exc.message, "code": exc.code})  # fmt: skip
             return
-        dst.remember_locator(loc.leaf, loc)
+        dst.packs.remember(loc.leaf, loc)
         report.locators += 1
 
     if todo:

@@ -37,7 +37,7 @@ def missing_at(dst: Repository, objs: list[CopyItem], fresh: bool, jobs: int) ->
     them: those are rewritten, which refreshes their age)."""
     packs = [o for o in objs if o.kind == "pack"]  # known missing: their index was absent
     # held in an object pack that a locator read by read_locators names
-    rest = [o for o in objs if o.kind != "pack" and dst.packed_location(o.key) is None]
+    rest = [o for o in objs if o.kind != "pack" and dst.packs.location(o.key) is None]
     by_prefix: dict[str, list[CopyItem]] = {}
     for o in rest:
         by_prefix.setdefault(o.key.split("/", 1)[0] + "/", []).append(o)
@@ -71,10 +71,10 @@ def read_locators(dst: Repository, leaves: Iterable[str], jobs: int) -> None:
 
     def read(leaf: str) -> None:
         try:
-            dst.locator(leaf)
+            dst.packs.locator(leaf)
         except CorruptError as exc:
             log.warning("sync: %s; writing it again", exc.message)
-            dst.remember_locator(leaf, None)
+            dst.packs.remember(leaf, None)
 
     todo = list(leaves)
     if todo:
@@ -87,7 +87,7 @@ def planned_bytes(src: Repository, objs: list[CopyItem], jobs: int) -> int | Non
     unknown = [o for o in objs if o.size is None and o.data is None and o.make is None]
 
     def size(o: CopyItem) -> int | None:
-        where = src.packed_location(o.key)
+        where = src.packs.location(o.key)
         if where is not None:
             return where[2]
         try:

@@ -139,7 +139,7 @@ def copy_all(
     streams = loop is not None and src.site.supports_streaming and dst.site.supports_streaming
 
     def on_loop(o: CopyItem) -> bool:
-        if o.make is not None or (o.packer is None and src.packed_location(o.key)):
+        if o.make is not None or (o.packer is None and src.packs.location(o.key)):
             return False  # built, or read out of a source pack through the repository
         size = o.size or 0
         return size <= LOOP_COPY_MAX or (streams and size <= STREAM_COPY_MAX)
@@ -227,7 +227,7 @@ async def _aread_checked(src: Repository, o: CopyItem) -> bytes:
     """Object ``o``'s bytes from the source, checked against its id (or, for a source
     file, its recorded size and sha256)."""
 
-    if src.packed_location(o.key) is not None:
+    if src.packs.location(o.key) is not None:
         return await asyncio.to_thread(src.get_key, o.key)
     data = await src.site.aget(o.key)
     # hashing a large object would stall every other request on the loop
