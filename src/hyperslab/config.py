@@ -20,9 +20,9 @@ Example::
     region = "us-east-1"                 # optional
     profile = "beamline"                 # optional AWS profile
     anon = false                         # optional unsigned requests
-    [sites.beamline.options]             # optional: retries and timeouts for hyperslab's
-    retries = 5                          # S3 client; any other s3fs.S3FileSystem argument
-    config_kwargs = { connect_timeout = 3 }  # makes the site use s3fs/botocore instead
+    [sites.beamline.options]             # optional: retries and timeouts (every S3
+    retries = 5                          # client); s3fs-style botocore settings
+    config_kwargs = { connect_timeout = 3 }  # (client_kwargs ...) make the site use botocore
 
 Environment overrides (applied after the file): ``HYPERSLAB_CACHE_DIR``,
 ``HYPERSLAB_CACHE_SIZE``, ``HYPERSLAB_CACHE_MEMORY``, ``HYPERSLAB_PREFERENCE`` (comma list) and, per site,

@@ -1,8 +1,10 @@
-"""Reading repository entries: read-only Zarr stores over snapshots, routing, caching,
-and xarray datasets with NeXus semantics.
+"""The reading faces: a read-only Zarr store over one pinned entry (:mod:`.store`),
+NumPy-style arrays without zarr's pipeline (:mod:`.array`), xarray datasets with NeXus
+semantics (:mod:`.dataset`) and plain kerchunk exports (:mod:`.export`).
 
-``open_store`` (:mod:`.store`) and ``open_dataset`` (:mod:`.dataset`) are imported on
-first use, so that importing this package (e.g. for :mod:`.cache`) stays cheap.
+Routing, checksums, caches, decoding and statistics are the reading layer's
+(:mod:`hyperslab.reading`), which sync uses too. ``open_store``, ``open_array`` and
+``open_dataset`` are imported on first use, so that importing this package stays cheap.
 """
 
 from __future__ import annotations
