@@ -197,7 +197,7 @@ class _Scripted(http.server.BaseHTTPRequestHandler):
         if n in self.close_after:
             self.close_connection = True
 
-    do_GET = do_PUT = do_HEAD = do_DELETE = _answer
+    do_GET = do_PUT = do_HEAD = do_DELETE = do_POST = _answer
 
     def log_message(self, *args: Any) -> None:
         pass
@@ -469,3 +469,44 @@ class TestS3SiteObstore(test_sites.TestS3Site):
 
     def test_the_client_is_obstore(self, site: Site) -> None:
         assert isinstance(site, S3Site) and site.client == "obstore"
+
+
+def test_multipart_replies_without_the_s3_namespace_are_read(
+    scripted: tuple[str, Any], tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """s3rver answers CreateMultipartUpload and CompleteMultipartUpload without S3's XML
+    namespace; the upload id and the ETag are found all the same."""
+    from hyperslab.storage.s3 import transport
+    from hyperslab.storage.s3.transport import TransportSettings
+    from hyperslab.storage.s3.wire import WireTransport
+
+    monkeypatch.setattr(transport, "MULTIPART_THRESHOLD", 10)
+    monkeypatch.setattr(transport, "PART_SIZE", 8)
+    endpoint, handler = scripted
+    handler.script[:] = [
+        (
+            200,
+            {},
+            b"<InitiateMultipartUploadResult><UploadId>u-1</UploadId>"
+            b"</InitiateMultipartUploadResult>",
+        ),
+        (200, {"ETag": '"p1"'}, b""),
+        (200, {"ETag": '"p2"'}, b""),
+        (
+            200,
+            {},
+            b"<CompleteMultipartUploadResult><ETag>&quot;abc-2&quot;</ETag>"
+            b"</CompleteMultipartUploadResult>",
+        ),
+    ]
+    path = tmp_path / "f.bin"
+    path.write_bytes(b"0123456789abcdef")
+    t = WireTransport(TransportSettings("bkt", endpoint, "us-east-1", anon=True, retries=1))
+    assert t.upload_file("k", path) == '"abc-2"'
+    calls = [(m, p) for m, p, _ in handler.seen]
+    assert calls == [
+        ("POST", "/bkt/k?uploads="),
+        ("PUT", "/bkt/k?partNumber=1&uploadId=u-1"),
+        ("PUT", "/bkt/k?partNumber=2&uploadId=u-1"),
+        ("POST", "/bkt/k?uploadId=u-1"),
+    ]

@@ -609,13 +609,26 @@ class WireTransport(Transport):
 STREAM_BLOCK = 1 << 20
 
 
+def _xml_text(body: bytes, name: str) -> str:
+    """The text of the first element called ``name`` in an S3 reply, whether or not the
+    server puts its elements in S3's namespace (s3rver does not, in multipart replies)."""
+    try:
+        root = ET.fromstring(body)
+    except ET.ParseError:
+        return ""
+    for element in root.iter():
+        if element.tag.rpartition("}")[2] == name:
+            return element.text or ""
+    return ""
+
+
 def _multipart_upload(wire: S3Wire, key: str, path: Path, part_size: int) -> str:
     """Upload ``path`` in parts of ``part_size``: the object appears when the last call
     completes it; any failure aborts the upload, so no parts are left to pay for."""
     from xml.sax.saxutils import escape
 
     created = wire.request("POST", key, query=[("uploads", "")])
-    upload_id = ET.fromstring(created.body).findtext(f"{_S3_NS}UploadId") or ""
+    upload_id = _xml_text(created.body, "UploadId")
     if not upload_id:
         raise S3ErrorReply(created.status, "MalformedReply", "no UploadId in the reply", "POST")
     done: list[tuple[int, str]] = []
@@ -637,7 +650,7 @@ def _multipart_upload(wire: S3Wire, key: str, path: Path, part_size: int) -> str
         fields = _error_fields(completed.body)  # S3 may report a failure with status 200
         if "Code" in fields:
             raise S3ErrorReply(completed.status, fields["Code"], fields.get("Message", ""), "POST")
-        return ET.fromstring(completed.body).findtext(f"{_S3_NS}ETag") or ""
+        return _xml_text(completed.body, "ETag")
     except BaseException:
         with contextlib.suppress(Exception):
             wire.request("DELETE", key, query=[("uploadId", upload_id)])
