@@ -42,7 +42,7 @@ demo: install
 	$(HS) export-refs $(DEMO)/repo run42/scan_0001_gzip --site $(DEMO)/repo -o $(DEMO)/export/scan_0001_gzip.json
 	$(PY) examples/read_slice.py $(DEMO)/export/scan_0001_gzip.json
 
-LINT_PATHS := $(wildcard src tests benchmarks examples infra)
+LINT_PATHS := $(wildcard src tests benchmarks examples infra lint)
 
 lint: install
 	$(VENV)/bin/ruff check $(LINT_PATHS)

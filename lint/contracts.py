@@ -2,14 +2,16 @@
 
 Shared helpers are public and documented where they belong; a leading underscore
 means "this module's own business". import-linter checks modules, not names, so
-this contract reads the source line of every import within the root package (as
-grimp recorded it) and fails on ``from hyperslab.x import _name``. Dunder names
-(``__version__``) are public.
+this contract reads each module of the root package that imports another one, and
+fails on every ``from hyperslab.x import _name`` (one-line or parenthesised, at top
+level or inside a function). Dunder names (``__version__``) are public.
 """
 
 from __future__ import annotations
 
 import ast
+import importlib.util
+from pathlib import Path
 from typing import Any
 
 import grimp
@@ -17,18 +19,36 @@ from importlinter.application import output
 from importlinter.domain.contract import Contract, ContractCheck
 
 
-def private_names(line: str, module: str) -> list[str]:
-    """The ``_private`` names a ``from MODULE import ...`` statement takes."""
-    try:
-        tree = ast.parse(line.strip().rstrip("\\").rstrip("(") + (")" if "(" in line else ""))
-    except SyntaxError:
-        tree = None
-    names: list[str] = []
-    if tree is not None:
-        for node in ast.walk(tree):
-            if isinstance(node, ast.ImportFrom) and node.module == module:
-                names += [a.name for a in node.names]
-    return [n for n in names if n.startswith("_") and not n.startswith("__")]
+def private_imports(source: str) -> list[tuple[int, str, list[str]]]:
+    """``(line, module, [_names])`` of every absolute ``from MODULE import _name`` in
+    ``source``."""
+    out = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names = [a.name for a in node.names]
+            private = [n for n in names if n.startswith("_") and not n.startswith("__")]
+            if private:
+                out.append((node.lineno, node.module, private))
+    return out
+
+
+def _source(root: str, module: str) -> Path | None:
+    """The source file of ``module`` of package ``root``, found without importing it
+    (an import could fail on the very cycle another contract reports)."""
+    if module != root and not module.startswith(root + "."):
+        return None
+    spec = importlib.util.find_spec(root)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    base = Path(next(iter(spec.submodule_search_locations)))
+    parts = module.split(".")[1:]
+    for candidate in (
+        base.joinpath(*parts).with_suffix(".py"),
+        base.joinpath(*parts, "__init__.py"),
+    ):
+        if parts and candidate.is_file():
+            return candidate
+    return base / "__init__.py" if not parts else None
 
 
 class PrivateNamesContract(Contract):
@@ -38,28 +58,21 @@ class PrivateNamesContract(Contract):
         root = self.session_options["root_packages"][0]
         found: list[dict[str, Any]] = []
         for importer in sorted(graph.modules):
-            if not importer.startswith(root):
+            path = _source(root, importer)
+            if path is None:
                 continue
-            for imported in sorted(graph.find_modules_directly_imported_by(importer)):
-                if not imported.startswith(root) or imported == importer:
-                    continue
-                for detail in graph.get_import_details(importer=importer, imported=imported):
-                    names = private_names(detail["line_contents"], imported)
-                    if names:
-                        found.append(
-                            {
-                                "importer": importer,
-                                "imported": imported,
-                                "line_number": detail["line_number"],
-                                "names": names,
-                            }
-                        )
+            source = path.read_text(encoding="utf-8")
+            for line, module, names in private_imports(source):
+                if module.startswith(root) and module != importer:
+                    found.append(
+                        {"importer": importer, "imported": module, "line": line, "names": names}
+                    )
         return ContractCheck(kept=not found, metadata={"found": found})
 
     def render_broken_contract(self, check: ContractCheck) -> None:
         for f in check.metadata["found"]:
             output.print_error(
-                f"{f['importer']} (l. {f['line_number']}) imports {', '.join(f['names'])} "
+                f"{f['importer']} (l. {f['line']}) imports {', '.join(f['names'])} "
                 f"from {f['imported']}: make it public and documented where it belongs, "
                 "or move it",
                 bold=False,
