@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 import threading
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
@@ -60,7 +59,6 @@ if TYPE_CHECKING:
 
 __all__ = ["HyperslabStore", "open_store"]
 
-log = logging.getLogger(__name__)
 
 _READ_ONLY = "store was opened in read-only mode and does not support writing"
 

@@ -34,12 +34,7 @@ from hyperslab.errors import (
     SourceChangedError,
 )
 from hyperslab.references.catalog import entry_catalog
-from hyperslab.references.checksums import (
-    ALGORITHM,
-    Checksums,
-    compute_checksums,
-    pack_checksums,
-)
+from hyperslab.references.checksums import ALGORITHM, Checksums, compute_checksums, pack_checksums
 from hyperslab.references.format import check_entry_name
 from hyperslab.references.keys import (
     REFMAP_EXTENSIONS,

@@ -63,11 +63,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from hyperslab.config import Config, load_config
-from hyperslab.errors import (
-    BadInputError,
-    ConfigError,
-    CorruptError,
-)
+from hyperslab.errors import BadInputError, ConfigError, CorruptError
 from hyperslab.reading.local_db import LocalDatabase, in_transaction, reason
 
 __all__ = [

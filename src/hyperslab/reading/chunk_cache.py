@@ -64,10 +64,7 @@ from typing import Any, TypeVar
 import google_crc32c
 
 from hyperslab.config import Config, load_config, parse_size
-from hyperslab.errors import (
-    CorruptError,
-    HyperslabError,
-)
+from hyperslab.errors import CorruptError, HyperslabError
 from hyperslab.reading.local_db import LocalDatabase, in_transaction
 from hyperslab.reading.local_db import reason as local_reason
 

@@ -23,12 +23,7 @@ from typing import Any, Literal
 import numpy as np
 
 from hyperslab.errors import CorruptError, FormatVersionError
-from hyperslab.references.arrow_columns import (
-    binary_array,
-    binary_rows,
-    primitive_array,
-    validity,
-)
+from hyperslab.references.arrow_columns import binary_array, binary_rows, primitive_array, validity
 from hyperslab.references.kerchunk_json import from_kerchunk, to_kerchunk
 from hyperslab.references.refmap import PARQUET_THRESHOLD, InlineChunks, RefMap, inline_columns
 

@@ -29,14 +29,11 @@ unreachable objects, and re-running it copies only what is still missing.
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Sequence
 from typing import Any
 
-from hyperslab.errors import (
-    BadInputError,
-)
+from hyperslab.errors import BadInputError
 from hyperslab.references.repository import Repository
 from hyperslab.storage import Site
 from hyperslab.sync.hot_copy import plan_hot
@@ -55,8 +52,6 @@ from hyperslab.sync.report import Progress, SyncFailedError, SyncReport
 from hyperslab.sync.transfer import RateLimiter, copy_all
 
 __all__ = ["sync"]
-
-log = logging.getLogger(__name__)
 
 
 def sync(

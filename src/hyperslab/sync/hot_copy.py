@@ -10,7 +10,6 @@ same rules checks one object.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 from datetime import UTC, datetime
 from fnmatch import fnmatchcase
@@ -18,22 +17,15 @@ from typing import Any
 
 from google_crc32c import value as crc32c
 
-from hyperslab.errors import (
-    NotFoundError,
-)
+from hyperslab.errors import NotFoundError
 from hyperslab.references.format import canonical_json, object_id
-from hyperslab.references.keys import (
-    HOT_MARKER_PREFIX,
-    chunk_pack_key,
-)
+from hyperslab.references.keys import HOT_MARKER_PREFIX, chunk_pack_key
 from hyperslab.references.repository import Repository
 from hyperslab.sync.hot_rules import HotChunk, HotRules, select_hot
 from hyperslab.sync.plan import CopyItem
 from hyperslab.sync.report import SyncReport
 
 __all__ = ["plan_hot"]
-
-log = logging.getLogger(__name__)
 
 
 def plan_hot(

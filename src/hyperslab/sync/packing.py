@@ -4,18 +4,11 @@ and the leaf locators written once every pack is verified (references/object_pac
 
 from __future__ import annotations
 
-import logging
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
-from hyperslab.errors import (
-    HyperslabError,
-)
-from hyperslab.references.keys import (
-    KIND_OF_DIR,
-    locator_key,
-    split_object_key,
-)
+from hyperslab.errors import HyperslabError
+from hyperslab.references.keys import KIND_OF_DIR, locator_key, split_object_key
 from hyperslab.references.object_packs import PACK_OBJECT_MAX, Locator, Packer, PackSlot
 from hyperslab.references.repository import Repository
 from hyperslab.sync.plan import CopyItem, Walker
@@ -23,8 +16,6 @@ from hyperslab.sync.presence import read_locators
 from hyperslab.sync.report import SyncReport
 
 __all__ = ["Packing", "pack_counts", "pack_ready", "write_locators"]
-
-log = logging.getLogger(__name__)
 
 
 class Packing:

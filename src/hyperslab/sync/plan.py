@@ -9,27 +9,17 @@ checksums remember the new leaf that reached them (for object packs).
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from hyperslab.errors import (
-    NotFoundError,
-)
-from hyperslab.references.keys import (
-    REFMAP_EXTENSIONS,
-    catalog_key,
-    object_key,
-    source_key,
-)
+from hyperslab.errors import NotFoundError
+from hyperslab.references.keys import REFMAP_EXTENSIONS, catalog_key, object_key, source_key
 from hyperslab.references.object_packs import Packer
 from hyperslab.references.repository import Repository
 
 __all__ = ["CopyItem", "Walker"]
-
-log = logging.getLogger(__name__)
 
 
 @dataclass

@@ -13,11 +13,7 @@ from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 
-from hyperslab.errors import (
-    CorruptError,
-    HyperslabError,
-    NotFoundError,
-)
+from hyperslab.errors import CorruptError, HyperslabError, NotFoundError
 from hyperslab.references.repository import REFRESH_AGE, Repository
 from hyperslab.sync.plan import CopyItem
 

@@ -9,19 +9,13 @@ conflict unless forced. Tags are only created.
 
 from __future__ import annotations
 
-import logging
 from collections import deque
 from collections.abc import Iterator, Sequence, Set
 from itertools import islice
 from typing import Any
 
-from hyperslab.errors import (
-    ConflictError,
-    NotFoundError,
-)
-from hyperslab.references.keys import (
-    REPO_KEY,
-)
+from hyperslab.errors import ConflictError, NotFoundError
+from hyperslab.references.keys import REPO_KEY
 from hyperslab.references.repository import Repository
 from hyperslab.storage import Site
 from hyperslab.sync.report import DivergedError, RefUpdate, RepositoryMismatchError
@@ -36,8 +30,6 @@ __all__ = [
     "plan_refs",
     "reaches",
 ]
-
-log = logging.getLogger(__name__)
 
 
 def check_repositories(src: Repository, dst: Repository) -> bool:

@@ -7,15 +7,11 @@ happens to each ref (create, fast-forward, ahead, diverged, forced).
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from hyperslab.errors import (
-    ConflictError,
-    HyperslabError,
-)
+from hyperslab.errors import ConflictError, HyperslabError
 
 __all__ = [
     "DivergedError",
@@ -27,7 +23,6 @@ __all__ = [
     "describe_plan",
 ]
 
-log = logging.getLogger(__name__)
 
 Progress = Callable[[str, int, int], None]  # (phase, objects done, bytes done)
 

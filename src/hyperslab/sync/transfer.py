@@ -28,15 +28,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from hyperslab.errors import (
-    CorruptError,
-    HyperslabError,
-    NotFoundError,
-)
-from hyperslab.references.keys import (
-    object_pack_key,
-    split_object_key,
-)
+from hyperslab.errors import CorruptError, HyperslabError, NotFoundError
+from hyperslab.references.keys import object_pack_key, split_object_key
 from hyperslab.references.repository import Repository
 from hyperslab.storage import Site
 from hyperslab.sync.packing import Packing, pack_counts, pack_ready, write_locators
