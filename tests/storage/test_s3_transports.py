@@ -510,3 +510,19 @@ def test_multipart_replies_without_the_s3_namespace_are_read(
         ("PUT", "/bkt/k?partNumber=2&uploadId=u-1"),
         ("POST", "/bkt/k?uploadId=u-1"),
     ]
+
+
+@pytest.mark.parametrize("client", ["wire", "botocore", "obstore"])
+def test_no_credentials_is_named_by_every_client(
+    s3_bucket: S3Bucket, monkeypatch: pytest.MonkeyPatch, tmp_path: Any, client: str
+) -> None:
+    from hyperslab.errors import AccessDeniedError
+
+    for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_PROFILE", "AWS_SESSION_TOKEN"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    site = s3_bucket.site("creds", client=client)
+    with pytest.raises(AccessDeniedError, match="no usable AWS credentials"):
+        site.get("k")
+    site.close()

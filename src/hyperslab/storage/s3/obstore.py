@@ -247,6 +247,8 @@ def _failure(exc: BaseException) -> BaseException:
         if status == 404:  # a conditional write of an object that is not there
             return S3ErrorReply(404, code or "NoSuchKey", text.split(":", 1)[0])
         return S3ErrorReply(412, code or "PreconditionFailed", text.split(":", 1)[0])
+    if isinstance(exc, ox.UnauthenticatedError) and "credential provider" in text:
+        return S3NoCredentials("no AWS credentials found")  # our provider found none
     if isinstance(exc, ox.PermissionDeniedError | ox.UnauthenticatedError):
         return S3ErrorReply(status or 403, code or "AccessDenied", text.split(":", 1)[0])
     if status:
