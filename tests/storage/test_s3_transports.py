@@ -526,3 +526,57 @@ def test_no_credentials_is_named_by_every_client(
     with pytest.raises(AccessDeniedError, match="no usable AWS credentials"):
         site.get("k")
     site.close()
+
+
+@pytest.mark.parametrize("client", ["wire", "botocore", "obstore"])
+def test_a_missing_profile_is_access_denied(s3_bucket: S3Bucket, client: str) -> None:
+    from hyperslab.errors import AccessDeniedError
+
+    with pytest.raises(AccessDeniedError):
+        site = s3_bucket.site("p", profile="no-such-profile-here", client=client)
+        site.head("k")
+
+
+@pytest.mark.parametrize("client", ["wire", "botocore", "obstore"])
+def test_uploading_a_missing_local_file_is_not_found(
+    s3_bucket: S3Bucket, tmp_path: Any, client: str
+) -> None:
+    site = s3_bucket.site("up", client=client)
+    with pytest.raises(NotFoundError):
+        site.put_file("sources/x/gone.nxs", tmp_path / "gone.nxs")
+    site.close()
+
+
+def test_a_source_that_breaks_mid_stream_is_transient(s3_bucket: S3Bucket) -> None:
+    """sync's streamed copy: the source connection dies between blocks; the PUT is cut
+    short (no object) and the failure is transient, so a re-run finishes the job."""
+    import aiohttp
+    import fsspec.asyn
+
+    site = s3_bucket.site("stream")
+    assert isinstance(site, S3Site) and site.supports_streaming
+
+    async def blocks() -> Any:
+        yield b"x" * 1024
+        raise aiohttp.ClientPayloadError("connection reset by the source")
+
+    async def copy() -> None:
+        await site.aput_stream("big", 4096, blocks(), "0" * 64, lambda n, d: None)
+
+    with pytest.raises(TransientError):
+        fsspec.asyn.sync(site.io_loop, copy)
+    assert not site.exists("big")
+
+
+def test_a_botocore_site_used_after_close_closes_again(s3_bucket: S3Bucket) -> None:
+    from hyperslab.storage.s3.boto import BotocoreTransport
+
+    site = s3_bucket.site("reuse", client="botocore")
+    site.put("k", b"1")
+    site.close()
+    assert site.get("k") == b"1"  # reopens its client
+    transport = site.transport
+    assert isinstance(transport, BotocoreTransport) and transport._finalizer is not None
+    assert transport._finalizer.alive
+    site.close()
+    assert not transport._finalizer.alive  # the second client was closed too

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
-from hyperslab.storage.s3.transport import S3NoCredentials
+from hyperslab.storage.s3.transport import S3NoCredentials, S3Unreachable
 
 __all__ = ["CredentialSource", "Credentials", "sign_v4", "uri_encode"]
 
@@ -51,17 +51,25 @@ class CredentialSource:
         self._botocore: Any = None
 
     def get(self) -> Credentials | None:
+        """The credentials to sign with now (None: anonymous). Raises S3NoCredentials
+        when the chain has none (a missing profile included), S3Unreachable when a
+        provider could not be asked (a metadata service or SSO endpoint down)."""
         if self.anon:
             return None
         if self._static is not None:
             return self._static
-        if self._botocore is None:
-            with self._lock:
-                if self._static is None and self._botocore is None:
-                    self._resolve()
-            if self._static is not None:
-                return self._static
-        frozen = self._botocore.get_frozen_credentials()  # refreshes before expiry
+        try:
+            if self._botocore is None:
+                with self._lock:
+                    if self._static is None and self._botocore is None:
+                        self._resolve()
+                if self._static is not None:
+                    return self._static
+            frozen = self._botocore.get_frozen_credentials()  # refreshes before expiry
+        except S3NoCredentials:
+            raise
+        except Exception as exc:
+            raise _credential_failure(exc) from exc
         if not frozen.access_key or not frozen.secret_key:
             raise S3NoCredentials("the credential provider returned empty keys")
         return Credentials(frozen.access_key, frozen.secret_key, frozen.token or None)
@@ -79,6 +87,16 @@ class CredentialSource:
         if creds is None:
             raise S3NoCredentials("no AWS credentials found")
         self._botocore = creds
+
+
+def _credential_failure(exc: BaseException) -> Exception:
+    """botocore's credential errors as transport failures: no credentials (a missing
+    profile, partial or absent keys) or no answer (any other provider failure)."""
+    import botocore.exceptions as bx
+
+    if isinstance(exc, bx.NoCredentialsError | bx.PartialCredentialsError | bx.ProfileNotFound):
+        return S3NoCredentials(str(exc))
+    return S3Unreachable(f"credentials: {type(exc).__name__}: {exc}")
 
 
 def uri_encode(text: str, safe: str = "/") -> str:

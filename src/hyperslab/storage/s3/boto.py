@@ -88,11 +88,9 @@ class BotocoreTransport(Transport):
         self._extra = dict(options.get("s3_additional_kwargs") or {})
         if options.get("requester_pays"):
             self._extra["RequestPayer"] = "requester"
-        self._stack = contextlib.AsyncExitStack()
         self._client: Any = None
+        self._finalizer: weakref.finalize[Any, Any] | None = None
         self._run(self._open)  # bad options fail here, not on first use
-        # a site nobody closed still closes its client (and its connections) when collected
-        self._finalizer = weakref.finalize(self, _close_stack, self._stack, self.io_loop)
 
     @property
     def io_loop(self) -> asyncio.AbstractEventLoop:
@@ -123,11 +121,15 @@ class BotocoreTransport(Transport):
             client_kwargs.setdefault("endpoint_url", self.settings.endpoint_url)
         if self._options.get("use_ssl") is not None:
             client_kwargs.setdefault("use_ssl", bool(self._options["use_ssl"]))
+        stack = contextlib.AsyncExitStack()
         try:
             creator = _session(self.settings.profile).create_client(
                 "s3", config=AioConfig(**config), **client_kwargs
             )
-            self._client = await self._stack.enter_async_context(creator)
+            self._client = await stack.enter_async_context(creator)
+            # a site nobody closes still closes its client (and its connections) when
+            # collected; each client opened (again after close()) has its own
+            self._finalizer = weakref.finalize(self, _close_stack, stack, self.io_loop)
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"S3 site options: {exc}") from exc
         except Exception as exc:
@@ -239,7 +241,8 @@ class BotocoreTransport(Transport):
 
     def close(self) -> None:
         self._client = None
-        self._finalizer()
+        if self._finalizer is not None:
+            self._finalizer()
 
 
 def _close_stack(stack: contextlib.AsyncExitStack, loop: asyncio.AbstractEventLoop) -> None:

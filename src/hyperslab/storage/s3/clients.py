@@ -73,8 +73,7 @@ def client_choice(name: str | None = None) -> str:
     """The client ``name`` asks for, else ``HYPERSLAB_S3_CLIENT``, else ``wire``."""
     choice = (name if name is not None else os.environ.get(CLIENT_VAR, "")).strip().lower()
     choice = choice or "wire"
-    if choice == "s3fs":  # its name before botocore was called directly
-        choice = "botocore"
+    choice = {"s3fs": "botocore", "lean": "wire"}.get(choice, choice)  # earlier names
     if choice not in CLIENTS:
         raise ConfigError(
             f"{CLIENT_VAR} must be one of {', '.join(map(repr, CLIENTS))}, not {choice!r}"

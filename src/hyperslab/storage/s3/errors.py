@@ -80,7 +80,31 @@ def site_error(
         )
     if isinstance(exc, S3Unreachable):
         return TransientError(f"{where}: {exc}", key=key, site=url)
+    # what a transport let through: a local file (uploads), or a connection that broke
+    # while a body streamed, named as before transports existed
+    if isinstance(exc, FileNotFoundError):
+        return NotFoundError(f"{where}: {exc.strerror or exc}", key=key, site=url)
+    if isinstance(exc, PermissionError):
+        return AccessDeniedError(f"{where}: access denied ({exc})", key=key, site=url)
+    if isinstance(exc, _no_answer()):
+        return TransientError(f"{where}: {type(exc).__name__}: {exc}", key=key, site=url)
     return HyperslabError(f"{where}: {type(exc).__name__}: {exc}", key=key, site=url)
+
+
+def _no_answer() -> tuple[type[BaseException], ...]:
+    """Exceptions that mean the other side did not answer (or stopped answering): the
+    network's and, if they are loaded, aiohttp's and botocore's."""
+    import http.client
+    import sys
+
+    out: tuple[type[BaseException], ...] = (OSError, TimeoutError, http.client.HTTPException)
+    aiohttp = sys.modules.get("aiohttp")
+    if aiohttp is not None:
+        out += (aiohttp.ClientError,)
+    botocore_exceptions = sys.modules.get("botocore.exceptions")
+    if botocore_exceptions is not None:
+        out += (botocore_exceptions.BotoCoreError,)
+    return out
 
 
 def _reply_error(exc: S3ErrorReply, where: str, key: str, url: str, bucket: str) -> HyperslabError:
