@@ -7,7 +7,7 @@ HS := $(VENV)/bin/hyperslab
 STAMP := $(VENV)/.installed-stamp
 DEMO := demo-data
 
-.PHONY: install demo test lint bench bench-access bench-sync clean
+.PHONY: install demo test lint bench bench-access bench-sync bench-ml clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -59,6 +59,7 @@ bench: install
 	$(PY) benchmarks/commit.py
 	$(MAKE) --no-print-directory bench-access
 	$(MAKE) --no-print-directory bench-sync
+	$(MAKE) --no-print-directory bench-ml
 
 # Range reads on loopback S3 (s3rver, an npm package installed once into the
 # git-ignored benchmarks/.node; needs Node.js and npm). The first run writes a
@@ -76,6 +77,13 @@ bench-access: install
 bench-sync: install
 	$(PY) benchmarks/sync.py install
 	$(PY) benchmarks/sync.py $(SYNC_ARGS)
+
+# One shuffled training epoch over >= 1 GB of frames on loopback s3rver: hyperslab.ml
+# against a naive h5py Dataset, kerchunk + zarr and the decode-bound limit. The first
+# run writes the data into bench-data/ml/. Extra options: make bench-ml ML_ARGS="--workers 4"
+bench-ml: install
+	$(PY) benchmarks/loopback_s3.py install
+	$(PY) benchmarks/ml.py $(ML_ARGS)
 
 clean:
 	rm -rf $(VENV) $(DEMO) bench-data .pytest_cache .mypy_cache .ruff_cache

@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 
 from hyperslab.errors import BadInputError
 
@@ -62,12 +63,12 @@ class SampleGrid:
             )
         return cls(shape, chunks, sample, False, squeeze)
 
-    @property
+    @cached_property
     def patches(self) -> tuple[int, ...]:
         """Samples along each axis after the first."""
         return tuple(n // s for n, s in zip(self.shape[1:], self.sample[1:], strict=True))
 
-    @property
+    @cached_property
     def per_row(self) -> int:
         """Samples in one row of samples (one sample extent along the first axis)."""
         return math.prod(self.patches)
