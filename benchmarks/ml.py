@@ -24,6 +24,10 @@ What runs:
    * ``decode-bound limit``: every chunk read from the local files
      (``read_direct_chunk``) and decoded with hyperslab's decoders on every core, in
      one process: no DataLoader, no network.
+   * ``DataLoader ceiling``: the same DataLoader over an iterable data set that reads
+     nothing (one ready frame yielded as often as the data set has frames): what moving
+     the samples from the workers to the main process costs, the most any loader with
+     these workers can deliver on this machine.
 
 Reported per contender: samples/s and MB/s (decoded), seconds, bytes the server sent ÷
 the compressed size, the child's CPU seconds, and peak RSS of the main process and of
@@ -63,7 +67,13 @@ ROOT = HERE.parent
 BUCKET = "bench"
 ARRAY = "entry/data/data"
 MB = 1e6
-CONTENDERS = ("hyperslab", "h5py, local files", "kerchunk + zarr", "decode-bound limit")
+CONTENDERS = (
+    "hyperslab",
+    "h5py, local files",
+    "kerchunk + zarr",
+    "decode-bound limit",
+    "DataLoader ceiling",
+)
 
 
 # --------------------------------------------------------------------------- data
@@ -211,6 +221,24 @@ class KerchunkFrames:
         return {"refs": self.refs, "counts": self.counts, "endpoint": self.endpoint, "_arrays": {}}
 
 
+class ReadyFrames:
+    """The ceiling: ``n`` copies of one ready frame, shared out over the workers."""
+
+    def __init__(self, n: int, frame: list[int], dtype: str) -> None:
+        self.n, self.frame, self.dtype = n, tuple(frame), dtype
+
+    def __iter__(self) -> Any:
+        import numpy as np
+        import torch
+        from torch.utils.data import get_worker_info
+
+        info = get_worker_info()
+        k, count = (info.id, info.num_workers) if info else (0, 1)
+        ready = torch.from_numpy(np.ones(self.frame, dtype=self.dtype))
+        for _ in range(k * self.n // count, (k + 1) * self.n // count):
+            yield {"data": ready}
+
+
 def decode_limit(files: list[str]) -> tuple[int, int, float]:
     """(frames, their sum, seconds): every chunk read locally and decoded on all cores."""
     from concurrent.futures import ThreadPoolExecutor
@@ -251,9 +279,10 @@ def child(name: str, args: dict[str, Any]) -> None:
 
         ds = ArrayDataset(
             args["repo"], ARRAY, cache=False, seed=0, buffer_chunks=args["buffer"],
-            readahead=args["readahead"], coordinates=False,
+            readahead=args["readahead"], fetch_units=args["fetch_units"], coordinates=False,
         )  # fmt: skip
         out["memory_bound"] = ds.memory_bound()
+        out["fetch_units"] = ds.fetch_units
         out["open_s"] = time.perf_counter() - t0
         n, total, secs = _epoch(ds, args["workers"], args["batch"], None)
     elif name == "h5py, local files":
@@ -261,6 +290,13 @@ def child(name: str, args: dict[str, Any]) -> None:
     elif name == "kerchunk + zarr":
         ds = KerchunkFrames(args["refs"], args["counts"], args["endpoint"])
         n, total, secs = _epoch(ds, args["workers"], args["batch"], True)
+    elif name == "DataLoader ceiling":
+        from torch.utils.data import IterableDataset
+
+        ready = type("Ready", (ReadyFrames, IterableDataset), {})
+        ds = ready(args["frames"], args["frame"], args["dtype"])
+        n, total, secs = _epoch(ds, args["workers"], args["batch"], None)
+        total = -1  # nothing read: no values to check
     else:
         n, total, secs = decode_limit(args["files"])
     out.update(
@@ -362,6 +398,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--buffer", type=int, default=16, help="ArrayDataset buffer_chunks")
     ap.add_argument("--readahead", type=int, default=4, help="ArrayDataset readahead")
+    ap.add_argument(
+        "--fetch-units", type=int, default=None, help="ArrayDataset fetch_units (default: auto)"
+    )
     ap.add_argument("--repeats", type=int, default=1, help="epochs per contender (medians)")
     ap.add_argument("--only", help="comma list of contenders to run")
     ap.add_argument("--dir", type=Path, default=ROOT / "bench-data", help="work directory")
@@ -399,6 +438,7 @@ def main(argv: list[str] | None = None) -> int:
             for f in files:
                 with h5py.File(f, "r") as h:
                     counts.append(h[ARRAY].shape[0])
+                    dtype = h[ARRAY].dtype.str
             toml = tmp / "hyperslab.toml"
             toml.write_text(f'[sites.bench]\nurl = "s3://{BUCKET}"\nendpoint_url = "{proxy.url}"\n')
             env = {**os.environ, "HYPERSLAB_CONFIG": str(toml), "HYPERSLAB_ACCESS_STATS": "0"}
@@ -406,13 +446,16 @@ def main(argv: list[str] | None = None) -> int:
             child_args = {
                 "hyperslab": {
                     **common, "repo": "bench:repo", "buffer": args.buffer,
-                    "readahead": args.readahead,
+                    "readahead": args.readahead, "fetch_units": args.fetch_units,
                 },
                 "h5py, local files": {**common, "files": [str(f) for f in files]},
                 "kerchunk + zarr": {
                     **common, "refs": refs, "counts": counts, "endpoint": proxy.url,
                 },
                 "decode-bound limit": {"files": [str(f) for f in files]},
+                "DataLoader ceiling": {
+                    **common, "frames": frames, "frame": list(frame), "dtype": dtype,
+                },
             }  # fmt: skip
             for r in range(args.repeats):
                 order = names if r % 2 == 0 else names[::-1]
@@ -460,17 +503,21 @@ def report(
             continue
         n = med(name, "samples") or 0
         down = med(name, "bytes_down")
-        ok = med(name, "sum") == truth if truth is not None else None
+        total = med(name, "sum")
+        ok = total == truth if truth is not None and total != -1 else None
         print(
             f"{name:22} {n / secs:9.0f} {n / secs * raw / frames / MB:7.0f} "
             f"{(limit / secs) if limit else float('nan'):7.2f} {secs:8.1f} "
             f"{(down / stored) if down else 0:12.3f} {med(name, 'cpu_s') or 0:6.1f} "
             f"{med(name, 'rss_main_mb') or 0:8.0f} {med(name, 'rss_worker_mb') or 0:10.0f}  "
-            f"{'equal' if ok else 'DIFFER' if ok is not None else '?'}"
+            f"{'equal' if ok else 'DIFFER' if ok is not None else '-'}"
         )
     bound = med("hyperslab", "memory_bound")
     if bound:
-        print(f"hyperslab's documented bound of decoded units per worker: {bound / MB:.0f} MB")
+        print(
+            f"hyperslab: fetch_units {med('hyperslab', 'fetch_units'):.0f}, documented bound "
+            f"of decoded units per worker {bound / MB:.0f} MB"
+        )
 
 
 if __name__ == "__main__":

@@ -3,6 +3,8 @@ whatever the workers and ranks; deterministic orders; faults; bad arguments."""
 
 from __future__ import annotations
 
+import itertools
+import math
 import shutil
 import subprocess
 import sys
@@ -194,6 +196,49 @@ def test_the_order_mixes_units(repo: Any) -> None:
     assert ordered["displacement"] == 0.0
     assert shuffled["displacement"] > 0.05
     assert shuffled["same_unit_neighbours"] < ordered["same_unit_neighbours"]
+
+
+@pytest.mark.parametrize("fetch_units", [1, 3])
+def test_consecutive_units_are_fetched_together(
+    repo: Any, fetch_units: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Runs of ``fetch_units`` units of an entry stay together in the order and are read
+    in one call (one coalesced request); every frame still comes once, equal to h5py's."""
+    from hyperslab.ml.units import UnitReader
+
+    spec, truth = repo
+    calls: list[tuple[int, int, int]] = []
+    real = UnitReader.read_rows
+
+    def counted(self: UnitReader, part: int, a: int, b: int, array: str | None = None) -> Any:
+        if array is None:
+            calls.append((part, a, b))
+        return real(self, part, a, b, array)
+
+    monkeypatch.setattr(UnitReader, "read_rows", counted)
+    # a small window (2 + 3 units), so most runs start as earlier ones are spent
+    ds = ArrayDataset(
+        spec, ARRAY, seed=2, fetch_units=fetch_units, buffer_chunks=2, readahead=0, cache=False
+    )
+    items = [(*_key(it), it["data"].numpy()) for it in ds]
+    _check_all_once(items, truth)
+    units = [math.ceil(n / 2) for n in FRAMES.values()]  # chunks of 2 frames
+    assert len(calls) == sum(math.ceil(u / fetch_units) for u in units)
+    pieces = ds.pieces()
+    for p, q in itertools.pairwise(pieces):  # a run ends only at its last unit
+        run_goes_on = p.unit % fetch_units != fetch_units - 1
+        if run_goes_on and p.unit + 1 < ds.spec.grids[p.part].n_units:
+            assert (q.part, q.unit) == (p.part, p.unit + 1)
+    unit_bytes = 2 * FRAME[0] * FRAME[1] * 2
+    assert ds.memory_bound() == (2 + fetch_units + fetch_units - 1) * unit_bytes
+    with pytest.raises(BadInputError, match="fetch_units must be >= 1"):
+        ArrayDataset(spec, ARRAY, fetch_units=0)
+
+
+def test_fetch_units_default_to_a_request_worth_of_bytes(repo: Any) -> None:
+    spec, _ = repo
+    assert ArrayDataset(spec, ARRAY, buffer_chunks=2).fetch_units == 1  # the buffer decides
+    assert ArrayDataset(spec, ARRAY, buffer_chunks=16).fetch_units == 4  # tiny chunks
 
 
 def test_a_site_that_lost_the_sources_falls_back(repo: Any, tmp_path: Path) -> None:

@@ -63,6 +63,8 @@ __all__ = ["ArrayDataset", "ArraySamples", "ChunkAwareSampler"]
 BUFFER_CHUNKS = 16
 #: units each worker reads ahead of the ones it draws from, by default
 READAHEAD = 4
+#: compressed bytes worth one request: below that, consecutive units are fetched together
+FETCH_BYTES = 1 << 20
 
 
 def _open_spec(
@@ -176,12 +178,13 @@ class _Samples:
             item["data"] = self.transform(item["data"])
         return item
 
-    def memory_bound(self, buffer: int, readahead: int) -> int:
-        """Bytes of decoded units one worker holds at most (``buffer + readahead`` units
-        of the largest unit), besides the batch being collated."""
+    def memory_bound(self, buffer: int, readahead: int, fetch_units: int = 1) -> int:
+        """Bytes of decoded units one worker holds at most (``buffer + readahead +
+        fetch_units - 1`` units of the largest unit: a run fetched together stays until
+        its last unit is spent), besides the batch being collated."""
         itemsize = self.dtype.itemsize
         unit = max(g.unit_nbytes(itemsize) for g in self.spec.grids)
-        return (buffer + readahead) * unit
+        return (buffer + max(readahead, fetch_units) + fetch_units - 1) * unit
 
 
 class ArrayDataset(_Samples, IterableBase):
@@ -193,8 +196,11 @@ class ArrayDataset(_Samples, IterableBase):
     ``sample_shape``: None for frames (slices along the first axis), else the patch shape
     (``ndim`` long, or ``ndim - 1`` for patches of single frames). ``shuffle``, ``seed``:
     the order (the same for the same seed and epoch, :meth:`set_epoch`). ``buffer_chunks``
-    and ``readahead``: decoded units a worker draws from, and reads ahead; memory stays
-    under :meth:`memory_bound`. ``drop_last``, ``rank``, ``world_size``: distributed
+    and ``readahead``: decoded units a worker draws from, and reads ahead (at least
+    ``fetch_units``); memory stays under :meth:`memory_bound`. ``fetch_units``: how many
+    consecutive units of an entry stay together in the shuffled order and are fetched in
+    one request (None: enough for :data:`FETCH_BYTES` compressed, at most a quarter of
+    ``buffer_chunks``; 1: every unit on its own, the best mixing). ``drop_last``, ``rank``, ``world_size``: distributed
     sharding (default: torch.distributed's rank when it is initialised). ``sites``,
     ``cache``, ``memory_cache``, ``config``: as for ``open_store``.
     """
@@ -214,6 +220,7 @@ class ArrayDataset(_Samples, IterableBase):
         seed: int = 0,
         buffer_chunks: int = BUFFER_CHUNKS,
         readahead: int = READAHEAD,
+        fetch_units: int | None = None,
         drop_last: bool = False,
         rank: int | None = None,
         world_size: int | None = None,
@@ -225,8 +232,8 @@ class ArrayDataset(_Samples, IterableBase):
         memory_cache: bool | int = False,
         config: Config | str | None = None,
     ) -> None:
-        if buffer_chunks < 1 or readahead < 0:
-            raise BadInputError("buffer_chunks must be >= 1 and readahead >= 0")
+        if buffer_chunks < 1 or readahead < 0 or (fetch_units is not None and fetch_units < 1):
+            raise BadInputError("buffer_chunks and fetch_units must be >= 1, and readahead >= 0")
         self.spec = _open_spec(
             repo,
             array,
@@ -246,6 +253,11 @@ class ArrayDataset(_Samples, IterableBase):
         self.epoch = 0
         self.buffer_chunks = int(buffer_chunks)
         self.readahead = int(readahead)
+        self.fetch_units = (
+            _auto_fetch_units(self.spec, self.buffer_chunks)
+            if fetch_units is None
+            else int(fetch_units)
+        )
         self.drop_last = drop_last
         self.rank, self.world_size = rank, world_size
         distributed_slot(rank, world_size)  # a bad pair fails now, not in a worker
@@ -280,6 +292,7 @@ class ArrayDataset(_Samples, IterableBase):
             worker=worker,
             workers=workers,
             drop_last=self.drop_last,
+            block=self.fetch_units,
         )
 
     def order(self, worker: int = 0, workers: int = 1) -> Iterator[tuple[int, int, int]]:
@@ -300,7 +313,12 @@ class ArrayDataset(_Samples, IterableBase):
         rank, _ = distributed_slot(self.rank, self.world_size)
         rng = rng_for(self.seed, self.epoch, rank + 1, worker + 1)
         order = draw(pieces, buffer=self.buffer_chunks, shuffle=self.shuffle, rng=rng)
-        ahead = _ReadAhead(self._unit_reader(), pieces, self.buffer_chunks + self.readahead)
+        ahead = _ReadAhead(
+            self._unit_reader(),
+            pieces,
+            self.buffer_chunks + max(self.readahead, self.fetch_units),
+            self.fetch_units,
+        )
         left = [p.size for p in pieces]
         try:
             for i, j in order:
@@ -333,34 +351,83 @@ class ArrayDataset(_Samples, IterableBase):
         out.units_kept = self.buffer_chunks
         return out
 
-    def memory_bound(self, buffer: int | None = None, readahead: int | None = None) -> int:
+    def memory_bound(
+        self,
+        buffer: int | None = None,
+        readahead: int | None = None,
+        fetch_units: int | None = None,
+    ) -> int:
         return super().memory_bound(
             self.buffer_chunks if buffer is None else buffer,
             self.readahead if readahead is None else readahead,
+            self.fetch_units if fetch_units is None else fetch_units,
         )
 
 
-class _ReadAhead:
-    """Decoded units of ``pieces``, read in their order, ``ahead`` at most at a time."""
+def _auto_fetch_units(spec: DataSpec, buffer_chunks: int) -> int:
+    """Consecutive units worth one request (:data:`FETCH_BYTES` compressed), at most a
+    quarter of the buffer so that it still draws from four runs or more."""
+    stored = [
+        p.stored / g.n_units for p, g in zip(spec.parts, spec.grids, strict=True) if g.n_units
+    ]
+    per_unit = min(stored) if stored else 0
+    want = -(-FETCH_BYTES // int(per_unit)) if per_unit >= 1 else 1
+    return max(1, min(want, buffer_chunks // 4))
 
-    def __init__(self, reader: UnitReader, pieces: Sequence[Piece], ahead: int) -> None:
+
+class _ReadAhead:
+    """Decoded units of ``pieces``, read in their order, ``ahead`` at most at a time.
+
+    Pieces that follow each other in the file (the same part, consecutive units) are
+    read together, ``run`` units at most: one ``read_rows`` call, so one coalesced
+    request for their chunks, decoded on all cores."""
+
+    def __init__(
+        self, reader: UnitReader, pieces: Sequence[Piece], ahead: int, run: int = 1
+    ) -> None:
         self.reader = reader
         self.pieces = pieces
         self.ahead = max(1, ahead)
+        self.run = max(1, run)
         self.started = 0
-        self.blocks: dict[int, Future[np.ndarray]] = {}
+        # piece index -> (the read of its run, its rows in that read)
+        self.blocks: dict[int, tuple[Future[np.ndarray], int, int]] = {}
         self.pool = ThreadPoolExecutor(2, thread_name_prefix="hyperslab-ml-read")
 
-    def _start(self, upto: int) -> None:
-        while self.started < min(upto, len(self.pieces)) and len(self.blocks) < self.ahead:
-            p = self.pieces[self.started]
-            self.blocks[self.started] = self.pool.submit(self.reader.read_unit, p.part, p.unit)
-            self.started += 1
+    def _start(self, upto: int, force: bool = False) -> None:
+        """Start reads in order up to piece ``upto``: a run when there is room for all of
+        it (reading it piecemeal would lose the single request), or the next one at once
+        when ``force``d (a piece is wanted now)."""
+        grids = self.reader.spec.grids
+        while self.started < min(upto, len(self.pieces)):
+            first = self.pieces[self.started]
+            n = 1
+            while (
+                n < self.run
+                and self.started + n < len(self.pieces)
+                and self.pieces[self.started + n].part == first.part
+                and self.pieces[self.started + n].unit == first.unit + n
+            ):
+                n += 1
+            if len(self.blocks) + n > self.ahead and not force:
+                return
+            force = False
+            grid = grids[first.part]
+            a0, _ = grid.unit_rows(first.unit)
+            _, b0 = grid.unit_rows(first.unit + n - 1)
+            fut = self.pool.submit(self.reader.read_rows, first.part, a0, b0)
+            for k in range(n):
+                a, b = grid.unit_rows(first.unit + k)
+                self.blocks[self.started + k] = (fut, a - a0, b - a0)
+            self.started += n
 
     def get(self, i: int) -> np.ndarray:
         if i not in self.blocks:
             self._start(i + 1)
-        block = self.blocks[i].result()
+            if i not in self.blocks:
+                self._start(i + 1, force=True)
+        fut, a, b = self.blocks[i]
+        block = fut.result()[a:b]
         self._start(i + self.ahead)
         return block
 
@@ -369,7 +436,7 @@ class _ReadAhead:
         self._start(self.started + 1)
 
     def close(self) -> None:
-        for fut in self.blocks.values():
+        for fut, _, _ in self.blocks.values():
             fut.cancel()
         self.blocks.clear()
         self.pool.shutdown(wait=False, cancel_futures=True)

@@ -4,7 +4,11 @@ A random permutation of samples would read every chunk once per sample it holds.
 an epoch visits each unit (whole chunk rows, see :mod:`.grid`) once:
 
 1. **Units shuffled.** The units of every entry, in a random order (seeded by ``seed``
-   and the epoch number: the same seed and epoch give the same order everywhere).
+   and the epoch number: the same seed and epoch give the same order everywhere). With
+   ``block`` > 1, runs of ``block`` consecutive units of an entry stay together (the
+   runs are shuffled), so a worker fetches a run in one request: fewer, larger requests
+   for chunks much smaller than a request is worth, at the price of mixing neighbours
+   more than across runs (:func:`mixing` measures it).
 2. **Sharded.** The samples of the shuffled units, one after the other, form the
    epoch's stream; each distributed rank takes a contiguous share of it, and each
    DataLoader worker of a rank a contiguous share of that. Shares are in samples, so
@@ -54,15 +58,21 @@ def rng_for(seed: int, *path: int) -> np.random.Generator:
     return np.random.default_rng([int(seed) & 0xFFFFFFFF, *(int(p) & 0xFFFFFFFF for p in path)])
 
 
-def unit_order(grids: Sequence[SampleGrid], *, shuffle: bool, seed: int, epoch: int) -> list[Piece]:
-    """Every unit of every part as a whole piece: shuffled, or in storage order."""
-    units = [
-        Piece(p, u, 0, g.unit_samples(u)) for p, g in enumerate(grids) for u in range(g.n_units)
+def unit_order(
+    grids: Sequence[SampleGrid], *, shuffle: bool, seed: int, epoch: int, block: int = 1
+) -> list[Piece]:
+    """Every unit of every part as a whole piece: shuffled (in runs of ``block``
+    consecutive units of a part, the runs shuffled), or in storage order."""
+    block = max(1, int(block))
+    runs = [
+        [Piece(p, u, 0, g.unit_samples(u)) for u in range(r, min(r + block, g.n_units))]
+        for p, g in enumerate(grids)
+        for r in range(0, g.n_units, block)
     ]
-    if shuffle and units:
-        order = rng_for(seed, epoch, 0).permutation(len(units))
-        units = [units[i] for i in order]
-    return units
+    if shuffle and runs:
+        order = rng_for(seed, epoch, 0).permutation(len(runs))
+        runs = [runs[i] for i in order]
+    return [unit for run in runs for unit in run]
 
 
 def share(pieces: Sequence[Piece], index: int, count: int, *, drop_last: bool) -> list[Piece]:
@@ -96,9 +106,10 @@ def epoch_pieces(
     worker: int = 0,
     workers: int = 1,
     drop_last: bool = False,
+    block: int = 1,
 ) -> list[Piece]:
     """The pieces one worker of one rank reads in an epoch, in reading order."""
-    units = unit_order(grids, shuffle=shuffle, seed=seed, epoch=epoch)
+    units = unit_order(grids, shuffle=shuffle, seed=seed, epoch=epoch, block=block)
     mine = share(units, rank, world_size, drop_last=drop_last)
     return share(mine, worker, workers, drop_last=False)
 

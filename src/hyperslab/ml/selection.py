@@ -31,6 +31,7 @@ class Part:
     shape: tuple[int, ...]
     chunks: tuple[int, ...]
     dtype: str  # NumPy's string form, e.g. "<u4"
+    stored: int = 0  # bytes the array's chunks take where they are stored (compressed)
 
 
 def select_entries(
@@ -108,7 +109,8 @@ def describe_parts(repo: Repository, snapshot: str, names: Sequence[str], array:
                 "its first axis",
                 entry=name,
             )
-        parts.append(Part(name, shape, tuple(int(c) for c in info["chunks"]), dtype.str))
+        chunks = tuple(int(c) for c in info["chunks"])
+        parts.append(Part(name, shape, chunks, dtype.str, int(info.get("bytes") or 0)))
     first = parts[0]
     for p in parts[1:]:
         if p.dtype != first.dtype or p.shape[1:] != first.shape[1:]:
