@@ -33,7 +33,7 @@ FRAME = (16, 24)
 IN_PLACE = ConvertOptions(inline_threshold=0)
 
 
-def _write(path: Path, n: int, base: int) -> np.ndarray:
+def _write(path: Path, n: int, base: int, chunks: tuple[int, ...] = (2, 8, 12)) -> np.ndarray:
     values = (np.arange(n * FRAME[0] * FRAME[1], dtype=np.uint16) + base).reshape(n, *FRAME)
     with h5py.File(path, "w") as f:
         f.attrs["NX_class"] = "NXroot"
@@ -46,9 +46,7 @@ def _write(path: Path, n: int, base: int) -> np.ndarray:
         data.attrs["signal"] = "data"
         data.attrs["axes"] = ["frame_number", ".", "."]
         data.attrs["frame_number_indices"] = 0
-        data.create_dataset(
-            "data", data=values, chunks=(2, 8, 12), compression="gzip", shuffle=True
-        )
+        data.create_dataset("data", data=values, chunks=chunks, compression="gzip", shuffle=True)
         data.create_dataset("frame_number", data=np.arange(n, dtype=np.int32) + 100)
     return values
 
@@ -208,22 +206,30 @@ def test_consecutive_units_are_fetched_together(
 
     spec, truth = repo
     calls: list[tuple[int, int, int]] = []
-    real = UnitReader.read_rows
+    real = UnitReader.read_units
 
-    def counted(self: UnitReader, part: int, a: int, b: int, array: str | None = None) -> Any:
-        if array is None:
-            calls.append((part, a, b))
-        return real(self, part, a, b, array)
+    def counted(self: UnitReader, part: int, first: int, n: int) -> Any:
+        calls.append((part, first, n))
+        return real(self, part, first, n)
 
-    monkeypatch.setattr(UnitReader, "read_rows", counted)
+    monkeypatch.setattr(UnitReader, "read_units", counted)
     # a small window (2 + 3 units), so most runs start as earlier ones are spent
     ds = ArrayDataset(
-        spec, ARRAY, seed=2, fetch_units=fetch_units, buffer_chunks=2, readahead=0, cache=False
+        spec,
+        ARRAY,
+        seed=2,
+        fetch_units=fetch_units,
+        buffer_chunks=2,
+        readahead=0,
+        cache=False,
+        coordinates=False,  # no request but the frames'
     )
     items = [(*_key(it), it["data"].numpy()) for it in ds]
     _check_all_once(items, truth)
     units = [math.ceil(n / 2) for n in FRAMES.values()]  # chunks of 2 frames
     assert len(calls) == sum(math.ceil(u / fetch_units) for u in units)
+    readers = ds._unit_reader()._readers.values()
+    assert sum(r.router.stats.requests for r in readers) == len(calls)  # one request each
     pieces = ds.pieces()
     for p, q in itertools.pairwise(pieces):  # a run ends only at its last unit
         run_goes_on = p.unit % fetch_units != fetch_units - 1
@@ -299,6 +305,30 @@ def test_a_damaged_chunk_with_no_intact_copy_is_a_named_error(tmp_path: Path) ->
         list(ds)
     assert getattr(info.value, "code", "") == "chunk_unavailable"
     assert "checksum" in str(info.value)
+
+
+@pytest.mark.parametrize("memory_cache", [False, True])
+def test_samples_are_writable_and_changing_one_changes_nothing_stored(
+    tmp_path: Path, memory_cache: bool
+) -> None:
+    """One frame per chunk: a unit is handed out without a copy when nothing else holds
+    it; a sample changed in place (a transform that works in place) never changes what a
+    later read returns, with decoded chunks kept in memory or not."""
+    src = tmp_path / "scan.nxs"
+    truth = _write(src, 6, 0, chunks=(1, *FRAME))
+    spec = str(tmp_path / "repo")
+    r = Repository.init(spec)
+    ingest(r, [str(src)], name="one", upload_sources=True, options=IN_PLACE)
+    r.close()
+    ds = ArrayDataset(spec, ARRAY, cache=False, memory_cache=memory_cache, coordinates=False)
+    for _ in range(2):
+        items = []
+        for it in ds:
+            data = it["data"].numpy()
+            assert data.flags.writeable
+            items.append((it["entry"], it["index"], data.copy()))
+            data[...] = 7  # in place, through the tensor's memory
+        _check_all_once(items, {"one": truth})
 
 
 def test_without_torch_items_are_numpy(repo: Any) -> None:

@@ -379,7 +379,7 @@ class _ReadAhead:
     """Decoded units of ``pieces``, read in their order, ``ahead`` at most at a time.
 
     Pieces that follow each other in the file (the same part, consecutive units) are
-    read together, ``run`` units at most: one ``read_rows`` call, so one coalesced
+    read together, ``run`` units at most: one ``read_units`` call, so one coalesced
     request for their chunks, decoded on all cores."""
 
     def __init__(
@@ -390,15 +390,14 @@ class _ReadAhead:
         self.ahead = max(1, ahead)
         self.run = max(1, run)
         self.started = 0
-        # piece index -> (the read of its run, its rows in that read)
-        self.blocks: dict[int, tuple[Future[np.ndarray], int, int]] = {}
+        # piece index -> (the read of its run, its place in the run)
+        self.blocks: dict[int, tuple[Future[list[np.ndarray]], int]] = {}
         self.pool = ThreadPoolExecutor(2, thread_name_prefix="hyperslab-ml-read")
 
     def _start(self, upto: int, force: bool = False) -> None:
         """Start reads in order up to piece ``upto``: a run when there is room for all of
         it (reading it piecemeal would lose the single request), or the next one at once
         when ``force``d (a piece is wanted now)."""
-        grids = self.reader.spec.grids
         while self.started < min(upto, len(self.pieces)):
             first = self.pieces[self.started]
             n = 1
@@ -412,13 +411,9 @@ class _ReadAhead:
             if len(self.blocks) + n > self.ahead and not force:
                 return
             force = False
-            grid = grids[first.part]
-            a0, _ = grid.unit_rows(first.unit)
-            _, b0 = grid.unit_rows(first.unit + n - 1)
-            fut = self.pool.submit(self.reader.read_rows, first.part, a0, b0)
+            fut = self.pool.submit(self.reader.read_units, first.part, first.unit, n)
             for k in range(n):
-                a, b = grid.unit_rows(first.unit + k)
-                self.blocks[self.started + k] = (fut, a - a0, b - a0)
+                self.blocks[self.started + k] = (fut, k)
             self.started += n
 
     def get(self, i: int) -> np.ndarray:
@@ -426,8 +421,8 @@ class _ReadAhead:
             self._start(i + 1)
             if i not in self.blocks:
                 self._start(i + 1, force=True)
-        fut, a, b = self.blocks[i]
-        block = fut.result()[a:b]
+        fut, k = self.blocks[i]
+        block = fut.result()[k]
         self._start(i + self.ahead)
         return block
 
@@ -436,7 +431,7 @@ class _ReadAhead:
         self._start(self.started + 1)
 
     def close(self) -> None:
-        for fut, _, _ in self.blocks.values():
+        for fut, _ in self.blocks.values():
             fut.cancel()
         self.blocks.clear()
         self.pool.shutdown(wait=False, cancel_futures=True)

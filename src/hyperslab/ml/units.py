@@ -136,6 +136,25 @@ class UnitReader:
         """Rows ``[a, b)`` of part ``part``'s array (or of ``array``, another array of the
         same entry), every column, as a native-endian NumPy array (chunks never written
         read as the fill value)."""
+        return self._read(part, [(a, b)], array)[0]
+
+    def read_unit(self, part: int, unit: int) -> np.ndarray:
+        """The decoded rows of one unit (see :mod:`.grid`)."""
+        return self.read_units(part, unit, 1)[0]
+
+    def read_units(self, part: int, first: int, n: int) -> list[np.ndarray]:
+        """Units ``first .. first + n - 1`` of part ``part``, fetched together (one
+        routed batch: one request where their chunks lie next to each other in the file)
+        and decoded on all cores; one block each."""
+        grid = self.spec.grids[part]
+        return self._read(part, [grid.unit_rows(u) for u in range(first, first + n)], None)
+
+    def _read(self, part: int, spans: list[tuple[int, int]], array: str | None) -> list[np.ndarray]:
+        """Rows ``[a, b)`` of each span, every chunk of all of them decoded in one batch.
+
+        A span that is exactly one chunk (every column in it) is that chunk's decoded
+        array, not a copy, unless the reader keeps decoded chunks in memory (then the
+        array is shared and read-only)."""
         reader = self.reader(part)
         path = array or self.spec.array
         zarray = reader.view.refmap.arrays[path].zarray
@@ -146,37 +165,46 @@ class UnitReader:
         stored = np.dtype(zarray["dtype"])
         order = zarray.get("order", "C")
         sep = zarray.get("dimension_separator") or "."
-        grid = [range(-(-n // c)) for n, c in zip(shape[1:], chunks[1:], strict=True)]
+        across = list(np.ndindex(*(-(-n // c) for n, c in zip(shape[1:], chunks[1:], strict=True))))
         coords = [
-            (k, *rest)
-            for k in range(a // chunks[0], -(-b // chunks[0]))
-            for rest in np.ndindex(*(len(g) for g in grid))
+            [(k, *rest) for k in range(a // chunks[0], -(-b // chunks[0])) for rest in across]
+            for a, b in spans
         ]
-        keys = [f"{path}/{sep.join(map(str, c))}" for c in coords]
-        decoded = reader.decoded(keys, decoder)
+        keys = [f"{path}/{sep.join(map(str, c))}" for span in coords for c in span]
+        decoded = iter(reader.decoded(keys, decoder))
         fill = zarray.get("fill_value")
-        out = np.full((b - a, *shape[1:]), 0 if fill is None else fill, dtype=stored)
-        for c, flat in zip(coords, decoded, strict=True):
-            if flat is None:
-                continue  # never written: the fill value is there
-            chunk = flat.view(stored).reshape(chunks, order=order)
-            lo = [ci * n for ci, n in zip(c, chunks, strict=True)]
-            src = []
-            dst = []
-            for d, (start, n, size) in enumerate(zip(lo, chunks, shape, strict=True)):
-                first, last = (a, b) if d == 0 else (0, size)
-                s0, s1 = max(start, first), min(start + n, last)
-                src.append(slice(s0 - start, s1 - start))
-                dst.append(slice(s0 - (a if d == 0 else 0), s1 - (a if d == 0 else 0)))
-            out[tuple(dst)] = chunk[tuple(src)]
-        if not out.dtype.isnative:
-            out = out.astype(out.dtype.newbyteorder("="))
+        out: list[np.ndarray] = []
+        for (a, b), span in zip(spans, coords, strict=True):
+            flats = [next(decoded) for _ in span]
+            single = flats[0] if len(flats) == 1 else None
+            if (
+                single is not None
+                and chunks[1:] == shape[1:]
+                and a % chunks[0] == 0
+                and b - a == chunks[0]
+                and reader.memory is None
+            ):
+                out.append(_own(single.view(stored).reshape(chunks, order=order)))
+                continue
+            if all(f is not None for f in flats):  # every row is written over below
+                block = np.empty((b - a, *shape[1:]), dtype=stored)
+            else:
+                block = np.full((b - a, *shape[1:]), 0 if fill is None else fill, dtype=stored)
+            for c, flat in zip(span, flats, strict=True):
+                if flat is None:
+                    continue  # never written: the fill value is there
+                chunk = flat.view(stored).reshape(chunks, order=order)
+                src, dst = [], []
+                for d, (ci, n, size) in enumerate(zip(c, chunks, shape, strict=True)):
+                    start = ci * n
+                    lo, hi = (a, b) if d == 0 else (0, size)
+                    s0, s1 = max(start, lo), min(start + n, hi)
+                    shift = a if d == 0 else 0
+                    src.append(slice(s0 - start, s1 - start))
+                    dst.append(slice(s0 - shift, s1 - shift))
+                block[tuple(dst)] = chunk[tuple(src)]
+            out.append(_own(block))
         return out
-
-    def read_unit(self, part: int, unit: int) -> np.ndarray:
-        """The decoded rows of one unit (see :mod:`.grid`)."""
-        a, b = self.spec.grids[part].unit_rows(unit)
-        return self.read_rows(part, a, b)
 
     def coordinates(self, part: int) -> dict[str, np.ndarray]:
         """The NeXus axes along the first axis of the array (``AXIS_indices`` = 0, or the
@@ -202,6 +230,18 @@ class UnitReader:
         with self._lock:
             self._coords[part] = out
         return out
+
+
+def _own(block: np.ndarray) -> np.ndarray:
+    """``block`` native-endian and writable (the caller's to change, as torch wants)."""
+    if not block.dtype.isnative:
+        return block.astype(block.dtype.newbyteorder("="))
+    if not block.flags.writeable:
+        try:
+            block.flags.writeable = True  # a fresh decode nobody else holds
+        except ValueError:  # its memory is read-only (bytes): copy
+            return block.copy()
+    return block
 
 
 def _first_axis_names(attrs: dict[str, Any]) -> list[str]:
