@@ -7,7 +7,7 @@ HS := $(VENV)/bin/hyperslab
 STAMP := $(VENV)/.installed-stamp
 DEMO := demo-data
 
-.PHONY: install demo test lint bench bench-access bench-sync bench-ml clean
+.PHONY: install demo test lint bench bench-access bench-sync bench-ml bench-chunk clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -59,6 +59,7 @@ bench: install
 	$(PY) benchmarks/commit.py
 	$(MAKE) --no-print-directory bench-access
 	$(MAKE) --no-print-directory bench-sync
+	$(MAKE) --no-print-directory bench-chunk
 	$(MAKE) --no-print-directory bench-ml
 
 # Range reads on loopback S3 (s3rver, an npm package installed once into the
@@ -84,6 +85,13 @@ bench-sync: install
 bench-ml: install
 	$(PY) benchmarks/loopback_s3.py install
 	$(PY) benchmarks/ml.py $(ML_ARGS)
+
+# One cold chunk (a 1024 x 1024 uint16 gzip frame, array already open) on loopback
+# s3rver: hyperslab against kerchunk + zarr, local h5py and the floor (one range GET
+# plus one inflate). Extra options: make bench-chunk CHUNK_ARGS="--repeats 30"
+bench-chunk: install
+	$(PY) benchmarks/loopback_s3.py install
+	$(PY) benchmarks/chunk.py $(CHUNK_ARGS)
 
 clean:
 	rm -rf $(VENV) $(DEMO) bench-data .pytest_cache .mypy_cache .ruff_cache

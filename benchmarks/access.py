@@ -70,7 +70,9 @@ from loopback_s3 import (
     CountingProxy,
     Counts,
     S3rver,
+    close_reference_store,
     ensure_s3rver,
+    reference_store,
 )
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -343,51 +345,12 @@ def kerchunk_refs(env: Env) -> str:
 
 
 def _reference_store(env: Env, refs_url: str, path: str = "") -> Any:
-    """fsspec reference:// over s3 as a zarr 3 store, rooted at ``path``.
-
-    zarr 3 drives the filesystem from its own event loop, so the remote s3fs must be
-    asynchronous (else: "attached to a different loop"). The refs JSON is read here
-    with a plain s3fs (what ``fo="s3://..."`` would do, with the session closed now).
-    """
-    import fsspec
-    import zarr
-
+    """fsspec reference:// over s3 as a zarr 3 store, rooted at ``path``
+    (:func:`loopback_s3.reference_store`). The refs JSON is read here with a plain s3fs
+    (what ``fo="s3://..."`` would do, with the session closed now)."""
     with s3fs_session(env.proxy_url) as target:
         refs = json.loads(target.cat_file(refs_url))
-    remote = {
-        "endpoint_url": env.proxy_url,
-        "key": KEY,
-        "secret": SECRET,
-        "skip_instance_cache": True,
-        "asynchronous": True,
-    }
-    fs = fsspec.filesystem(
-        "reference",
-        fo=refs,
-        remote_protocol="s3",
-        remote_options=remote,
-        asynchronous=True,
-        skip_instance_cache=True,
-    )
-    # Connect now, on zarr's event loop: the S3 client (botocore loads its service
-    # model, ~0.1-0.3 s) is then part of "open", as for the other readers, not of the
-    # first read.
-    from zarr.core.sync import sync
-
-    sync(fs.fss["s3"].set_session())
-    return zarr.storage.FsspecStore(fs, read_only=True, path=path)
-
-
-def _close_reference_store(store: Any) -> None:
-    """Close the asynchronous s3fs sessions under a reference store on zarr's loop
-    (else aiohttp reports every one as unclosed at exit)."""
-    from zarr.core.sync import sync
-
-    for fs in getattr(store.fs, "fss", {}).values():
-        creator = getattr(fs, "_s3creator", None)
-        if creator is not None and getattr(fs, "asynchronous", False):
-            with contextlib.suppress(Exception):
-                sync(creator.__aexit__(None, None, None))
+    return reference_store(refs, env.proxy_url, path)
 
 
 def kerchunk_xarray(env: Env, refs_url: str) -> Contender:
@@ -413,7 +376,7 @@ def kerchunk_xarray(env: Env, refs_url: str) -> Contender:
 
     def close(h: Any) -> None:
         h[0].close()
-        _close_reference_store(h[2])
+        close_reference_store(h[2])
 
     return Contender(
         "kerchunk refs + fsspec + xarray",
@@ -435,7 +398,7 @@ def kerchunk_zarr(env: Env, refs_url: str) -> Contender:
         "kerchunk refs + fsspec + zarr",
         open_,
         lambda h, sel: h[0][sel.index],
-        lambda h: _close_reference_store(h[1]),
+        lambda h: close_reference_store(h[1]),
         note="refs JSON read from the bucket at open",
     )
 

@@ -350,3 +350,44 @@ if __name__ == "__main__":
             _serve()
     except BenchSetupError as exc:
         sys.exit(f"{Path(__file__).name}: {exc}")
+
+
+def reference_store(refs: dict, endpoint: str, path: str = "") -> object:
+    """kerchunk references ``refs`` (whose URLs point at ``endpoint``) as a read-only
+    zarr 3 store over fsspec's ``reference://`` and an asynchronous s3fs, rooted at
+    ``path``. zarr drives the filesystem from its own event loop, so s3fs must be
+    asynchronous; its session opens now, on that loop (botocore loads its service model,
+    ~0.1-0.3 s), so that it counts as opening, not as the first read."""
+    import fsspec
+    import zarr
+    from zarr.core.sync import sync
+
+    remote = {
+        "endpoint_url": endpoint,
+        "key": KEY,
+        "secret": SECRET,
+        "skip_instance_cache": True,
+        "asynchronous": True,
+    }
+    fs = fsspec.filesystem(
+        "reference",
+        fo=refs,
+        remote_protocol="s3",
+        remote_options=remote,
+        asynchronous=True,
+        skip_instance_cache=True,
+    )
+    sync(fs.fss["s3"].set_session())
+    return zarr.storage.FsspecStore(fs, read_only=True, path=path)
+
+
+def close_reference_store(store: object) -> None:
+    """Close the asynchronous s3fs sessions under a :func:`reference_store` on zarr's
+    loop (else aiohttp reports every one as unclosed at exit)."""
+    from zarr.core.sync import sync
+
+    for fs in getattr(getattr(store, "fs", None), "fss", {}).values():
+        creator = getattr(fs, "_s3creator", None)
+        if creator is not None and getattr(fs, "asynchronous", False):
+            with contextlib.suppress(Exception):
+                sync(creator.__aexit__(None, None, None))

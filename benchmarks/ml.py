@@ -52,12 +52,11 @@ from pathlib import Path
 from typing import Any
 
 from loopback_s3 import (
-    KEY,
-    SECRET,
     BenchSetupError,
     CountingProxy,
     S3rver,
     ensure_s3rver,
+    reference_store,
     use_loopback_credentials,
 )
 from timing import wait_timed
@@ -184,27 +183,9 @@ class KerchunkFrames:
     def _array(self, k: int) -> Any:
         arr = self._arrays.get(k)
         if arr is None:
-            import fsspec
             import zarr
-            from zarr.core.sync import sync
 
-            remote = {
-                "endpoint_url": self.endpoint,
-                "key": KEY,
-                "secret": SECRET,
-                "skip_instance_cache": True,
-                "asynchronous": True,
-            }
-            fs = fsspec.filesystem(
-                "reference",
-                fo=self.refs[k],
-                remote_protocol="s3",
-                remote_options=remote,
-                asynchronous=True,
-                skip_instance_cache=True,
-            )
-            sync(fs.fss["s3"].set_session())
-            store = zarr.storage.FsspecStore(fs, read_only=True, path="")
+            store = reference_store(self.refs[k], self.endpoint)
             arr = self._arrays[k] = zarr.open_array(store, path=ARRAY, mode="r", zarr_format=2)
         return arr
 
