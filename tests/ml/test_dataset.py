@@ -331,6 +331,22 @@ def test_samples_are_writable_and_changing_one_changes_nothing_stored(
         _check_all_once(items, {"one": truth})
 
 
+def test_a_worker_reading_never_imports_pandas(repo: Any) -> None:
+    """Opening an entry and reading units stays off pandas (~40 MB per worker, pulled in
+    by pyarrow.dataset), checksums and chunk tables included."""
+    spec, _ = repo
+    code = (
+        "import sys\n"
+        "from hyperslab.ml import ArrayDataset\n"
+        f"ds = ArrayDataset({spec!r}, {ARRAY!r}, cache=False, as_tensors=False)\n"
+        "n = sum(1 for _ in ds)\n"
+        "print(n, 'pandas' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == [str(sum(FRAMES.values())), "False"]
+
+
 def test_without_torch_items_are_numpy(repo: Any) -> None:
     spec, truth = repo
     code = (

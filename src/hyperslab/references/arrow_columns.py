@@ -23,9 +23,26 @@ __all__ = [
     "int_values",
     "mask_at",
     "primitive_array",
+    "read_parquet_table",
     "string_array",
     "validity",
 ]
+
+
+def read_parquet_table(source: Any, **options: Any) -> Any:
+    """A whole Parquet file (bytes, a path or a file object) as a pyarrow Table.
+
+    Read through ``pq.ParquetFile``: ``pq.read_table`` imports ``pyarrow.dataset`` and
+    with it pandas (about 40 MB in every process that opens a store, an ML data loader
+    worker included). ``options`` are ``ParquetFile``'s (``read_dictionary``,
+    ``page_checksum_verification`` ...)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        source = pa.BufferReader(source)
+    with pq.ParquetFile(source, **options) as pf:
+        return pf.read()
 
 
 def mask_at(n: int, where: np.ndarray) -> np.ndarray:

@@ -29,7 +29,7 @@ import numpy as np
 from google_crc32c import value as crc32c
 
 from hyperslab.errors import CorruptError, FormatVersionError, SourceChangedError
-from hyperslab.references.arrow_columns import int_column, primitive_array
+from hyperslab.references.arrow_columns import int_column, primitive_array, read_parquet_table
 from hyperslab.references.refmap import RefMap
 from hyperslab.references.refmap_objects import ROW_GROUP
 
@@ -125,11 +125,9 @@ def read_checksums_meta(schema_metadata: Mapping[bytes, bytes] | None) -> dict[s
 
 def unpack_checksums(data: bytes) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """``array path → (sorted linear indices, crc32c)``."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
 
     try:
-        table = pq.read_table(pa.BufferReader(data))
+        table = read_parquet_table(data)
     except Exception as exc:
         raise CorruptError(f"chunk checksums are unreadable: {exc}") from None
     paths = read_checksums_meta(table.schema.metadata)["arrays"]

@@ -40,7 +40,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from hyperslab.errors import CorruptError, FormatVersionError, HyperslabError, NotFoundError
-from hyperslab.references.arrow_columns import int_column, primitive_array
+from hyperslab.references.arrow_columns import int_column, primitive_array, read_parquet_table
 from hyperslab.references.format import object_id
 from hyperslab.references.keys import is_object_id, replica_index_key, replica_prefix
 from hyperslab.storage import Site
@@ -110,12 +110,10 @@ class ReplicaIndex:
 
     @classmethod
     def from_bytes(cls, data: bytes, key: str = "") -> ReplicaIndex:
-        import pyarrow as pa
-        import pyarrow.parquet as pq
 
         where = key or "replica index"
         try:
-            table = pq.read_table(pa.BufferReader(data), page_checksum_verification=True)
+            table = read_parquet_table(data, page_checksum_verification=True)
             meta = json.loads((table.schema.metadata or {})[_META])
         except Exception as exc:
             raise CorruptError(f"{where} is unreadable: {exc}", where=where) from None

@@ -23,6 +23,7 @@ from hyperslab.references.arrow_columns import (
     int_values,
     mask_at,
     primitive_array,
+    read_parquet_table,
     string_array,
     validity,
 )
@@ -96,7 +97,6 @@ def write_parquet(
 
 def read_parquet(directory: Path) -> RefMap:
     """Read fsspec's lazy Parquet reference layout (written by hyperslab or kerchunk)."""
-    import pyarrow.parquet as pq
 
     try:
         doc = json.loads((directory / ".zmetadata").read_text())
@@ -116,7 +116,7 @@ def read_parquet(directory: Path) -> RefMap:
             if not f.exists():
                 continue
             try:
-                t = pq.read_table(f, read_dictionary=["path"])
+                t = read_parquet_table(f, read_dictionary=["path"])
                 row = rec * record_size
                 for batch in t.to_batches():
                     r, b = _parquet_rows(

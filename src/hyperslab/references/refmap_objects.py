@@ -23,7 +23,13 @@ from typing import Any, Literal
 import numpy as np
 
 from hyperslab.errors import CorruptError, FormatVersionError
-from hyperslab.references.arrow_columns import binary_array, binary_rows, primitive_array, validity
+from hyperslab.references.arrow_columns import (
+    binary_array,
+    binary_rows,
+    primitive_array,
+    read_parquet_table,
+    validity,
+)
 from hyperslab.references.kerchunk_json import from_kerchunk, to_kerchunk
 from hyperslab.references.refmap import PARQUET_THRESHOLD, InlineChunks, RefMap, inline_columns
 
@@ -143,10 +149,9 @@ def read_object_meta(schema_metadata: dict[bytes, bytes] | None) -> dict[str, An
 
 
 def _decode_parquet(data: bytes) -> RefMap:
-    import pyarrow.parquet as pq
 
     try:
-        table = pq.read_table(io.BytesIO(data))
+        table = read_parquet_table(data)
     except Exception as exc:
         raise CorruptError(f"reference map is not a readable Parquet file: {exc}") from exc
     meta = read_object_meta(table.schema.metadata)
