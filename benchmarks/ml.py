@@ -8,7 +8,9 @@ What runs:
 1. **Data** (cached in ``bench-data/ml/``): ``--entries`` NeXus detector stacks
    (``write_big_detector_file``: ``uint32`` frames of ``--frame`` pixels, one frame per
    chunk, shuffle + gzip), ``--size-mb`` MB of compressed chunks in all.
-2. **Server.** s3rver (npm) on 127.0.0.1 behind a byte-counting proxy. Untimed setup:
+2. **Server.** s3rver (npm) on 127.0.0.1 behind a byte-counting proxy (``--direct``:
+   readers talk to s3rver itself: the proxy's CPU stays off a small machine's cores,
+   and bytes are not counted). Untimed setup:
    the files are uploaded (for kerchunk) and ingested into ``s3://bench/repo`` with
    ``--upload-sources`` (through links removed afterwards, so hyperslab can only read
    from S3).
@@ -357,7 +359,7 @@ def run_child(
     wall, rc, cpu, _rss = wait_timed(proc, t0, timeout=3600, poll=0.05)
     stdout = proc.stdout.read().decode() if proc.stdout else ""
     stderr = proc.stderr.read().decode() if proc.stderr else ""
-    moved = proxy.counts() - before
+    moved = proxy.counts() - before  # nothing when the readers talk to s3rver directly
     line = next((x for x in reversed(stdout.splitlines()) if x.startswith("{")), "")
     if rc != 0 or not line:
         return {"name": name, "error": f"exit {rc}: {stderr.strip()[-800:]}"}
@@ -383,11 +385,20 @@ def main(argv: list[str] | None = None) -> int:
         "--fetch-units", type=int, default=None, help="ArrayDataset fetch_units (default: auto)"
     )
     ap.add_argument("--repeats", type=int, default=1, help="epochs per contender (medians)")
-    ap.add_argument("--only", help="comma list of contenders to run")
+    ap.add_argument(
+        "--direct",
+        action="store_true",
+        help="readers talk to s3rver directly, not through the counting proxy: no proxy "
+        "process taking CPU from the loaders on a small machine, and no byte counts",
+    )
+    ap.add_argument(
+        "--only", help="contenders to run, a comma list of name prefixes (e.g. hyperslab,h5py)"
+    )
     ap.add_argument("--dir", type=Path, default=ROOT / "bench-data", help="work directory")
     args = ap.parse_args(argv)
     frame = tuple(int(x) for x in args.frame.lower().split("x"))
-    names = [c for c in CONTENDERS if not args.only or c in args.only.split(",")]
+    wanted = [w.strip() for w in (args.only or "").split(",") if w.strip()]
+    names = [c for c in CONTENDERS if not wanted or any(c.startswith(w) for w in wanted)]
     try:
         ensure_s3rver()
         use_loopback_credentials()
@@ -421,7 +432,8 @@ def main(argv: list[str] | None = None) -> int:
                     counts.append(h[ARRAY].shape[0])
                     dtype = h[ARRAY].dtype.str
             toml = tmp / "hyperslab.toml"
-            toml.write_text(f'[sites.bench]\nurl = "s3://{BUCKET}"\nendpoint_url = "{proxy.url}"\n')
+            endpoint = server.url if args.direct else proxy.url
+            toml.write_text(f'[sites.bench]\nurl = "s3://{BUCKET}"\nendpoint_url = "{endpoint}"\n')
             env = {**os.environ, "HYPERSLAB_CONFIG": str(toml), "HYPERSLAB_ACCESS_STATS": "0"}
             common = {"workers": args.workers, "batch": args.batch}
             child_args = {
@@ -431,7 +443,7 @@ def main(argv: list[str] | None = None) -> int:
                 },
                 "h5py, local files": {**common, "files": [str(f) for f in files]},
                 "kerchunk + zarr": {
-                    **common, "refs": refs, "counts": counts, "endpoint": proxy.url,
+                    **common, "refs": refs, "counts": counts, "endpoint": endpoint,
                 },
                 "decode-bound limit": {"files": [str(f) for f in files]},
                 "DataLoader ceiling": {
@@ -489,7 +501,7 @@ def report(
         print(
             f"{name:22} {n / secs:9.0f} {n / secs * raw / frames / MB:7.0f} "
             f"{(limit / secs) if limit else float('nan'):7.2f} {secs:8.1f} "
-            f"{(down / stored) if down else 0:12.3f} {med(name, 'cpu_s') or 0:6.1f} "
+            f"{f'{down / stored:.3f}' if down else '-':>12} {med(name, 'cpu_s') or 0:6.1f} "
             f"{med(name, 'rss_main_mb') or 0:8.0f} {med(name, 'rss_worker_mb') or 0:10.0f}  "
             f"{'equal' if ok else 'DIFFER' if ok is not None else '-'}"
         )

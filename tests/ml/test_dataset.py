@@ -196,6 +196,22 @@ def test_the_order_mixes_units(repo: Any) -> None:
     assert shuffled["same_unit_neighbours"] < ordered["same_unit_neighbours"]
 
 
+def test_mixing_counts_near_neighbours_against_a_permutation(repo: Any) -> None:
+    from hyperslab.ml.order import mixing
+
+    emitted = [(0, 0), (0, 1), (0, 5), (0, 6)]
+    m = mixing(emitted, {x: x[1] // 2 for x in emitted}, window=2)
+    assert m["near_neighbours"] == pytest.approx(2 / 3)  # 0-1 and 5-6, not 1-5
+    # a permutation of the four: 2 of the 6 pairs (0-1, 5-6) are near, each both ways
+    assert m["near_neighbours_permutation"] == pytest.approx(4 / 12)
+    assert m["same_unit_neighbours"] == pytest.approx(1 / 3)  # only 0-1 share a unit
+    assert m["same_unit_neighbours_permutation"] == pytest.approx(2 / 12)
+    spec, _ = repo
+    alone = ArrayDataset(spec, ARRAY, seed=0, fetch_units=1).mixing()
+    runs = ArrayDataset(spec, ARRAY, seed=0, fetch_units=4).mixing()
+    assert runs["near_neighbours"] > alone["near_neighbours"]  # what fetching runs costs
+
+
 @pytest.mark.parametrize("fetch_units", [1, 3])
 def test_consecutive_units_are_fetched_together(
     repo: Any, fetch_units: int, monkeypatch: pytest.MonkeyPatch

@@ -332,14 +332,16 @@ class ArrayDataset(_Samples, IterableBase):
 
     def mixing(self) -> dict[str, Any]:
         """How well this epoch's order (all workers of this rank, as one stream) mixes,
-        next to a full random permutation of the same samples (:func:`.order.mixing`)."""
+        next to a full random permutation of the same samples (:func:`.order.mixing`;
+        ``near_neighbours`` counts pairs within one run of ``fetch_units`` units)."""
         emitted: list[tuple[int, int]] = []
         unit_of: dict[tuple[int, int], int] = {}
         for part, unit, j in self.order():
             key = (part, self.spec.grids[part].first_sample(unit) + j)
             emitted.append(key)
             unit_of[key] = hash((part, unit))
-        return mixing(emitted, unit_of)
+        window = max(g.unit_samples(0) for g in self.spec.grids if g.n_units) * self.fetch_units
+        return mixing(emitted, unit_of, window)
 
     def samples(self) -> ArraySamples:
         """The same selection as a map-style data set (indices, ``len``)."""

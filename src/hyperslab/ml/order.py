@@ -30,6 +30,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -153,12 +154,18 @@ def draw(
             del open_[k], left[k]
 
 
-def mixing(emitted: Sequence[tuple[int, int]], unit_of: dict[tuple[int, int], int]) -> dict:
+def mixing(
+    emitted: Sequence[tuple[int, int]], unit_of: dict[tuple[int, int], int], window: int = 0
+) -> dict:
     """How well an emitted order of ``(part, sample)`` mixes, next to a full random
     permutation of the same samples:
 
     * ``same_unit_neighbours``: the share of consecutive samples that come from the same
-      unit (chunk rows); a full permutation's expected share is ``Σ (n_u / N)²``.
+      unit (chunk rows); a full permutation's expected share is
+      ``Σ n_u (n_u - 1) / (N (N - 1))``.
+    * ``near_neighbours`` (with ``window`` > 0): the share of consecutive samples that
+      lie fewer than ``window`` samples apart in the same part (e.g. in the same run of
+      units fetched together), and a full permutation's expected share of such pairs.
     * ``displacement``: the mean distance between a sample's place in storage order and
       in the emitted order, over N; a full permutation's expectation is 1/3.
     """
@@ -167,14 +174,27 @@ def mixing(emitted: Sequence[tuple[int, int]], unit_of: dict[tuple[int, int], in
         return {"samples": n}
     units = [unit_of[x] for x in emitted]
     same = sum(a == b for a, b in itertools.pairwise(units)) / (n - 1)
-    sizes = np.bincount(np.unique(units, return_inverse=True)[1])
-    expected = float(((sizes / n) ** 2).sum())
+    sizes = np.bincount(np.unique(units, return_inverse=True)[1]).astype(np.float64)
+    expected = float((sizes * (sizes - 1)).sum() / (n * (n - 1)))
     natural = {x: i for i, x in enumerate(sorted(emitted))}
     displacement = float(np.mean([abs(natural[x] - i) for i, x in enumerate(emitted)])) / n
-    return {
+    out: dict[str, Any] = {
         "samples": n,
         "same_unit_neighbours": same,
         "same_unit_neighbours_permutation": expected,
-        "displacement": displacement,
-        "displacement_permutation": (n * n - 1) / (3 * n * n),
     }
+    if window > 0:
+        near = sum(
+            a[0] == b[0] and abs(a[1] - b[1]) < window for a, b in itertools.pairwise(emitted)
+        )
+        # ordered pairs of distinct emitted samples of one part fewer than `window` apart
+        close = 0
+        for part in {p for p, _ in emitted}:
+            v = np.sort(np.array([i for p, i in emitted if p == part], dtype=np.int64))
+            ahead = np.searchsorted(v, v + window, side="left") - np.arange(len(v)) - 1
+            close += 2 * int(ahead.sum())
+        out["near_neighbours"] = near / (n - 1)
+        out["near_neighbours_permutation"] = close / (n * (n - 1))
+    out["displacement"] = displacement
+    out["displacement_permutation"] = (n * n - 1) / (3 * n * n)
+    return out
