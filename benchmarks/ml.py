@@ -253,9 +253,24 @@ def decode_limit(files: list[str]) -> tuple[int, int, float]:
     return n, total, time.perf_counter() - t0
 
 
+def _rss_now_mb() -> float:
+    """This process's resident memory now (Linux), else its peak so far."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def child(name: str, args: dict[str, Any]) -> None:
-    """One contender's epoch; prints one JSON line."""
+    """One contender's epoch; prints one JSON line. ``rss_ready_mb``: the process just
+    before its DataLoader forks the workers (what each worker starts with)."""
     out: dict[str, Any] = {"name": name}
+    if name != "decode-bound limit":
+        import torch.utils.data  # noqa: F401  (in every loader's starting memory)
     t0 = time.perf_counter()
     if name == "hyperslab":
         from hyperslab.ml import ArrayDataset
@@ -267,17 +282,22 @@ def child(name: str, args: dict[str, Any]) -> None:
         out["memory_bound"] = ds.memory_bound()
         out["fetch_units"] = ds.fetch_units
         out["open_s"] = time.perf_counter() - t0
+        out["rss_ready_mb"] = _rss_now_mb()
         n, total, secs = _epoch(ds, args["workers"], args["batch"], None)
     elif name == "h5py, local files":
-        n, total, secs = _epoch(H5Frames(args["files"]), args["workers"], args["batch"], True)
+        ds = H5Frames(args["files"])
+        out["rss_ready_mb"] = _rss_now_mb()
+        n, total, secs = _epoch(ds, args["workers"], args["batch"], True)
     elif name == "kerchunk + zarr":
         ds = KerchunkFrames(args["refs"], args["counts"], args["endpoint"])
+        out["rss_ready_mb"] = _rss_now_mb()
         n, total, secs = _epoch(ds, args["workers"], args["batch"], True)
     elif name == "DataLoader ceiling":
         from torch.utils.data import IterableDataset
 
         ready = type("Ready", (ReadyFrames, IterableDataset), {})
         ds = ready(args["frames"], args["frame"], args["dtype"])
+        out["rss_ready_mb"] = _rss_now_mb()
         n, total, secs = _epoch(ds, args["workers"], args["batch"], None)
         total = -1  # nothing read: no values to check
     else:
@@ -483,11 +503,17 @@ def report(
         vals = [r[key] for r in results if r["name"] == name and "error" not in r and key in r]
         return statistics.median(vals) if vals else None
 
+    def grown(name: str) -> str:
+        """How much the largest worker grew over what it started with (MB)."""
+        peak, ready = med(name, "rss_worker_mb"), med(name, "rss_ready_mb")
+        return f"{peak - ready:.0f}" if peak and ready else "-"
+
     truth = med("decode-bound limit", "sum")
     limit = med("decode-bound limit", "epoch_s")
     print(
         f"\n{'contender':22} {'samples/s':>9} {'MB/s':>7} {'x limit':>7} {'epoch s':>8} "
-        f"{'bytes/stored':>12} {'CPU s':>6} {'RSS main':>8} {'RSS worker':>10}  values"
+        f"{'bytes/stored':>12} {'CPU s':>6} {'RSS main':>8} {'RSS worker':>10} "
+        f"{'+ reading':>9}  values"
     )
     for name in names:
         secs = med(name, "epoch_s")
@@ -502,7 +528,8 @@ def report(
             f"{name:22} {n / secs:9.0f} {n / secs * raw / frames / MB:7.0f} "
             f"{(limit / secs) if limit else float('nan'):7.2f} {secs:8.1f} "
             f"{f'{down / stored:.3f}' if down else '-':>12} {med(name, 'cpu_s') or 0:6.1f} "
-            f"{med(name, 'rss_main_mb') or 0:8.0f} {med(name, 'rss_worker_mb') or 0:10.0f}  "
+            f"{med(name, 'rss_main_mb') or 0:8.0f} {med(name, 'rss_worker_mb') or 0:10.0f} "
+            f"{grown(name):>9}  "
             f"{'equal' if ok else 'DIFFER' if ok is not None else '-'}"
         )
     bound = med("hyperslab", "memory_bound")
@@ -511,6 +538,12 @@ def report(
             f"hyperslab: fetch_units {med('hyperslab', 'fetch_units'):.0f}, documented bound "
             f"of decoded units per worker {bound / MB:.0f} MB"
         )
+    print(
+        "RSS worker: the largest DataLoader worker's peak, which counts what it shares with "
+        "the process it forked from; + reading: that peak over the forking process's RSS "
+        "just before the fork (what reading added: buffers, readers, libraries loaded then, "
+        "batches being built)"
+    )
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from hyperslab.ml import ArrayDataset
+from hyperslab.ml import ArrayDataset, to_device
 
 ARRAY = "entry/data/data"
 
@@ -88,18 +88,23 @@ def counts(frames: torch.Tensor) -> torch.Tensor:
     return torch.log1p(x).float()
 
 
-def train(repo: str, entries: str | None, epochs: int, workers: int) -> None:
+def train(repo: str, entries: str | None, epochs: int, workers: int, device: str) -> None:
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    dev = torch.device(device)
     ds = ArrayDataset(repo, ARRAY, entries=entries, buffer_chunks=8, seed=0)
     print(f"{ds}: a worker holds at most {ds.memory_bound() / 1e6:.1f} MB of frames")
-    model = TinyCNN()
+    model = TinyCNN().to(dev)
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     loss_fn = nn.CrossEntropyLoss()
     bright = None  # log-count of the brightest pixel that makes a frame "bright"
     for epoch in range(epochs):
         ds.set_epoch(epoch)  # another chunk-aware shuffle each epoch
         t0, seen, correct, total_loss = time.perf_counter(), 0, 0, 0.0
-        for batch in DataLoader(ds, batch_size=16, num_workers=workers):
-            x = counts(batch["data"]).unsqueeze(1)
+        # pinned batches copy to the GPU while it works on the previous one
+        loader = DataLoader(ds, batch_size=16, num_workers=workers, pin_memory=dev.type == "cuda")
+        for batch in loader:
+            x = counts(to_device(batch, dev)["data"]).unsqueeze(1)
             peak = x.amax(dim=(1, 2, 3))
             if bright is None:
                 bright = float(peak.median())
@@ -125,12 +130,13 @@ def main() -> None:
     ap.add_argument("--entries", help="names or a glob of the entries to train on")
     ap.add_argument("--epochs", type=int, default=4)
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--device", default="auto", help="where the model runs (auto: cuda if any)")
     args = ap.parse_args()
     if args.repo:
-        train(args.repo, args.entries, args.epochs, args.workers)
+        train(args.repo, args.entries, args.epochs, args.workers, args.device)
     else:
         with loopback_repository() as repo:
-            train(repo, args.entries, args.epochs, args.workers)
+            train(repo, args.entries, args.epochs, args.workers, args.device)
 
 
 if __name__ == "__main__":

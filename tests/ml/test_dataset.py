@@ -8,6 +8,7 @@ import math
 import shutil
 import subprocess
 import sys
+import warnings
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ import pytest
 from hyperslab.convert.hdf5 import ConvertOptions
 from hyperslab.convert.ingest import ingest
 from hyperslab.errors import BadInputError, NotFoundError
-from hyperslab.ml import ArrayDataset, ArraySamples, ChunkAwareSampler
+from hyperslab.ml import ArrayDataset, ArraySamples, ChunkAwareSampler, to_device
 from hyperslab.references.repository import Repository
 
 torch = pytest.importorskip("torch")
@@ -363,6 +364,29 @@ def test_a_worker_reading_never_imports_pandas(repo: Any) -> None:
     assert out.stdout.split() == [str(sum(FRAMES.values())), "False"]
 
 
+def test_the_gpu_path_pinned_batches_moved_to_a_device(repo: Any) -> None:
+    """pin_memory=True (pinning needs an accelerator: on a CPU-only machine the DataLoader
+    skips it with a warning) and to_device: every tensor moves, names stay. The "meta"
+    device stands in for a GPU: a real transfer, no values."""
+    spec, truth = repo
+    ds = ArrayDataset(spec, ARRAY, seed=1)
+    items = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "no accelerator is found"
+        loader = DataLoader(ds, batch_size=4, num_workers=2, pin_memory=True)
+        for batch in loader:
+            on_cpu = to_device(batch, "cpu")
+            moved = to_device(batch, "meta")
+            assert (
+                moved["data"].device.type == "meta" and moved["data"].shape == batch["data"].shape
+            )
+            assert moved["frame_number"].device.type == "meta"
+            assert moved["entry"] == batch["entry"]  # names stay names
+            for i in range(len(batch["entry"])):
+                items.append((*_key(on_cpu, i), on_cpu["data"][i].numpy()))
+    _check_all_once(items, truth)
+
+
 def test_without_torch_items_are_numpy(repo: Any) -> None:
     spec, truth = repo
     code = (
@@ -372,6 +396,13 @@ def test_without_torch_items_are_numpy(repo: Any) -> None:
         f"ds = ArrayDataset({spec!r}, {ARRAY!r}, cache=False)\n"
         "items = list(ds)\n"
         "assert all(isinstance(i['data'], np.ndarray) for i in items)\n"
+        "from hyperslab.errors import BadInputError\n"
+        "from hyperslab.ml import to_device\n"
+        "try:\n"
+        "    to_device({}, 'cpu')\n"
+        "    raise SystemExit('to_device without torch did not fail')\n"
+        "except BadInputError as exc:\n"
+        "    assert 'needs PyTorch' in str(exc)\n"
         "print(len(items), sum(int(i['data'].sum()) for i in items))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)

@@ -18,6 +18,7 @@ __all__ = [
     "MapBase",
     "SamplerBase",
     "distributed_slot",
+    "to_device",
     "to_tensor",
     "worker_slot",
 ]
@@ -75,3 +76,21 @@ def to_tensor(x: Any) -> Any:
     if not arr.flags.writeable:
         arr = arr.copy()
     return torch.from_numpy(arr)
+
+
+def to_device(batch: Any, device: Any, *, non_blocking: bool = True) -> Any:
+    """``batch`` (a collated dict, list or tensor) with every tensor moved to ``device``
+    (e.g. ``"cuda"``); entry names and other non-tensors stay as they are. With a
+    DataLoader's ``pin_memory=True`` and ``non_blocking`` the copy overlaps the GPU's
+    work on the previous batch."""
+    if torch is None:
+        from hyperslab.errors import BadInputError
+
+        raise BadInputError("to_device needs PyTorch (pip install hyperslab[ml])")
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=non_blocking)
+    if isinstance(batch, dict):
+        return {k: to_device(v, device, non_blocking=non_blocking) for k, v in batch.items()}
+    if isinstance(batch, (list, tuple)) and any(isinstance(v, torch.Tensor) for v in batch):
+        return type(batch)(to_device(v, device, non_blocking=non_blocking) for v in batch)
+    return batch
