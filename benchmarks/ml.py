@@ -279,7 +279,7 @@ def child(name: str, args: dict[str, Any]) -> None:
             args["repo"], ARRAY, cache=False, seed=0, buffer_chunks=args["buffer"],
             readahead=args["readahead"], fetch_units=args["fetch_units"], coordinates=False,
         )  # fmt: skip
-        out["memory_bound"] = ds.memory_bound()
+        out["memory_bound"] = ds.memory_bound(batch_size=args["batch"])
         out["fetch_units"] = ds.fetch_units
         out["open_s"] = time.perf_counter() - t0
         out["rss_ready_mb"] = _rss_now_mb()

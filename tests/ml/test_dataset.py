@@ -253,9 +253,44 @@ def test_consecutive_units_are_fetched_together(
         if run_goes_on and p.unit + 1 < ds.spec.grids[p.part].n_units:
             assert (q.part, q.unit) == (p.part, p.unit + 1)
     unit_bytes = 2 * FRAME[0] * FRAME[1] * 2
-    assert ds.memory_bound() == (2 + fetch_units + fetch_units - 1) * unit_bytes
+    assert ds.memory_bound() == (2 + fetch_units) * unit_bytes
+    assert ds.memory_bound(batch_size=4) == (2 + fetch_units + 4) * unit_bytes
     with pytest.raises(BadInputError, match="fetch_units must be >= 1"):
         ArrayDataset(spec, ARRAY, fetch_units=0)
+
+
+def test_a_spent_unit_is_dropped_before_the_rest_of_its_run() -> None:
+    """Memory follows the units drawn from, not the runs fetched: a unit is freed as
+    soon as its piece is spent, while the other units of its run are still in use."""
+    import weakref
+
+    from hyperslab.ml.dataset import _ReadAhead
+    from hyperslab.ml.order import Piece
+
+    made: list[weakref.ref[np.ndarray]] = []
+
+    class Units:  # a reader of units 0..7 of one part, each a fresh array
+        def read_units(self, part: int, first: int, n: int) -> list[np.ndarray]:
+            out = [np.full(4, first + k) for k in range(n)]
+            made.extend(weakref.ref(a) for a in out)
+            return out
+
+    pieces = [Piece(0, u, 0, 1) for u in range(8)]
+    ahead = _ReadAhead(Units(), pieces, ahead=8, run=4)  # type: ignore[arg-type]
+    try:
+        assert int(ahead.get(0)[0]) == 0
+        for fut, _ in list(ahead.blocks.values()):
+            fut.result()  # the second run, read ahead in the background
+        assert len(made) == 8  # two runs of four
+        ahead.release(0)
+        assert made[0]() is None  # unit 0 gone ...
+        assert all(r() is not None for r in made[1:])  # ... its run's others kept
+        for i in (2, 1, 3):
+            assert int(ahead.get(i)[0]) == i
+            ahead.release(i)
+        assert all(r() is None for r in made[:4]) and made[4]() is not None
+    finally:
+        ahead.close()
 
 
 def test_fetch_units_default_to_a_request_worth_of_bytes(repo: Any) -> None:

@@ -59,8 +59,10 @@ from hyperslab.references.repository import Repository
 
 __all__ = ["ArrayDataset", "ArraySamples", "ChunkAwareSampler"]
 
-#: decoded units each worker keeps to draw samples from, by default
-BUFFER_CHUNKS = 16
+#: decoded bytes each worker keeps to draw samples from, by default (as units: at least
+#: BUFFER_UNITS[0], at most BUFFER_UNITS[1])
+BUFFER_BYTES = 64 << 20
+BUFFER_UNITS = (16, 256)
 #: units each worker reads ahead of the ones it draws from, by default
 READAHEAD = 4
 #: compressed bytes worth one request: below that, consecutive units are fetched together
@@ -178,13 +180,17 @@ class _Samples:
             item["data"] = self.transform(item["data"])
         return item
 
-    def memory_bound(self, buffer: int, readahead: int, fetch_units: int = 1) -> int:
-        """Bytes of decoded units one worker holds at most (``buffer + readahead +
-        fetch_units - 1`` units of the largest unit: a run fetched together stays until
-        its last unit is spent), besides the batch being collated."""
+    def memory_bound(
+        self, buffer: int, readahead: int, fetch_units: int = 1, batch_size: int = 0
+    ) -> int:
+        """Bytes of decoded units one worker holds at most: ``buffer + max(readahead,
+        fetch_units)`` units of the largest unit, and the units that the samples of the
+        batch being built still view (``batch_size`` at most: a sample is a view of its
+        unit until the DataLoader collates it)."""
         itemsize = self.dtype.itemsize
         unit = max(g.unit_nbytes(itemsize) for g in self.spec.grids)
-        return (buffer + max(readahead, fetch_units) + fetch_units - 1) * unit
+        units = sum(g.n_units for g in self.spec.grids)
+        return (buffer + max(readahead, fetch_units) + min(batch_size, units)) * unit
 
 
 class ArrayDataset(_Samples, IterableBase):
@@ -196,12 +202,13 @@ class ArrayDataset(_Samples, IterableBase):
     ``sample_shape``: None for frames (slices along the first axis), else the patch shape
     (``ndim`` long, or ``ndim - 1`` for patches of single frames). ``shuffle``, ``seed``:
     the order (the same for the same seed and epoch, :meth:`set_epoch`). ``buffer_chunks``
-    and ``readahead``: decoded units a worker draws from, and reads ahead (at least
-    ``fetch_units``); memory stays under :meth:`memory_bound`. ``fetch_units``: how many
-    consecutive units of an entry stay together in the shuffled order and are fetched in
-    one request (None: enough for :data:`FETCH_BYTES` compressed, at most a quarter of
-    ``buffer_chunks``; 1: every unit on its own, the best mixing). ``drop_last``, ``rank``, ``world_size``: distributed
-    sharding (default: torch.distributed's rank when it is initialised). ``sites``,
+    and ``readahead``: decoded units a worker draws from (None: as many as fit in
+    :data:`BUFFER_BYTES`, 16 to 256), and reads ahead (at least ``fetch_units``); memory
+    stays under :meth:`memory_bound`. ``fetch_units``: how many consecutive units of an
+    entry stay together in the shuffled order and are fetched in one request (None:
+    enough for :data:`FETCH_BYTES` compressed, at most a quarter of ``buffer_chunks``; 1:
+    every unit on its own, the best mixing). ``drop_last``, ``rank``, ``world_size``:
+    distributed sharding (default: torch.distributed's rank when it is initialised). ``sites``,
     ``cache``, ``memory_cache``, ``config``: as for ``open_store``.
     """
 
@@ -218,7 +225,7 @@ class ArrayDataset(_Samples, IterableBase):
         sample_shape: Sequence[int] | None = None,
         shuffle: bool = True,
         seed: int = 0,
-        buffer_chunks: int = BUFFER_CHUNKS,
+        buffer_chunks: int | None = None,
         readahead: int = READAHEAD,
         fetch_units: int | None = None,
         drop_last: bool = False,
@@ -232,7 +239,7 @@ class ArrayDataset(_Samples, IterableBase):
         memory_cache: bool | int = False,
         config: Config | str | None = None,
     ) -> None:
-        if buffer_chunks < 1 or readahead < 0 or (fetch_units is not None and fetch_units < 1):
+        if any(n is not None and n < 1 for n in (buffer_chunks, fetch_units)) or readahead < 0:
             raise BadInputError("buffer_chunks and fetch_units must be >= 1, and readahead >= 0")
         self.spec = _open_spec(
             repo,
@@ -251,7 +258,11 @@ class ArrayDataset(_Samples, IterableBase):
         self.shuffle = shuffle
         self.seed = int(seed)
         self.epoch = 0
-        self.buffer_chunks = int(buffer_chunks)
+        self.buffer_chunks = (
+            _auto_buffer(self.spec, self.dtype.itemsize)
+            if buffer_chunks is None
+            else int(buffer_chunks)
+        )
         self.readahead = int(readahead)
         self.fetch_units = (
             _auto_fetch_units(self.spec, self.buffer_chunks)
@@ -358,12 +369,21 @@ class ArrayDataset(_Samples, IterableBase):
         buffer: int | None = None,
         readahead: int | None = None,
         fetch_units: int | None = None,
+        batch_size: int = 0,
     ) -> int:
         return super().memory_bound(
             self.buffer_chunks if buffer is None else buffer,
             self.readahead if readahead is None else readahead,
             self.fetch_units if fetch_units is None else fetch_units,
+            batch_size,
         )
+
+
+def _auto_buffer(spec: DataSpec, itemsize: int) -> int:
+    """Units of the largest size that fit in :data:`BUFFER_BYTES` (within BUFFER_UNITS)."""
+    unit = max(g.unit_nbytes(itemsize) for g in spec.grids)
+    lo, hi = BUFFER_UNITS
+    return max(lo, min(hi, BUFFER_BYTES // max(1, unit)))
 
 
 def _auto_fetch_units(spec: DataSpec, buffer_chunks: int) -> int:
@@ -393,7 +413,7 @@ class _ReadAhead:
         self.run = max(1, run)
         self.started = 0
         # piece index -> (the read of its run, its place in the run)
-        self.blocks: dict[int, tuple[Future[list[np.ndarray]], int]] = {}
+        self.blocks: dict[int, tuple[Future[list[np.ndarray | None]], int]] = {}
         self.pool = ThreadPoolExecutor(2, thread_name_prefix="hyperslab-ml-read")
 
     def _start(self, upto: int, force: bool = False) -> None:
@@ -413,10 +433,14 @@ class _ReadAhead:
             if len(self.blocks) + n > self.ahead and not force:
                 return
             force = False
-            fut = self.pool.submit(self.reader.read_units, first.part, first.unit, n)
+            fut = self.pool.submit(self._read_run, first.part, first.unit, n)
             for k in range(n):
                 self.blocks[self.started + k] = (fut, k)
             self.started += n
+
+    def _read_run(self, part: int, first: int, n: int) -> list[np.ndarray | None]:
+        """The run's units, in a list whose slots :meth:`release` empties one by one."""
+        return list(self.reader.read_units(part, first, n))
 
     def get(self, i: int) -> np.ndarray:
         if i not in self.blocks:
@@ -425,11 +449,15 @@ class _ReadAhead:
                 self._start(i + 1, force=True)
         fut, k = self.blocks[i]
         block = fut.result()[k]
+        assert block is not None  # dropped only when its piece is released
         self._start(i + self.ahead)
         return block
 
     def release(self, i: int) -> None:
-        self.blocks.pop(i, None)
+        """Piece ``i`` is spent: its unit goes now, not when the rest of its run does."""
+        held = self.blocks.pop(i, None)
+        if held is not None and held[0].done() and not held[0].exception():
+            held[0].result()[held[1]] = None
         self._start(self.started + 1)
 
     def close(self) -> None:
@@ -511,7 +539,8 @@ class ChunkAwareSampler(SamplerBase):
     The order is :class:`ArrayDataset`'s: units shuffled (``seed``, :meth:`set_epoch`),
     each rank a contiguous share of the sample stream (``drop_last`` as PyTorch's
     ``DistributedSampler``; ``rank``/``world_size`` default to torch.distributed's), and
-    samples drawn at random from ``buffer_chunks`` units at a time. Use it with
+    samples drawn at random from ``buffer_chunks`` units at a time (default: as many as
+    the data set keeps decoded per process, ``samples.units_kept``). Use it with
     ``batch_size`` a few times smaller than a unit's samples times ``buffer_chunks``, so
     a DataLoader worker's batch needs few units.
     """
@@ -522,7 +551,7 @@ class ChunkAwareSampler(SamplerBase):
         *,
         shuffle: bool = True,
         seed: int = 0,
-        buffer_chunks: int = BUFFER_CHUNKS,
+        buffer_chunks: int | None = None,
         drop_last: bool = False,
         rank: int | None = None,
         world_size: int | None = None,
@@ -531,7 +560,9 @@ class ChunkAwareSampler(SamplerBase):
         self.shuffle = shuffle
         self.seed = int(seed)
         self.epoch = 0
-        self.buffer_chunks = int(buffer_chunks)
+        self.buffer_chunks = (
+            int(buffer_chunks) if buffer_chunks is not None else max(1, samples.units_kept)
+        )
         self.drop_last = drop_last
         self.rank, self.world_size = distributed_slot(rank, world_size)
 
