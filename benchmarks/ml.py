@@ -399,7 +399,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--frame", default="512x512", help="frame shape, e.g. 512x512")
     ap.add_argument("--workers", type=int, default=2, help="DataLoader workers")
     ap.add_argument("--batch", type=int, default=32)
-    ap.add_argument("--buffer", type=int, default=16, help="ArrayDataset buffer_chunks")
+    ap.add_argument(
+        "--buffer", type=int, default=None, help="ArrayDataset buffer_chunks (default: auto)"
+    )
     ap.add_argument("--readahead", type=int, default=4, help="ArrayDataset readahead")
     ap.add_argument(
         "--fetch-units", type=int, default=None, help="ArrayDataset fetch_units (default: auto)"
