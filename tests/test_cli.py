@@ -209,3 +209,13 @@ def test_unknown_filter_id(tmp_path: Path) -> None:
     err = json.loads(out)["failed"][0]
     assert err["code"] == "unsupported" and "40000" in err["message"]
     assert not (tmp_path / "b.json").exists()
+
+
+def test_error_messages_print_brackets_as_text(tmp_path: Path) -> None:
+    """A message that quotes the user's input ("[abc]", "[/x]") is text, not rich markup:
+    nothing of it disappears, and nothing raises a markup error."""
+    code, _ = run("init", str(tmp_path / "repo"))
+    assert code == 0
+    res = runner.invoke(app, ["search", str(tmp_path / "repo"), "sample~[/x"])
+    assert res.exit_code == 2
+    assert "'sample~[/x'" in res.stderr and "[abc] or [!abc]" in res.stderr

@@ -44,6 +44,7 @@ __all__ = [
     "UnsafeNameError",
     "UnsupportedFeatureError",
     "VerificationError",
+    "did_you_mean",
     "redact",
 ]
 
@@ -151,3 +152,24 @@ def redact(text: str) -> str:
     text = _URL_USERINFO.sub(r"\1***:***@", text)
     text = _SIGNED_QUERY.sub(r"\1***", text)
     return _SECRET_KV.sub(r"\1***", text)
+
+
+def did_you_mean(word: str, known: Any, *, what: str = "") -> str:
+    """A hint for a message about an unknown ``word``: `` (did you mean 'a', 'b'?)``
+    naming up to three close names from ``known``, else `` (WHAT: a, b, c ...)`` listing
+    some of them (``what`` names them, e.g. ``"branches"``), else ``""``."""
+    import difflib
+
+    names = sorted({str(k) for k in known})
+    if not names:
+        return ""
+    close = difflib.get_close_matches(word, names, n=3, cutoff=0.6)
+    if not close:  # case and prefix slips difflib scores low
+        low = word.lower()
+        close = [n for n in names if n.lower() == low or n.lower().startswith(low)][:3]
+    if close:
+        return " (did you mean " + ", ".join(repr(c) for c in close) + "?)"
+    if not what:
+        return ""
+    shown = ", ".join(names[:8]) + (f" ... {len(names)} in all" if len(names) > 8 else "")
+    return f" ({what}: {shown})"

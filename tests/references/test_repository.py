@@ -7,6 +7,7 @@ backends), so the whole class runs three times.
 from __future__ import annotations
 
 import json
+import re
 import threading
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -210,6 +211,18 @@ def test_branches_and_tags(new_repo_site: SiteFactory) -> None:
     assert list(repo.branches()) == ["main"]
     with pytest.raises(NotFoundError):
         repo.commit({"c": _value(repo, "c", 1)}, message="c", branch="gone")
+    # misspelled refs and entries name the close ones
+    with pytest.raises(NotFoundError, match=r"did you mean 'main'\?"):
+        repo.resolve("mian")
+    with pytest.raises(NotFoundError, match=r"did you mean 'v1'\?"):
+        repo.resolve("V1")
+    with pytest.raises(NotFoundError, match=r"branches and tags: main, v1\)"):
+        repo.resolve("zzz")
+    repo.commit({"scan_0042": _value(repo, "scan_0042", 1)}, message="d")
+    with pytest.raises(NotFoundError, match=r"did you mean 'scan_0042'\?"):
+        repo.entry("main", "scan_042")
+    with pytest.raises(NotFoundError, match=r"entries: a, scan_0042\)"):
+        repo.entry("main", "zzz")
 
 
 # ------------------------------------------------------------------ ingest
@@ -286,13 +299,27 @@ def test_search_catalog(new_repo_site: SiteFactory, sample_dir: Path) -> None:
     assert names("-insulin name~scan_000*") == ["scan_0001_gzip", "scan_0003_multi_data_000001"]
     assert names("@creator='hyperslab sample' dark") == ["scan_0003_multi"]
     assert names("start_time>=2026-01-15T20:20") == ["scan_0003_multi"]
-    assert names("nosuchkey=1") == []
     from hyperslab.references.catalog import QuerySyntaxError
 
     with pytest.raises(QuerySyntaxError):
         search(repo, "main", "energy>")
     with pytest.raises(QuerySyntaxError):
         search(repo, "main", 'title~"unterminated')
+    # queries that could only ever match nothing (or, negated, everything) say why
+    for q, why in [
+        ("nosuchkey=1", "no entry of this snapshot records 'nosuchkey'"),
+        ("nosuchkey!=1", "no entry of this snapshot records 'nosuchkey'"),
+        ("enrgy>12", "did you mean 'energy'"),
+        ("energy>abc", "compares numbers or ISO dates"),
+        ("energy>>12", "compares numbers or ISO dates"),
+        ("sample~[", "never closed"),
+        ("sample=Si|[ab", "never closed"),
+        ("@", "needs an attribute name"),
+        ("@creator", "says nothing of it"),
+        ("-", "nothing to look for"),
+    ]:
+        with pytest.raises(QuerySyntaxError, match=re.escape(why)):
+            search(repo, "main", q)
 
 
 def test_search_index_is_derived_checked_and_optional(new_repo_site: SiteFactory) -> None:

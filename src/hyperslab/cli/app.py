@@ -17,6 +17,7 @@ from typing import Annotated, NoReturn
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from hyperslab.errors import HyperslabError, redact
@@ -50,7 +51,10 @@ def fail(exc: HyperslabError, as_json: bool) -> NoReturn:
     if as_json:
         print(json.dumps({"ok": False, "error": exc.to_json()}))
     else:
-        err.print(f"[bold red]error[/] [dim]({exc.code})[/]: {exc.message}", highlight=False)
+        # escaped: a message quoting the user's input ([abc], [/x]) is text, not markup
+        err.print(
+            f"[bold red]error[/] [dim]({exc.code})[/]: {escape(exc.message)}", highlight=False
+        )
     raise typer.Exit(exc.exit_status)
 
 

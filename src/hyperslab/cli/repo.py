@@ -522,7 +522,8 @@ def search(
     query: Annotated[
         str,
         typer.Argument(
-            help="Filter, e.g. 'sample=Si energy>10 title~\"*scan*\"' (see `hyperslab search --help`)."
+            help="Terms that must all hold, e.g. 'sample=Si energy>10 title~\"*scan*\"' "
+            "(the language is described above)."
         ),
     ],
     ref: Annotated[str, typer.Option("--ref", help="Branch, tag or snapshot to search.")] = "main",
@@ -540,7 +541,9 @@ def search(
     either), KEY>N / >= / < / <= (numbers; ISO times as text), KEY~GLOB (e.g.
     title~"*scan*"), KEY!=V, KEY!~GLOB, a bare WORD (any value contains it), -WORD.
     Keys: name, files, title, sample, energy, start_time, end_time, instrument,
-    beamline, detector, signal_shape, ..., and root attributes as @NAME.
+    beamline, detector, signal_shape, ..., and root attributes as @NAME. A key no
+    entry records, > or < with neither a number nor an ISO time, an unclosed [ and a
+    bare - or @ are refused (bad_query, exit 2), with the close keys named.
 
     Example: hyperslab search ./repo 'sample~insulin energy>12 start_time>=2026-01-15'
     """

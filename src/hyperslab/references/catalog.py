@@ -172,6 +172,28 @@ def _has_wildcard(pattern: str) -> bool:
     return any(c in pattern for c in "*?[")
 
 
+def _check_glob(pattern: str, word: str) -> None:
+    """A ``[`` that no ``]`` closes is a mistake, not a literal bracket to look for."""
+    i = 0
+    while (i := pattern.find("[", i)) >= 0:
+        j = i + 1
+        j += pattern[j : j + 1] == "!"
+        j += pattern[j : j + 1] == "]"
+        close = pattern.find("]", j)
+        if close < 0:
+            raise QuerySyntaxError(
+                f"bad query term {word!r}: '[' at {i} is never closed (a set of characters "
+                "is [abc] or [!abc]; a literal bracket is [[])"
+            )
+        i = close + 1
+
+
+#: values ``<``/``>`` compare as text: ISO dates and times (2026-01-31, 2026-01-31T08:00)
+_ISO_TIME = re.compile(
+    r"^\d{4}-\d{2}(-\d{2}([T ]\d{2}(:\d{2}(:\d{2}(\.\d+)?)?)?)?)?([+-]\d{2}:?\d{2}|Z)?$"
+)
+
+
 @dataclass(frozen=True)
 class _Glob:
     """Glob (or, without wildcards, substring) match on ``str(value).lower()``."""
@@ -339,23 +361,50 @@ def parse_query(text: str) -> Query:
         if m is None:
             negate = word.startswith("-") and len(word) > 1
             body = word[1:] if negate else word
+            if not body.strip() or body == "-":
+                raise QuerySyntaxError(
+                    f"bad query term {word!r}: nothing to look for (a leading '-' negates a "
+                    "word: -dark)"
+                )
             if any(body.startswith(op) or body.endswith(op) for op in _OPS):
                 raise QuerySyntaxError(
                     f"bad query term {word!r}: expected KEY OP VALUE with OP one of "
                     + " ".join(_OPS)
                 )
+            if body == "@":
+                raise QuerySyntaxError(
+                    f"bad query term {word!r}: '@' needs an attribute name (@creator~*pilatus*)"
+                )
+            if body.startswith("@"):
+                raise QuerySyntaxError(
+                    f"bad query term {word!r}: {body!r} names a root attribute but says "
+                    f"nothing of it (e.g. {body}~*pilatus*, or {body}!= for entries without it)"
+                )
+            _check_glob(body, word)
             terms.append(Term(None, negate, _Glob(body.lower(), text_only=True), word))
             continue
         key, op, value = m.group("key").lower(), m.group("op"), m.group("value")
         if value == "" and op not in ("=", "!="):
             raise QuerySyntaxError(f"bad query term {word!r}: {op} needs a value")
+        if key == "@":
+            raise QuerySyntaxError(f"bad query term {word!r}: '@' needs an attribute name")
         negate = op.startswith("!")
         spec: Any
         if op in ("=", "!="):
+            for option in value.split("|"):
+                if _has_wildcard(option):
+                    _check_glob(option, word)
             spec = _equals(value)
         elif op in ("~", "!~"):
+            _check_glob(value, word)
             spec = _Glob(value.lower(), text_only=False)
         else:
-            spec = _Compare(op, as_number(value), value.lower())
+            number = as_number(value)
+            if number is None and not _ISO_TIME.match(value):
+                raise QuerySyntaxError(
+                    f"bad query term {word!r}: {op} compares numbers or ISO dates and times "
+                    f"(energy>12, start_time>=2026-01-31), and {value!r} is neither"
+                )
+            spec = _Compare(op, number, value.lower())
         terms.append(Term(key, negate, spec, word))
     return Query(tuple(terms), text)

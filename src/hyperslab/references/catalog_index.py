@@ -246,6 +246,12 @@ class LeafCatalog:
         return True
 
     # ------------------------------------------------------------ querying
+    def keys(self) -> set[str]:
+        """The keys (lower-cased) that some entry of this leaf records."""
+        if not self.names:
+            return set()
+        return set(_Columns(self.table).keys_lower[1])
+
     def select(self, query: Query) -> np.ndarray:
         """Boolean mask over :attr:`names`: which entries match ``query``."""
         hit = np.ones(len(self.names), dtype=bool)

@@ -36,6 +36,7 @@ from hyperslab.errors import (
     HyperslabError,
     NotFoundError,
     TransientError,
+    did_you_mean,
 )
 from hyperslab.references.format import (
     FORMAT_NAME,
@@ -621,7 +622,12 @@ class Repository:
                 return found[0]
             if len(found) > 1:
                 raise BadInputError(f"snapshot prefix {ref!r} is ambiguous ({len(found)} match)")
-        raise NotFoundError(f"{ref!r} is not a branch, tag or snapshot of {self.display}", ref=ref)
+        known = [*self.refs.listing("branch"), *self.refs.listing("tag")]
+        raise NotFoundError(
+            f"{ref!r} is not a branch, tag or snapshot of {self.display}"
+            + did_you_mean(ref, known, what="branches and tags"),
+            ref=ref,
+        )
 
     def create_branch(self, name: str, from_ref: str = DEFAULT_BRANCH) -> str:
         check_ref_name(name)
@@ -678,9 +684,21 @@ class Repository:
         value = self.tree.get(snap.tree, name)
         if value is None:
             raise NotFoundError(
-                f"entry {name!r} is not in snapshot {snap.short} of {self.display}", entry=name
+                f"entry {name!r} is not in snapshot {snap.short} of {self.display}"
+                + self._close_entries(snap, name),
+                entry=name,
             )
         return self.read_json("entry", value["id"])
+
+    #: entries a "did you mean" looks through at most (it reads every leaf of the tree)
+    SUGGEST_MAX_ENTRIES = 20_000
+
+    def _close_entries(self, snap: Snapshot, name: str) -> str:
+        """`` (did you mean ...)`` for an entry name not in ``snap`` (nothing when the
+        snapshot is too large to scan on an error path)."""
+        if self.tree.count(snap.tree) > self.SUGGEST_MAX_ENTRIES:
+            return ""
+        return did_you_mean(name, (n for n, _ in self.tree.items(snap.tree)), what="entries")
 
     def diff(
         self, a: str, b: str

@@ -15,7 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from hyperslab.references.catalog import Query, parse_query
+from hyperslab.errors import did_you_mean
+from hyperslab.references.catalog import Query, QuerySyntaxError, parse_query
 from hyperslab.references.catalog_index import LeafCatalog
 from hyperslab.references.repository import Repository
 
@@ -51,6 +52,7 @@ def search(
             selected = list(pool.map(select, leaves))
     else:
         selected = [select(leaf) for leaf in leaves]
+    _check_keys(q, [cat for cat, _ in selected])
     hits = sorted(
         (cat.names[i], n, int(i))
         for n, (cat, mask) in enumerate(selected)
@@ -66,6 +68,23 @@ def search(
     for n, m in wanted.items():
         records.update(selected[n][0].records(m))
     return SearchResult([(name, records[name]) for name, _, _ in hits], total)
+
+
+def _check_keys(query: Query, catalogs: list[LeafCatalog]) -> None:
+    """A key no entry of the snapshot records is a typo, not a query that matches nothing
+    (or, negated, everything): ``bad_query`` naming close keys."""
+    wanted = {t.key for t in query.terms if t.key is not None}
+    if not wanted or not any(cat.names for cat in catalogs):
+        return
+    known: set[str] = set()
+    for cat in catalogs:
+        known |= cat.keys()
+    for term in query.terms:
+        if term.key is not None and term.key not in known:
+            raise QuerySyntaxError(
+                f"bad query term {term.text!r}: no entry of this snapshot records "
+                f"{term.key!r}" + did_you_mean(term.key, known, what="keys")
+            )
 
 
 @dataclass
