@@ -45,6 +45,7 @@ __all__ = [
     "UnsupportedFeatureError",
     "VerificationError",
     "did_you_mean",
+    "local_path_error",
     "redact",
 ]
 
@@ -173,3 +174,31 @@ def did_you_mean(word: str, known: Any, *, what: str = "") -> str:
         return ""
     shown = ", ".join(names[:8]) + (f" ... {len(names)} in all" if len(names) > 8 else "")
     return f" ({what}: {shown})"
+
+
+def local_path_error(exc: OSError, path: Any, action: str) -> HyperslabError:
+    """The named error for an ``OSError`` met while ``action`` (e.g. "write") a local
+    file the user named (an output, an input): a folder on the way that is a file, a
+    folder where a file should be, no permission, a read-only or full file system,
+    a path the system refuses. Never ``internal``: the path is the user's to fix."""
+    import errno
+
+    where = f"cannot {action} {path}"
+    reason = exc.strerror or str(exc)
+    if isinstance(exc, NotADirectoryError | FileExistsError) and action != "read":
+        return BadInputError(f"{where}: a folder on the way is a file ({reason})", path=str(path))
+    if isinstance(exc, IsADirectoryError):
+        return BadInputError(f"{where}: it is a folder, not a file", path=str(path))
+    if isinstance(exc, PermissionError) or exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        return AccessDeniedError(f"{where}: {reason}", path=str(path))
+    if isinstance(exc, FileNotFoundError | NotADirectoryError):
+        if action == "read":
+            return NotFoundError(f"{where}: it does not exist", path=str(path))
+        return BadInputError(
+            f"{where}: a folder on the way is missing, or the system makes no files there "
+            f"({reason})",
+            path=str(path),
+        )
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return TransientError(f"{where}: {reason} (free some space and retry)", path=str(path))
+    return BadInputError(f"{where}: {reason}", path=str(path))

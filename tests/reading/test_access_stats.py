@@ -335,7 +335,8 @@ def test_damaged_database_warns_then_clear_starts_afresh(
     local_repo: LocalRepo, tmp_path: Path
 ) -> None:
     path = tmp_path / "s.sqlite"
-    path.write_bytes(b"this is not an SQLite database" * 100)
+    # damaged inside: the header says SQLite, the pages are garbage
+    path.write_bytes(b"SQLite format 3\x00" + b"this is not an SQLite database" * 100)
     stats = AccessStats(path)
     store = open_store(local_repo.spec, "scan", cache=False, stats=stats)
     with pytest.warns(StatsWarning, match="cannot be written"):
@@ -347,6 +348,15 @@ def test_damaged_database_warns_then_clear_starts_afresh(
     _read(store, FRAMES, 0)
     store.close()
     assert stats.hot_chunks(local_repo.id)[0].reads == 1
+
+
+def test_clear_never_deletes_a_file_that_is_not_a_database(tmp_path: Path) -> None:
+    """A wrong --file (notes, a data file) is refused by name and kept, byte for byte."""
+    path = tmp_path / "notes.txt"
+    path.write_bytes(b"my notes, not a database\n" * 50)
+    with pytest.raises(BadInputError, match="not a SQLite database"):
+        AccessStats(path).clear()
+    assert path.read_bytes() == b"my notes, not a database\n" * 50
 
 
 # ----------------------------------------------------------------- the CLI

@@ -20,7 +20,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from hyperslab.errors import HyperslabError, redact
+from hyperslab.errors import HyperslabError, local_path_error, redact
 from hyperslab.version import __version__
 
 EXIT_HELP = """
@@ -60,8 +60,9 @@ def fail(exc: HyperslabError, as_json: bool) -> NoReturn:
 
 @contextmanager
 def handle_errors(as_json: bool) -> Iterator[None]:
-    """Named errors exit with their status; anything else is an ``internal`` error (exit
-    1, a traceback with ``HYPERSLAB_DEBUG=1``); Ctrl-C exits 130."""
+    """Named errors exit with their status; an ``OSError`` about a path is named by
+    :func:`~hyperslab.errors.local_path_error`; anything else is an ``internal`` error
+    (exit 1, a traceback with ``HYPERSLAB_DEBUG=1``); Ctrl-C exits 130."""
     try:
         yield
     except HyperslabError as exc:
@@ -74,6 +75,9 @@ def handle_errors(as_json: bool) -> Iterator[None]:
     except Exception as exc:
         if os.environ.get("HYPERSLAB_DEBUG"):
             raise
+        if isinstance(exc, OSError) and exc.filename is not None:
+            # a path the user gave (or one under it) that the system refused
+            fail(local_path_error(exc, exc.filename, "use"), as_json)
         wrapped = HyperslabError(
             f"internal error: {type(exc).__name__}: {redact(str(exc))} "
             "(set HYPERSLAB_DEBUG=1 for a traceback)"

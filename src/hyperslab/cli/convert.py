@@ -19,7 +19,7 @@ from hyperslab.cli.app import (
     progress_bar,
     show_progress,
 )
-from hyperslab.errors import BadInputError, HyperslabError, VerificationError
+from hyperslab.errors import BadInputError, HyperslabError, VerificationError, local_path_error
 
 
 # ---------------------------------------------------------------- refs
@@ -270,9 +270,12 @@ def sample(
     with handle_errors(as_json):
         if frames < 1:
             raise BadInputError("--frames must be at least 1")
-        paths = write_samples(
-            directory, frames=frames, seed=seed, progress=show_progress(as_json, quiet)
-        )
+        try:
+            paths = write_samples(
+                directory, frames=frames, seed=seed, progress=show_progress(as_json, quiet)
+            )
+        except OSError as exc:
+            raise local_path_error(exc, exc.filename or directory, "write the samples to") from exc
         if as_json:
             print(json.dumps({"ok": True, "files": [str(p) for p in paths]}))
         else:

@@ -89,6 +89,16 @@ class ConvertOptions:
     #: report broken links instead of failing the file
     allow_broken_links: bool = False
 
+    def __post_init__(self) -> None:
+        for name in ("inline_threshold", "contiguous_chunk_bytes", "materialise_chunk_bytes"):
+            value = getattr(self, name)
+            least = 0 if name == "inline_threshold" else 1
+            if not isinstance(value, int) or value < least:
+                where = " (--inline-threshold)" if name == "inline_threshold" else ""
+                raise BadInputError(
+                    f"{name}{where} must be a whole number >= {least}, not {value!r}"
+                )
+
 
 @dataclass
 class DatasetReport:

@@ -30,7 +30,7 @@ from hyperslab.convert.dtypes import (
 from hyperslab.convert.hdf5 import MATERIALISED_ATTR, open_hdf5
 from hyperslab.errors import NotFoundError
 from hyperslab.references.kerchunk_json import to_kerchunk
-from hyperslab.references.refmap_files import read_refmap
+from hyperslab.references.refmap_files import load_kerchunk_json, read_refmap
 
 __all__ = ["ArrayCheck", "VerifyReport", "open_refs_store", "verify", "verify_store"]
 
@@ -115,6 +115,10 @@ def open_refs_store(
         # paths come back as NaN, not None), so Parquet maps are parsed by our reader and
         # handed to fsspec as the equivalent kerchunk dict: the zarr read path is the same.
         fo = to_kerchunk(read_refmap(path))
+    elif "://" not in path:
+        # parsed here, so a file that is not a map is named as such (fsspec would raise
+        # a bare JSONDecodeError); fsspec reads the very same document
+        fo = load_kerchunk_json(path)
     store = FsspecStore.from_url(
         "reference://",
         storage_options={"fo": fo, "remote_protocol": None, "remote_options": remote_options or {}},

@@ -194,6 +194,7 @@ class ChunkCache:
             busy_timeout=_BUSY_TIMEOUT_S,
             clear_hint="run `hyperslab cache clear`",
             after_create=self._adopt_existing,
+            owned=True,  # a fixed name inside the cache directory
         )
         # _db.lock guards the connection; _lock guards everything else. Order: _db.lock
         # before _lock, never the other way.

@@ -25,15 +25,20 @@ from typing import TypeVar
 
 from hyperslab.errors import (
     AccessDeniedError,
+    BadInputError,
     CorruptError,
     FormatVersionError,
     HyperslabError,
     TransientError,
+    local_path_error,
 )
 
 __all__ = ["LocalDatabase", "in_transaction", "reason"]
 
 T = TypeVar("T")
+
+#: the first bytes of every SQLite 3 database file
+SQLITE_HEADER = b"SQLite format 3\x00"
 
 # connections this process inherited from its parent through fork(): kept referenced,
 # so that garbage collection never closes them (closing would drop the parent's locks)
@@ -68,7 +73,10 @@ class LocalDatabase:
 
     ``schema``: the statements that create it, run once, in one transaction, by the
     first process; ``after_create(conn)`` then runs in a transaction of its own.
-    ``clear_hint``: what a user does about a damaged or too new database.
+    ``clear_hint``: what a user does about a damaged or too new database. ``owned``:
+    the file is hyperslab's own (a fixed name in a directory it manages), so
+    :meth:`discard` deletes it whatever it holds; otherwise a file that is not a SQLite
+    database at all is taken for a wrong path and kept.
     Callers hold :attr:`lock` around :meth:`connection` and the statements they run
     on it (:meth:`transaction` takes it itself).
     """
@@ -83,6 +91,7 @@ class LocalDatabase:
         busy_timeout: float,
         clear_hint: str,
         after_create: Callable[[sqlite3.Connection], object] | None = None,
+        owned: bool = False,
     ) -> None:
         self.path = path
         self.what = what
@@ -91,6 +100,7 @@ class LocalDatabase:
         self.busy_timeout = busy_timeout
         self.clear_hint = clear_hint
         self.after_create = after_create
+        self.owned = owned
         self.lock = threading.Lock()
         self._conn: sqlite3.Connection | None = None
         self._pid = os.getpid()
@@ -191,8 +201,23 @@ class LocalDatabase:
 
     def discard(self) -> None:
         """Close the connection and delete the database with its WAL and shared memory
-        (a damaged database cannot be trusted or repaired)."""
+        (a damaged database cannot be trusted or repaired). Unless the file is
+        :attr:`owned`, one that is not a SQLite database at all (a path given by mistake)
+        is refused, never deleted."""
         with self.lock:
+            try:
+                with open(self.path, "rb") as fh:
+                    head = fh.read(len(SQLITE_HEADER))
+            except FileNotFoundError:
+                head = b""
+            except OSError as exc:
+                raise local_path_error(exc, self.path, "check") from exc
+            if head and head != SQLITE_HEADER and not self.owned:
+                raise BadInputError(
+                    f"{self.path} is not a SQLite database, so not a {self.what}: "
+                    "not deleting it (is the path right?)",
+                    path=str(self.path),
+                )
             self._close()
             for suffix in ("", "-wal", "-shm"):
                 with suppress(FileNotFoundError):

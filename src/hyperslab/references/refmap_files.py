@@ -12,14 +12,14 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from hyperslab.errors import BadInputError, CorruptError, NotFoundError
+from hyperslab.errors import BadInputError, CorruptError, NotFoundError, local_path_error
 from hyperslab.references.kerchunk_json import from_kerchunk, write_kerchunk_json
 from hyperslab.references.kerchunk_parquet import read_parquet, write_parquet
 from hyperslab.references.refmap import PARQUET_THRESHOLD, RefMap
 
-__all__ = ["choose_format", "read_refmap", "write_refmap"]
+__all__ = ["choose_format", "load_kerchunk_json", "read_refmap", "write_refmap"]
 
 
 def choose_format(path: str | Path, n_refs: int) -> Literal["json", "parquet"]:
@@ -40,6 +40,13 @@ def write_refmap(refmap: RefMap, path: Path, fmt: Literal["json", "parquet"] | N
     """
     fmt = fmt or choose_format(path, refmap.n_refs)
     path = path.absolute()
+    try:
+        return _write_refmap(refmap, path, fmt)
+    except OSError as exc:
+        raise local_path_error(exc, path, "write the reference map") from exc
+
+
+def _write_refmap(refmap: RefMap, path: Path, fmt: str) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.hyperslab-tmp-", dir=path.parent))
     try:
@@ -71,10 +78,27 @@ def read_refmap(path: Path | str) -> RefMap:
     p = Path(path)
     if p.is_dir():
         return read_parquet(p)
+    return from_kerchunk(load_kerchunk_json(p))
+
+
+def load_kerchunk_json(path: Path | str) -> dict[str, Any]:
+    """A JSON reference map's document, with named errors: a missing file is not found,
+    a file that is not a JSON object at all (a NeXus file, notes) is bad input, and one
+    that starts as a map but does not parse (truncated) is corrupt."""
+    p = Path(path)
     try:
         data = p.read_bytes()
     except FileNotFoundError as exc:
         raise NotFoundError(f"reference map {p} does not exist") from exc
+    except OSError as exc:
+        raise local_path_error(exc, p, "read") from exc
+    head = data[:64].lstrip()
+    if not head.startswith(b"{"):
+        raise BadInputError(
+            f"{p} is not a reference map: a JSON map starts with '{{' and a Parquet map is "
+            "a folder (write one with `hyperslab refs`)",
+            path=str(p),
+        )
     try:
         # decode first and drop the bytes, so the file is not held twice while parsing
         text = data.decode(json.detect_encoding(data), "surrogatepass")
@@ -82,5 +106,9 @@ def read_refmap(path: Path | str) -> RefMap:
         doc = json.loads(text)
         del text
     except ValueError as exc:
-        raise CorruptError(f"reference map {p} is not valid JSON: {exc}") from exc
-    return from_kerchunk(doc)
+        raise CorruptError(
+            f"reference map {p} is not valid JSON (cut short?): {exc}", path=str(p)
+        ) from exc
+    if not isinstance(doc, dict):
+        raise BadInputError(f"{p} is not a reference map (a JSON object)", path=str(p))
+    return doc

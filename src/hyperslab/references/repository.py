@@ -662,7 +662,9 @@ class Repository:
 
     # ------------------------------------------------------------- reading
     def log(self, ref: str = DEFAULT_BRANCH, limit: int | None = None) -> Iterator[Snapshot]:
-        """Snapshots from ``ref`` back along first parents."""
+        """Snapshots from ``ref`` back along first parents (``limit``: at most that many)."""
+        if limit is not None and limit < 1:
+            raise BadInputError(f"limit must be at least 1 (or none: all), not {limit}")
         sid: str | None = self.resolve(ref)
         n = 0
         while sid is not None and (limit is None or n < limit):
