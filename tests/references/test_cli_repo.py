@@ -26,7 +26,7 @@ def test_repository_workflow_json(tmp_path: Path, sample_dir: Path) -> None:
     code, doc = run("init", repo, "--json")
     assert code == 0 and doc["branch"] == "main"
     code, doc = run("init", repo, "--json")
-    assert code == 5 and doc["error"]["code"] == "branch_conflict"
+    assert code == 5 and doc["error"]["code"] == "repository_exists"
     code, doc = run("ingest", str(sample_dir), "--repo", repo, "--name", "run42", "--json")
     assert code == 0, doc
     snap = doc["commit"]["snapshot"]

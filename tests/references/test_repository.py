@@ -30,6 +30,7 @@ from hyperslab.references.repository import (
     EntryConflictError,
     NotARepositoryError,
     Repository,
+    RepositoryExistsError,
 )
 from hyperslab.references.search import search
 from hyperslab.storage import MemorySite, Site, forget_memory_site
@@ -69,7 +70,7 @@ def test_init_creates_main_at_empty_snapshot(new_repo_site: SiteFactory) -> None
     assert snap.parents == () and snap.n_entries == 0 and snap.tree is None
     again = Repository.open(spec)
     assert again.id == repo.id and again.branches() == heads
-    with pytest.raises(BranchConflictError):
+    with pytest.raises(RepositoryExistsError, match="already holds a repository"):
         Repository.init(spec)
     assert Repository.open(spec).branches() == heads  # nothing overwritten
 

@@ -73,6 +73,7 @@ __all__ = [
     "EntryConflictError",
     "NotARepositoryError",
     "Repository",
+    "RepositoryExistsError",
     "Snapshot",
 ]
 
@@ -104,6 +105,12 @@ class EntryConflictError(ConflictError):
     """Someone else changed the same entries since this commit's base snapshot."""
 
     code = "entry_conflict"
+
+
+class RepositoryExistsError(ConflictError):
+    """``init`` where a repository already is (nothing of it is touched)."""
+
+    code = "repository_exists"
 
 
 class BranchConflictError(ConflictError):
@@ -313,8 +320,10 @@ class Repository:
             "single_writer": single_writer,
         }
         if site.exists(REPO_KEY):
-            raise BranchConflictError(
-                f"{display} already holds a repository ({REPO_KEY} exists)", repo=display
+            raise RepositoryExistsError(
+                f"{display} already holds a repository ({REPO_KEY} exists): use it as it "
+                "is, or init another path",
+                repo=display,
             )
         repo = cls(site, display, info)
         # The initial snapshot and the branch first, repo.json last: a crash leaves a
@@ -326,8 +335,10 @@ class Repository:
         try:
             site.put_if_absent(REPO_KEY, json.dumps(info, indent=2).encode())
         except ConflictError:
-            raise BranchConflictError(
-                f"{display} already holds a repository ({REPO_KEY} exists)", repo=display
+            raise RepositoryExistsError(
+                f"{display} already holds a repository ({REPO_KEY} exists): use it as it "
+                "is, or init another path",
+                repo=display,
             ) from None
         return repo
 
