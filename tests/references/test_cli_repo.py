@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import pytest
 from typer.testing import CliRunner
 
 from hyperslab.cli import app
@@ -96,3 +97,16 @@ def test_help_teaches() -> None:
     assert "title~" in res.stdout and "energy" in res.stdout
     res = runner.invoke(app, ["ingest", "--help"])
     assert "--upload-sources" in res.stdout and "Examples" in res.stdout
+
+
+def test_init_reports_the_head_when_listings_lag(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Some servers (s3rver) list a new key late or never: init reads the branch it
+    made directly, so it reports the head instead of failing after creating it."""
+    from hyperslab.references.repository import Repository
+
+    monkeypatch.setattr(Repository, "branches", lambda self: {})  # a listing that lags
+    code, doc = run("init", str(tmp_path / "repo"), "--json")
+    assert code == 0, doc
+    assert doc["branch"] == "main" and len(doc["snapshot"]) == 64

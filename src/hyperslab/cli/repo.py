@@ -78,7 +78,7 @@ def init(
 
     with handle_errors(as_json):
         r = Repository.init(repo, single_writer=single_writer, branch=branch)
-        head = r.branches()[branch]
+        head = r.branch_head(branch)[0]  # read directly: some servers' listings lag
         if as_json:
             _emit({"repo": r.display, "id": r.id, "branch": branch, "snapshot": head})
         else:
