@@ -8,10 +8,12 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import h5py
 import numpy as np
 import pytest
+import typer
 from typer.testing import CliRunner
 
 from hyperslab.cli import app
@@ -219,3 +221,44 @@ def test_error_messages_print_brackets_as_text(tmp_path: Path) -> None:
     res = runner.invoke(app, ["search", str(tmp_path / "repo"), "sample~[/x"])
     assert res.exit_code == 2
     assert "'sample~[/x'" in res.stderr and "[abc] or [!abc]" in res.stderr
+
+
+def _commands(group: Any, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    found = [prefix]
+    for name, cmd in group.commands.items():
+        if hasattr(cmd, "commands"):
+            found += _commands(cmd, (*prefix, name))
+        else:
+            found.append((*prefix, name))
+    return found
+
+
+def test_every_help_is_whole_at_80_columns() -> None:
+    """--help at 80 columns: every option name whole (rich cut them: '--allow-broken-li…'),
+    a command list whose summaries are whole sentences, indented examples kept line for
+    line, and no help that sends the reader to itself."""
+    group: Any = typer.main.get_command(app)
+    commands = _commands(group)
+    assert len(commands) > 20
+    for path in commands:
+        res = runner.invoke(app, [*path, "--help"], env={"COLUMNS": "80"})
+        assert res.exit_code == 0, path
+        text = res.stdout
+        assert "…" not in text and "╭" not in text, (path, text)
+        cmd = group
+        for name in path:
+            cmd = cmd.commands[name]
+        for param in cmd.params:
+            for opt in param.opts:
+                if opt.startswith("-"):
+                    assert opt in text, (path, opt)
+        assert f"hyperslab {' '.join(path)} --help" not in text, path
+        if path:
+            assert "--help in the README" not in text, path
+    text = runner.invoke(app, ["--help"], env={"COLUMNS": "80"}).stdout
+    summary = " ".join(text.split("  refs ", 1)[1].split("\n  verify", 1)[0].split())
+    assert summary == "Write kerchunk reference maps that expose HDF5 chunks in place as Zarr"
+    text = runner.invoke(app, ["search", "--help"], env={"COLUMNS": "80"}).stdout
+    assert (
+        "\n    hyperslab search ./repo 'sample~insulin energy>12 start_time>=2026-01-15'\n" in text
+    )

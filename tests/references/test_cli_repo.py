@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -110,3 +113,26 @@ def test_init_reports_the_head_when_listings_lag(
     code, doc = run("init", str(tmp_path / "repo"), "--json")
     assert code == 0, doc
     assert doc["branch"] == "main" and len(doc["snapshot"]) == 64
+
+
+def test_output_that_is_not_a_terminal_is_whole(tmp_path: Path, sample_dir: Path) -> None:
+    """Piped into a file or a log, tables are not laid out at 80 columns: no cell is cut
+    ('…') and no row wraps onto a second line. Run as a user's shell would (a pipe, no
+    COLUMNS): the test runner's own COLUMNS would hide the difference."""
+    repo = str(tmp_path / "repo")
+    assert run("init", repo)[0] == 0
+    assert run("ingest", str(sample_dir), "--repo", repo, "--name", "run42")[0] == 0
+    env = {k: v for k, v in os.environ.items() if k != "COLUMNS"}
+
+    def piped(*args: str) -> str:
+        cmd = [sys.executable, "-c", "from hyperslab.cli import main; main()", *args]
+        res = subprocess.run(cmd, capture_output=True, text=True, env=env, check=True)
+        return res.stdout
+
+    text = piped("search", repo, "sample~insulin")
+    rows = [line for line in text.splitlines() if line.startswith(" run42/")]
+    assert [r.split()[0] for r in rows] == ["run42/scan_0002_bslz4", "run42/scan_0003_multi"]
+    assert all("insulin crystal 7" in r and ":00.000+00:00" in r for r in rows), text
+    assert "…" not in text
+    text = piped("show", repo)
+    assert "…" not in text.split("\n", 3)[-1]  # the table (the header may abbreviate)

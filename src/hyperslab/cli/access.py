@@ -31,9 +31,7 @@ Size: $HYPERSLAB_CACHE_SIZE, else `size` under \\[cache] in hyperslab.toml:
 When full, the least recently used chunks are evicted.
 """
 
-cache_app = typer.Typer(
-    name="cache", help=CACHE_HELP, no_args_is_help=True, rich_markup_mode="rich"
-)
+cache_app = typer.Typer(name="cache", help=CACHE_HELP, no_args_is_help=True, rich_markup_mode=None)
 app.add_typer(cache_app, name="cache")
 
 DirOpt = Annotated[
@@ -200,9 +198,7 @@ Opt out: HYPERSLAB_ACCESS_STATS=0 records nothing; per store,
 open_store(..., stats=False). `hyperslab stats clear` forgets the counts.
 """
 
-stats_app = typer.Typer(
-    name="stats", help=STATS_HELP, no_args_is_help=True, rich_markup_mode="rich"
-)
+stats_app = typer.Typer(name="stats", help=STATS_HELP, no_args_is_help=True, rich_markup_mode=None)
 app.add_typer(stats_app, name="stats")
 
 StatsFileOpt = Annotated[

@@ -9,6 +9,7 @@ Exit statuses are stable (see ``hyperslab --help``).
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 from collections.abc import Iterator
@@ -16,12 +17,15 @@ from contextlib import contextmanager
 from typing import Annotated, NoReturn
 
 import typer
-from rich.console import Console
+from rich.console import Console, ConsoleDimensions
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from hyperslab.errors import HyperslabError, local_path_error, redact
 from hyperslab.version import __version__
+
+#: the width tables are laid out in when stdout is not a terminal (no cell is ever cut)
+PLAIN_WIDTH = 10_000
 
 EXIT_HELP = """
 Exit statuses: 0 ok · 1 internal error · 2 bad input (not HDF5, unsupported, unsafe name,
@@ -34,13 +38,33 @@ app = typer.Typer(
     help="HDF5/NeXus files as virtual Zarr: reference maps, verified bit for bit.\n" + EXIT_HELP,
     no_args_is_help=True,
     add_completion=False,
-    rich_markup_mode="rich",
+    rich_markup_mode=None,
     pretty_exceptions_enable=False,
 )
 # soft_wrap: a message stays one line (wrapped by the terminal, not by rich), so logs
 # and scripts that grep stderr see it whole whatever the terminal width
 err = Console(stderr=True, soft_wrap=True)
-out = Console()
+
+
+class _WholeWhenPiped(Console):
+    """stdout: on a terminal, its width; into a pipe, a log or CI (and no ``COLUMNS``),
+    :data:`PLAIN_WIDTH`, so lines and table cells come whole (rich would lay out at 80
+    columns and cut cells with '…'); tables are as wide as their contents. Decided at
+    each print, for whatever stdout is then."""
+
+    @property
+    def size(self) -> ConsoleDimensions:
+        dims = Console.size.fget(self)  # type: ignore[attr-defined]
+        if not self.is_terminal and "COLUMNS" not in os.environ:
+            return ConsoleDimensions(PLAIN_WIDTH, dims.height)
+        return dims
+
+    @size.setter
+    def size(self, new_size: tuple[int, int]) -> None:
+        Console.size.fset(self, new_size)  # type: ignore[attr-defined]
+
+
+out = _WholeWhenPiped()
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document instead of text.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
@@ -83,6 +107,35 @@ def handle_errors(as_json: bool) -> Iterator[None]:
             "(set HYPERSLAB_DEBUG=1 for a traceback)"
         )
         fail(wrapped, as_json)
+
+
+def teach_help(typer_app: typer.Typer) -> None:
+    """Make every command's ``--help`` whole at any width (click's plain help: paragraphs
+    reflowed, option names never cut): indented blocks of a docstring (examples) are
+    kept line for line, and the command list shows each command's first sentence in
+    full instead of cutting it at the terminal's edge."""
+    for group in typer_app.registered_groups:
+        sub = group.typer_instance
+        if sub is not None:
+            teach_help(sub)
+            text = group.help or sub.info.help
+            if not isinstance(group.short_help, str) and isinstance(text, str):
+                group.short_help = _first_sentence(inspect.cleandoc(text))
+    for info in typer_app.registered_commands:
+        doc = info.help or (inspect.getdoc(info.callback) if info.callback is not None else None)
+        if not doc:
+            continue
+        info.help = "\n\n".join(
+            "\b\n" + p if all(line.startswith(" ") for line in p.splitlines()) else p
+            for p in inspect.cleandoc(doc).split("\n\n")
+        )
+        if info.short_help is None:
+            info.short_help = _first_sentence(doc)
+
+
+def _first_sentence(text: str) -> str:
+    first = " ".join(text.split("\n\n")[0].split())
+    return first.split(". ")[0].rstrip(".")
 
 
 def progress_bar(enabled: bool) -> Progress:

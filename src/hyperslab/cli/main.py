@@ -14,7 +14,9 @@ from hyperslab.cli import repo  # noqa: F401
 from hyperslab.cli import sync  # noqa: F401
 
 # isort: on
-from hyperslab.cli.app import app
+from hyperslab.cli.app import app, teach_help
+
+teach_help(app)
 
 __all__ = ["app", "main"]
 

@@ -545,7 +545,9 @@ def search(
     entry records, > or < with neither a number nor an ISO time, an unclosed [ and a
     bare - or @ are refused (bad_query, exit 2), with the close keys named.
 
-    Example: hyperslab search ./repo 'sample~insulin energy>12 start_time>=2026-01-15'
+    Example:
+
+      hyperslab search ./repo 'sample~insulin energy>12 start_time>=2026-01-15'
     """
     from hyperslab.references.search import search as do_search
 

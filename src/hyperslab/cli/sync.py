@@ -48,7 +48,7 @@ them one object each, the layout ingest writes.
 Hot chunks (--hot RULES.toml) are read from the source's files, packed, stored
 in DST's chunks/ and indexed there, so readers at DST get them without the
 source file; --stats adds chunks read often on this machine ([[used]] rules).
-See `hyperslab sync --help` in the README for the rules format.
+The rules format: the README, "Replicating between sites" (and examples/hot.toml).
 
 Examples:
 
