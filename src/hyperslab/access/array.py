@@ -17,7 +17,9 @@ batch. This is the path for scripts and ML loaders that index arrays directly; u
 ``open_store`` / ``open_dataset`` for zarr, xarray and dask.
 
 Basic indexing only (integers, slices with steps, ``...``), as in h5py. Chunks never
-written read as the fill value. Arrays the store leaves to zarr to decode (object
+written read as the fill value. Values are h5py's, also for types Zarr v2 cannot
+describe (compounds with gaps, long double, ragged sequences, records with
+variable-length members: see :mod:`hyperslab.reading.values`). Arrays the store leaves to zarr to decode (object
 dtypes: variable-length strings) are read through zarr.
 """
 
@@ -31,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from hyperslab.errors import NotFoundError
+from hyperslab.reading.values import h5py_values, needs_decoding, value_dtype
 
 if TYPE_CHECKING:
     import zarr
@@ -65,15 +68,23 @@ class HyperslabArray:
         meta = self.zarr.metadata
         self.shape: tuple[int, ...] = tuple(self.zarr.shape)
         self.chunks: tuple[int, ...] = tuple(self.zarr.chunks)
-        self.dtype: np.dtype[Any] = np.dtype(self.zarr.dtype)
         self.attrs: dict[str, Any] = dict(self.zarr.attrs)
+        # h5py's dtype: a compound with gaps or a long double is stored as |V<n> records
+        # that are viewed as the real type; vlen sequences and records with vlen members
+        # are rebuilt from their encodings (hyperslab.reading.values)
+        self.dtype: np.dtype[Any] = value_dtype(self.attrs, np.dtype(self.zarr.dtype))
+        # the stored bytes are the values, seen as another dtype (no element decoding)
+        self._void_view = needs_decoding(self.attrs) and self.dtype.kind != "O"
         self.reader = store.reader
         self._decoder = self.reader.decoder(path)
         # the chunks' own dtype (byte order as stored), which the decoded bytes are viewed as
-        self._stored_dtype: np.dtype[Any] = np.dtype(meta.dtype.to_native_dtype())
+        stored: np.dtype[Any] = np.dtype(meta.dtype.to_native_dtype())
+        self._stored_dtype = self.dtype if self._void_view else stored
         self._order = getattr(meta, "order", "C")
         self._sep = getattr(meta, "dimension_separator", ".") or "."
         self.fill_value = self.zarr.fill_value
+        if self._void_view and self.fill_value is not None:
+            self.fill_value = h5py_values(np.asarray(self.fill_value, dtype=stored), self.attrs)
         # the last chunks read, shaped, with their keys: a read inside one of them skips
         # the indexer, the key lookup and the shared cache (like HDF5's chunk-cache hash)
         # (only with a memory cache: memory_cache=False keeps nothing decoded)
@@ -109,8 +120,8 @@ class HyperslabArray:
 
     # ------------------------------------------------------------------ reads
     def __getitem__(self, selection: Any) -> Any:
-        if self._decoder is None:
-            return self.zarr[selection]  # decoded by zarr's codecs (object dtypes)
+        if self._decoder is None:  # decoded by zarr's codecs (object dtypes)
+            return h5py_values(self.zarr[selection], self.attrs)
         if self._hot:
             found = self._in_one_hot_chunk(selection)
             if found is not None:

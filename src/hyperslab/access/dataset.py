@@ -46,9 +46,10 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
-from xarray.backends import BackendEntrypoint
+from xarray.backends import BackendArray, BackendEntrypoint
 
 from hyperslab.errors import BadInputError, NotFoundError
+from hyperslab.reading.values import h5py_values, needs_decoding, value_dtype
 
 if TYPE_CHECKING:
     import xarray as xr
@@ -60,6 +61,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ZARR_CHUNKS",
+    "H5pyValues",
     "HyperslabBackend",
     "dataset_from_store",
     "default_nxdata",
@@ -274,6 +276,58 @@ def _nexus_view(ds: xr.Dataset, gattrs: Mapping[str, Any]) -> xr.Dataset:
     return ds
 
 
+# ----------------------------------------------------------------------- h5py's values
+
+
+class H5pyValues(BackendArray):
+    """A zarr array whose stored form is not h5py's values (compounds with gaps, long
+    double, ragged sequences, records with vlen members), read lazily as h5py's values
+    (:mod:`hyperslab.reading.values`)."""
+
+    def __init__(self, array: Any, attrs: Mapping[str, Any]) -> None:
+        import numpy as np
+
+        self.array = array
+        self.attrs = dict(attrs)
+        self.shape = tuple(array.shape)
+        self.dtype = value_dtype(self.attrs, np.dtype(array.dtype))
+
+    def __getitem__(self, key: Any) -> Any:
+        from xarray.core import indexing
+
+        return indexing.explicit_indexing_adapter(
+            key, self.shape, indexing.IndexingSupport.BASIC, self._read
+        )
+
+    def _read(self, key: tuple[Any, ...]) -> Any:
+        return h5py_values(self.array[key], self.attrs)
+
+
+def _stored_forms(store: HyperslabStore, path: str) -> list[str]:
+    """Arrays of group ``path`` that zarr reads in a stored form, not as h5py's values
+    (xarray cannot even open some: a compound's fill value is an unhashable void)."""
+    base = f"{path}/" if path else ""
+    return [
+        p[len(base) :]
+        for p, arr in store.view.refmap.arrays.items()
+        if p.startswith(base) and "/" not in p[len(base) :] and needs_decoding(arr.attrs)
+    ]
+
+
+def _h5py_variable(store: HyperslabStore, path: str, dask: bool) -> xr.Variable:
+    """Array ``path`` as a lazy variable of h5py's values (one dask chunk per stored
+    chunk when ``dask``)."""
+    import xarray as xr
+    import zarr
+    from xarray.core import indexing
+
+    array = zarr.open_array(store, path=path, mode="r")
+    attrs = dict(array.attrs)
+    dims = tuple(attrs.pop("_ARRAY_DIMENSIONS", None) or (f"{PHONY}{i}" for i in range(array.ndim)))
+    var = xr.Variable(dims, indexing.LazilyIndexedArray(H5pyValues(array, attrs)), attrs=attrs)
+    return var.chunk(dict(zip(dims, array.chunks, strict=True))) if dask else var
+
+
 # ----------------------------------------------------------------------- opening
 
 
@@ -301,7 +355,19 @@ def dataset_from_store(
         chunking = dict(chunking)
     xarray_kwargs.setdefault("zarr_format", 2)
     xarray_kwargs.setdefault("consolidated", True)
-    ds = xr.open_zarr(store, group=path or None, chunks=chunking, **xarray_kwargs)
+    drop = xarray_kwargs.pop("drop_variables", None) or ()
+    dropped = {drop} if isinstance(drop, str) else set(drop)
+    special = [n for n in _stored_forms(store, path) if n not in dropped]
+    ds = xr.open_zarr(
+        store,
+        group=path or None,
+        chunks=chunking,
+        drop_variables=sorted(dropped | set(special)) or None,
+        **xarray_kwargs,
+    )
+    for name in special:  # added back as h5py's values, past xarray's CF decoding
+        full = f"{path}/{name}" if path else name
+        ds = ds.assign({name: _h5py_variable(store, full, chunking is not None)})
     gattrs = store.view.refmap.groups.get(path, {})
     if gattrs.get("NX_class") == _NX_DATA:
         ds = _nexus_view(ds, gattrs)

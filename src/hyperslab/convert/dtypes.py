@@ -8,7 +8,7 @@ Three outcomes for a dataset's type (:func:`plan_dtype`):
 * **void view**: the bytes are fine but Zarr has no such dtype (long double,
   compounds with nested/array members or gaps). Chunks are still referenced in
   place, stored as ``|V<itemsize>``; the true numpy dtype is recorded in the
-  ``hyperslab:dtype`` attribute and hyperslab's readers view the bytes as it.
+  ``hyperslab:dtype`` attribute and hyperslab's readers view the bytes as it (:mod:`hyperslab.reading.values`).
 * **materialise**: the file's bytes are not the values (variable-length data
   lives in the global heap, space-padded strings, references, odd bit
   precisions). The values are read through h5py and stored inside the map; the
@@ -25,7 +25,11 @@ from typing import Any, Literal
 import h5py
 import numpy as np
 
+from hyperslab.reading.values import DTYPE_ATTR, ENCODING_ATTR, dtype_from_json, dtype_to_json
+
 __all__ = [
+    "DTYPE_ATTR",
+    "ENCODING_ATTR",
     "DtypePlan",
     "attr_to_json",
     "dtype_from_json",
@@ -35,11 +39,6 @@ __all__ = [
 ]
 
 Kind = Literal["native", "void", "vlen-str", "vlen-bytes", "vlen-array", "reference", "json"]
-
-#: attribute recording the real numpy dtype of a ``|V`` array
-DTYPE_ATTR = "hyperslab:dtype"
-#: attribute recording how a materialised non-native array is encoded
-ENCODING_ATTR = "hyperslab:encoding"
 
 
 @dataclass(frozen=True)
@@ -57,38 +56,6 @@ class DtypePlan:
     materialise_reason: str | None = None
     #: extra .zattrs describing the encoding
     attrs: tuple[tuple[str, Any], ...] = ()
-
-
-def dtype_to_json(dt: np.dtype) -> Any:
-    """A JSON form of any numpy dtype, incl. offsets/itemsize (inverse: :func:`dtype_from_json`)."""
-    if dt.fields is None:
-        if dt.subdtype is not None:
-            base, shape = dt.subdtype
-            return {"base": dtype_to_json(base), "shape": list(shape)}
-        return dt.str
-    return {
-        "names": list(dt.names or ()),
-        "formats": [dtype_to_json(dt.fields[n][0]) for n in dt.names or ()],
-        "offsets": [int(dt.fields[n][1]) for n in dt.names or ()],
-        "itemsize": int(dt.itemsize),
-    }
-
-
-def dtype_from_json(obj: Any) -> np.dtype:
-    if isinstance(obj, str):
-        return np.dtype(obj)
-    if isinstance(obj, dict) and "base" in obj:
-        return np.dtype((dtype_from_json(obj["base"]), tuple(obj["shape"])))
-    if isinstance(obj, dict) and "names" in obj:
-        return np.dtype(
-            {
-                "names": obj["names"],
-                "formats": [dtype_from_json(f) for f in obj["formats"]],
-                "offsets": obj["offsets"],
-                "itemsize": obj["itemsize"],
-            }
-        )
-    raise ValueError(f"not a dtype description: {obj!r}")
 
 
 def _zarr_native_json(dt: np.dtype) -> Any | None:
@@ -283,8 +250,17 @@ def _plan_object(dset: h5py.Dataset, tid: h5py.h5t.TypeID, h5dt: np.dtype, why: 
             why,
             ((ENCODING_ATTR, "vlen-array-bytes"), (DTYPE_ATTR, dtype_to_json(vlen))),
         )
-    # compounds with vlen members, vlen of vlen ...: one JSON document per element
-    return DtypePlan("json", obj, "|O", h5dt, (), why, ((ENCODING_ATTR, "json"),))
+    # compounds with vlen members, vlen of vlen ...: one JSON document per element, and
+    # h5py's dtype, so that readers rebuild h5py's records (reading/values.py)
+    return DtypePlan(
+        "json",
+        obj,
+        "|O",
+        h5dt,
+        (),
+        why,
+        ((ENCODING_ATTR, "json"), (DTYPE_ATTR, dtype_to_json(h5dt))),
+    )
 
 
 # --------------------------------------------------------------- fill value
