@@ -171,34 +171,60 @@ def refs(
             raise typer.Exit(failed[0][1].exit_status)
 
 
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
 def _print_refs_summary(w: dict[str, Any]) -> None:
+    """One line per map written: arrays by status and chunk refs; combined maps say how."""
     counts = w["counts"]
     parts = [
         f"{counts.get(k, 0)} {k}"
         for k in ("virtual", "materialised", "mixed", "empty")
         if counts.get(k)
     ]
-    out.print(
-        f"[green]✓[/] wrote {w['refs']}: {w['arrays']} arrays ({', '.join(parts)})", highlight=False
-    )
+    line = f"{_plural(w['arrays'], 'array')} ({', '.join(parts) or 'none'})"
+    comb = w.get("combined")
+    if comb:
+        how = (
+            f"stacked along the new axis {comb['new_dim']!r}"
+            if comb["new_dim"] is not None
+            else f"concatenated along axis {comb['dim']}"
+        )
+        line += f" from {comb['files']} files: {comb['arrays']} {how}"
+        rest = w["arrays"] - comb["arrays"]
+        if rest:
+            line += f", {rest} as in the first file"
+    line += f", {_plural(w['n_refs'], 'chunk ref')}"
+    out.print(f"[green]✓[/] wrote {w['refs']}: {line}", highlight=False)
+    # a combined map's files share their datasets: name each one once, not once a file
+    by_reason: dict[str, list[str]] = {}
+    warnings: list[str] = []
     for f in w["files"]:
-        by_reason: dict[str, list[str]] = {}
         for d in f["datasets"]:
-            if d["reason"]:
-                by_reason.setdefault(d["reason"], []).append(d["path"])
-        for reason, paths in by_reason.items():
-            shown = ", ".join(paths[:3]) + (f" and {len(paths) - 3} more" if len(paths) > 3 else "")
-            out.print(
-                f"    [yellow]materialised[/] {len(paths)}: {reason} ({shown})", highlight=False
-            )
-        for warning in f["warnings"]:
-            out.print(f"    [yellow]warning[/] {warning}", highlight=False)
+            if d["reason"] and d["path"] not in by_reason.setdefault(d["reason"], []):
+                by_reason[d["reason"]].append(d["path"])
+        warnings.extend(x for x in f["warnings"] if x not in warnings)
+    for reason, paths in by_reason.items():
+        shown = ", ".join(paths[:3]) + (f" and {len(paths) - 3} more" if len(paths) > 3 else "")
+        out.print(f"    [yellow]materialised[/] {len(paths)}: {reason} ({shown})", highlight=False)
+    for warning in warnings:
+        out.print(f"    [yellow]warning[/] {warning}", highlight=False)
 
 
 # -------------------------------------------------------------- verify
 @app.command()
 def verify(
-    source: Annotated[str, typer.Argument(help="The HDF5/NeXus file the map was made from.")],
+    *,
+    sources: Annotated[
+        list[str] | None,
+        typer.Argument(
+            metavar="SOURCE",
+            help="The HDF5/NeXus file the map was made from; for a combined map, the files "
+            "it was combined from (all, some, or none to use the files it names).",
+            show_default=False,
+        ),
+    ] = None,
     refs_path: Annotated[
         Path, typer.Argument(metavar="REFS", help="Reference map (JSON or Parquet).")
     ],
@@ -210,8 +236,24 @@ def verify(
 ) -> None:
     """Read every array through REFS (fsspec + zarr) and compare it bit for bit with h5py.
 
-    Exit status 0 only if every array matches and every dataset of SOURCE is in
-    the map; 8 otherwise.
+    A map of one file needs that file: verify SOURCE REFS. A map combined from
+    several files (refs --combine-new-dim / --combine-dim) is checked against
+    each file it was combined from, each file's slab of every combined array
+    separately: give all the files, or only REFS to use the files the map
+    names. Given some of its files, only their slabs are checked, and the
+    report says which files were left out.
+
+    Exit status 0 only if every array (or slab) checked matches and every
+    dataset of SOURCE (of the first file, for a combined map) is in the map; 8
+    otherwise.
+
+    Examples:
+
+      hyperslab verify scan_0001.nxs scan_0001.json
+
+      hyperslab verify frames_*.h5 run.parquet
+
+      hyperslab verify run.parquet
     """
     from hyperslab.convert.verify import verify as run_verify
 
@@ -222,36 +264,68 @@ def verify(
             def tick(path: str, i: int, n: int) -> None:
                 prog.update(task, total=n, completed=i, item=path)
 
-            report = run_verify(source, refs_path, progress=tick)
+            report = run_verify(sources or [], refs_path, progress=tick)
+        comb = report.combined
+        if comb is not None:
+            what = ", ".join(c["source"] for c in comb["checked"])
+            if len(what) > 200:
+                what = f"{len(comb['checked'])} files"
+            against = f"{what} ({len(comb['checked'])} of its {comb['files']} files)"
+        else:
+            against = report.source
         if as_json:
             print(json.dumps(report.to_json(), default=str))
         else:
-            table = Table(title=f"{refs_path} vs {source}", show_lines=False)
-            for col in ("array", "storage", "result"):
+            table = Table(title=f"{refs_path} vs {against}", show_lines=False)
+            columns = (
+                ("array", "source", "storage", "result") if comb else ("array", "storage", "result")
+            )
+            for col in columns:
                 table.add_column(col)
             for a in report.arrays:
                 if show_all or not a.ok:
-                    table.add_row(
-                        a.path or "/",
-                        a.storage,
-                        "[green]bit-exact[/]" if a.ok else f"[red]MISMATCH[/] {a.detail}",
-                    )
+                    result = "[green]bit-exact[/]" if a.ok else f"[red]MISMATCH[/] {a.detail}"
+                    row = [a.path or "/", a.storage, result]
+                    if comb:
+                        row.insert(1, a.source or "")
+                    table.add_row(*row)
             for m in report.missing:
-                table.add_row(m, "-", "[red]MISSING from map[/]")
+                row = [m, "-", "[red]MISSING from map[/]"]
+                if comb:
+                    row.insert(1, comb["checked"][0]["source"])
+                table.add_row(*row)
             if table.row_count:
                 out.print(table)
             c = report.counts
             pct = 100.0 * c["bit_exact"] / c["arrays"] if c["arrays"] else 100.0
             colour = "green" if report.ok else "red"
+            if comb:
+                how = (
+                    f"stacked along the new axis {comb['new_dim']!r}"
+                    if comb["new_dim"] is not None
+                    else f"concatenated along axis {comb['dim']}"
+                )
+                out.print(
+                    f"combined map ({how}): checked {len(comb['checked'])} of its "
+                    f"{comb['files']} files"
+                    + (
+                        f"; not checked: {', '.join(comb['unchecked'][:3])}"
+                        + (" ..." if len(comb["unchecked"]) > 3 else "")
+                        if comb["unchecked"]
+                        else ""
+                    ),
+                    highlight=False,
+                )
+            noun = "array slabs" if comb else "arrays"
             out.print(
-                f"[{colour}]{c['bit_exact']}/{c['arrays']} arrays bit-exact ({pct:.1f}%)[/]: "
+                f"[{colour}]{c['bit_exact']}/{c['arrays']} {noun} bit-exact ({pct:.1f}%)[/]: "
                 f"{c['virtual']} virtual, {c['materialised']} materialised, {c['empty']} empty; "
                 f"{c['missing']} missing, {c['unverifiable']} unverifiable; {report.seconds:.2f} s",
                 highlight=False,
             )
         if not report.ok:
             if not as_json:
-                raise VerificationError(f"{refs_path} does not reproduce {source} bit for bit")
+                raise VerificationError(f"{refs_path} does not reproduce {against} bit for bit")
             raise typer.Exit(VerificationError.exit_status)
 
 

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from hyperslab.convert.hdf5 import ConvertOptions, FileReport, scan_hdf5
-from hyperslab.convert.nexus import assign_dimensions
+from hyperslab.convert.nexus import DIMS, assign_dimensions
 from hyperslab.errors import BadInputError, HyperslabError, NotFoundError
 from hyperslab.references.refmap import ArrayRefs, RefMap
 from hyperslab.version import __version__
@@ -34,25 +34,51 @@ META_ATTR = "hyperslab"
 
 @dataclass
 class ConversionResult:
+    """A reference map and how it was made: one report per file it was built from.
+
+    ``url`` is how the map names the file it was built from (one file only);
+    ``combined`` is the map's combine record (see :func:`combine_refmaps`), or None.
+    """
+
     refmap: RefMap
     reports: list[FileReport] = field(default_factory=list)
+    url: str | None = None
+    combined: dict[str, Any] | None = None
 
     @property
     def counts(self) -> dict[str, int]:
+        """Arrays of the map by status (virtual, materialised, mixed, empty).
+
+        A combined map holds one array for each combined dataset however many files
+        it spans, so its arrays are counted, not the files' datasets.
+        """
         out: dict[str, int] = {}
+        if self.combined is not None:
+            for arr in self.refmap.arrays.values():
+                out[arr.status] = out.get(arr.status, 0) + 1
+            return out
         for r in self.reports:
             for k, v in r.counts.items():
                 out[k] = out.get(k, 0) + v
         return out
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        doc: dict[str, Any] = {
             "sources": self.refmap.sources,
             "n_refs": self.refmap.n_refs,
             "arrays": len(self.refmap.arrays),
             "counts": self.counts,
             "files": [r.to_json() for r in self.reports],
         }
+        if self.combined is not None:
+            c = self.combined
+            doc["combined"] = {
+                "files": c["files"],
+                "new_dim": c["new_dim"],
+                "dim": c["dim"],
+                "arrays": len(c["arrays"]),
+            }
+        return doc
 
 
 def source_url(source: str | Path) -> str:
@@ -95,10 +121,11 @@ def build_refmap(
     maps other files reached through external links.
     """
     refmap = RefMap()
+    url = url or source_url(source)
     report = scan_hdf5(
         source,
         refmap,
-        url=url or source_url(source),
+        url=url,
         options=options,
         url_for=url_for or source_url,
     )
@@ -108,7 +135,7 @@ def build_refmap(
         "sources": [{"url": u} for u in refmap.sources],
         "nexus": report.nexus,
     }
-    return ConversionResult(refmap, [report])
+    return ConversionResult(refmap, [report], url=url)
 
 
 def combine_refmaps(
@@ -127,12 +154,33 @@ def combine_refmaps(
     (otherwise chunk boundaries would not line up and a virtual map is impossible).
     Arrays not combined are taken from the first file. ``arrays`` defaults to every
     array that all files have with compatible metadata and more than one element.
+
+    Combined arrays keep the dimension names a single file's map gives them
+    (``_ARRAY_DIMENSIONS``); a new axis is named ``new_dim``. The root attribute
+    ``hyperslab`` records the combination under ``combined`` (``hyperslab verify``
+    reads it to check the map against each file)::
+
+        {"arrays": [combined array paths], "dim": int | None, "new_dim": str | None,
+         "files": N, "parts": [{"url": file i, "start": s_i}, ...],
+         "starts": {path: [s_0, ..., s_N-1]}}
+
+    ``parts[i].start`` is where file ``i`` begins along the combined axis (``i`` on
+    a new axis); ``starts`` lists only arrays whose own starts differ from that.
     """
     if not results:
         raise BadInputError("nothing to combine")
     if (dim is None) == (new_dim is None):
         raise BadInputError("combine needs exactly one of dim= (existing axis) or new_dim=")
     first = results[0].refmap
+    if new_dim is not None:
+        if not new_dim.strip():
+            raise BadInputError("the new axis needs a name (--combine-new-dim NAME)")
+        for p, a in first.arrays.items():
+            if new_dim in (a.attrs.get(DIMS) or []):
+                raise BadInputError(
+                    f"cannot add a new axis {new_dim!r}: array {p!r} already has a dimension "
+                    "of that name; choose another name"
+                )
     out = RefMap(groups={k: dict(v) for k, v in first.groups.items()})
     src_ids: dict[str, int] = {}
 
@@ -159,17 +207,34 @@ def combine_refmaps(
         for r in results:
             if p not in r.refmap.arrays:
                 raise BadInputError(f"cannot combine: {r.refmap.sources[:1]} has no array {p!r}")
+    starts: dict[str, list[int]] = {}
     for path, arr in first.arrays.items():
         if path in names:
-            out.arrays[path] = _combine_one([r.refmap for r in results], path, dim, new_dim, sid)
+            out.arrays[path], starts[path] = _combine_one(
+                [r.refmap for r in results], path, dim, new_dim, sid
+            )
         else:
             out.arrays[path] = _remap(arr, first.sources, sid)
     assign_dimensions(out)
+    common = starts[names[0]] if names else list(range(len(results)))
+    record: dict[str, Any] = {
+        "arrays": names,
+        "dim": dim,
+        "new_dim": new_dim,
+        "files": len(results),
+        "parts": [
+            {"url": r.url or (r.refmap.sources[0] if r.refmap.sources else ""), "start": s}
+            for r, s in zip(results, common, strict=True)
+        ],
+    }
+    odd = {p: s for p, s in starts.items() if s != common}
+    if odd:
+        record["starts"] = odd
     meta = dict(out.groups[""].get(META_ATTR, {}))
     meta["sources"] = [{"url": u} for u in out.sources]
-    meta["combined"] = {"arrays": names, "dim": dim, "new_dim": new_dim, "files": len(results)}
+    meta["combined"] = record
     out.groups[""][META_ATTR] = meta
-    return ConversionResult(out, [rep for r in results for rep in r.reports])
+    return ConversionResult(out, [rep for r in results for rep in r.reports], combined=record)
 
 
 def _compatible(a: ArrayRefs, b: ArrayRefs, dim: int | None) -> bool:
@@ -177,6 +242,8 @@ def _compatible(a: ArrayRefs, b: ArrayRefs, dim: int | None) -> bool:
     same = all(za[k] == zb[k] for k in ("dtype", "chunks", "filters", "compressor", "fill_value"))
     if not same or len(za["shape"]) != len(zb["shape"]):
         return False
+    if dim is not None and not 0 <= dim < len(za["shape"]):
+        return False  # no such axis to concatenate along
     if dim is None:
         return bool(za["shape"] == zb["shape"])
     return all(
@@ -203,22 +270,28 @@ def _remap(arr: ArrayRefs, sources: list[str], sid: Callable[[str], int]) -> Arr
 
 def _combine_one(
     maps: list[RefMap], path: str, dim: int | None, new_dim: str | None, sid: Callable[[str], int]
-) -> ArrayRefs:
+) -> tuple[ArrayRefs, list[int]]:
+    """One combined array, and where each file's part starts along the combined axis."""
     parts = [_remap(m.arrays[path], m.sources, sid) for m in maps]
     z0 = parts[0].zarray
     shape, chunks = list(z0["shape"]), list(z0["chunks"])
     attrs = dict(parts[0].attrs)
-    attrs.pop("_ARRAY_DIMENSIONS", None)
+    dims = attrs.pop(DIMS, None)
+    if not isinstance(dims, list) or len(dims) != len(shape):
+        dims = [None] * len(shape)  # completed by assign_dimensions as for one file
+    starts: list[int]
     if new_dim is not None:
         out_shape, out_chunks = [len(parts), *shape], [1, *chunks]
         axis, offsets = 0, list(range(len(parts)))
+        starts = offsets
+        attrs[DIMS] = [new_dim, *dims]
     else:
         assert dim is not None
         if not 0 <= dim < len(shape):
             raise BadInputError(
                 f"cannot combine {path!r} along axis {dim}: it has {len(shape)} axes"
             )
-        offsets, total = [], 0
+        offsets, starts, total = [], [], 0
         for i, p in enumerate(parts):
             n = p.zarray["shape"][dim]
             if total % chunks[dim]:
@@ -227,10 +300,12 @@ def _combine_one(
                     f"of the chunk length {chunks[dim]}; use a new axis instead"
                 )
             offsets.append(total // chunks[dim])
+            starts.append(total)
             total += n
         out_shape, out_chunks = list(shape), list(chunks)
         out_shape[dim] = total
         axis = dim
+        attrs[DIMS] = dims
     out = ArrayRefs(path=path, zarray={**z0, "shape": out_shape, "chunks": out_chunks}, attrs=attrs)
     out_grid = out.grid
     idx, src, off, ln = [], [], [], []
@@ -261,7 +336,7 @@ def _combine_one(
         out.offset = np.concatenate(off).astype(np.int64)
         out.length = np.concatenate(ln).astype(np.int64)
         out.sort()
-    return out
+    return out, starts
 
 
 def convert_each(

@@ -4,6 +4,11 @@ The map is opened the way a user without hyperslab would: fsspec's
 ``reference://`` filesystem + zarr. Values are compared bit for bit (raw bytes
 for fixed-size types, so NaN payloads and signed zeros count), slab by slab along
 the first axis so that memory stays bounded on large datasets.
+
+A map combined from several files (``hyperslab refs --combine-*``) records its
+parts in the root attribute ``hyperslab`` (``combined``); it is checked against
+each of its files: every combined array's slab for that file, and the arrays
+taken from the first file against the first file.
 """
 
 from __future__ import annotations
@@ -12,7 +17,7 @@ import json
 import math
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,12 +33,20 @@ from hyperslab.convert.dtypes import (
     dtype_from_json,
 )
 from hyperslab.convert.hdf5 import MATERIALISED_ATTR, open_hdf5
-from hyperslab.errors import NotFoundError
+from hyperslab.errors import BadInputError, NotFoundError
 from hyperslab.reading.values import first_difference, h5py_values, needs_decoding
 from hyperslab.references.kerchunk_json import to_kerchunk
 from hyperslab.references.refmap_files import load_kerchunk_json, read_refmap
 
-__all__ = ["ArrayCheck", "VerifyReport", "open_refs_store", "verify", "verify_store"]
+__all__ = [
+    "ArrayCheck",
+    "VerifyReport",
+    "combined_record",
+    "open_refs_store",
+    "verify",
+    "verify_combined",
+    "verify_store",
+]
 
 _SLAB_BYTES = 64 * 2**20
 
@@ -50,9 +63,14 @@ class ArrayCheck:
     detail: str = ""
     nbytes: int = 0
     unverifiable: bool = False
+    #: for a combined map: the source file whose slab (or array) was checked
+    source: str | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return dict(self.__dict__)
+        doc = dict(self.__dict__)
+        if self.source is None:
+            del doc["source"]
+        return doc
 
 
 @dataclass
@@ -62,6 +80,8 @@ class VerifyReport:
     arrays: list[ArrayCheck] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    #: for a combined map: how it was combined and which of its files were checked
+    combined: dict[str, Any] | None = None
 
     @property
     def ok(self) -> bool:
@@ -83,7 +103,7 @@ class VerifyReport:
         return out
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        doc = {
             "source": self.source,
             "refs": self.refs,
             "ok": self.ok,
@@ -92,6 +112,9 @@ class VerifyReport:
             "missing": self.missing,
             "arrays": [a.to_json() for a in self.arrays],
         }
+        if self.combined is not None:
+            doc["combined"] = self.combined
+        return doc
 
 
 def open_refs_store(
@@ -136,11 +159,179 @@ def open_refs_store(
 
 
 def verify(
-    source: str | Path, refs: str | Path, *, progress: Callable[[str, int, int], None] | None = None
+    source: str | Path | Sequence[str | Path] | None,
+    refs: str | Path,
+    *,
+    progress: Callable[[str, int, int], None] | None = None,
 ) -> VerifyReport:
-    """Compare every array of ``refs`` with ``source`` (and every dataset of the source with refs)."""
+    """Compare every array of ``refs`` with ``source`` (and every dataset of the source with refs).
+
+    A map combined from several files is checked against each file it names in
+    ``source`` (one path or several), or against every file it records when
+    ``source`` is None or empty: see :func:`verify_combined`. A map of one file
+    needs exactly that file.
+    """
     store, paths = open_refs_store(refs)
-    return verify_store(source, store, paths, label=str(refs), progress=progress)
+    given = [] if source is None else [source] if isinstance(source, str | Path) else list(source)
+    record = combined_record(store)
+    if record is not None:
+        return verify_combined(given, store, paths, record, label=str(refs), progress=progress)
+    if len(given) != 1:
+        raise BadInputError(
+            f"{refs} is the map of one file (not combined from several): "
+            f"give that file, as in: hyperslab verify SOURCE {refs}"
+            + (f"; got {len(given)} sources" if given else "")
+        )
+    return verify_store(given[0], store, paths, label=str(refs), progress=progress)
+
+
+def combined_record(store: Any) -> dict[str, Any] | None:
+    """The ``combined`` record of a map's root ``hyperslab`` attribute, or None."""
+    import zarr
+
+    try:
+        attrs = zarr.open_group(store, mode="r", zarr_format=2).attrs.asdict()
+    except Exception:
+        return None
+    meta = attrs.get("hyperslab")
+    record = meta.get("combined") if isinstance(meta, dict) else None
+    return record if isinstance(record, dict) else None
+
+
+class _Slab:
+    """One file's part of a combined array, indexed like that file's dataset.
+
+    ``index`` along a new leading axis, or ``[start, start + length)`` along ``axis``.
+    """
+
+    def __init__(
+        self, z: Any, *, index: int | None = None, axis: int = 0, start: int = 0, length: int = 0
+    ) -> None:
+        self.z, self.index, self.axis, self.start = z, index, axis, start
+        self.attrs = z.attrs
+        shape = list(z.shape)
+        if index is not None:
+            self.shape: tuple[int, ...] = tuple(shape[1:])
+        else:
+            shape[axis] = length
+            self.shape = tuple(shape)
+
+    def __getitem__(self, sel: Any) -> Any:
+        if sel is Ellipsis:
+            sel = ()
+        if not isinstance(sel, tuple):
+            sel = (sel,)
+        full = [*sel, *[slice(None)] * (len(self.shape) - len(sel))]
+        if self.index is not None:
+            return self.z[(self.index, *full)]
+        a, b, _ = full[self.axis].indices(self.shape[self.axis])
+        full[self.axis] = slice(self.start + a, self.start + b)
+        return self.z[tuple(full)]
+
+
+def verify_combined(
+    sources: Sequence[str | Path],
+    store: Any,
+    paths: list[str],
+    record: dict[str, Any],
+    *,
+    label: str,
+    progress: Callable[[str, int, int], None] | None = None,
+) -> VerifyReport:
+    """Check a combined map against its files, bit for bit.
+
+    For each file checked: the slab of every combined array that came from it;
+    for the first file also the arrays taken from it as they are, and that every
+    dataset it holds is in the map. ``sources`` are matched to the recorded files
+    by path; several that do not all match are taken in the order they were
+    combined when there are as many as the map has files. No ``sources``: every
+    recorded file, by the path or URL the map names it by. Files not given are
+    listed in the report's ``combined["unchecked"]``.
+    """
+    import zarr
+
+    from hyperslab.convert.api import source_url
+
+    parts = record.get("parts")
+    if not isinstance(parts, list) or not parts or not all(isinstance(p, dict) for p in parts):
+        raise BadInputError(
+            f"{label} was combined by an older hyperslab that did not record which files "
+            "went where; make it again with hyperslab refs --combine-... to verify it"
+        )
+    urls = [str(p.get("url", "")) for p in parts]
+    if not sources:
+        hashed = [u for u in urls if u.startswith("hyperslab-source:")]
+        if hashed:
+            raise BadInputError(
+                f"{label} names its files by content hash ({hashed[0]}); give the files "
+                f"it was combined from: hyperslab verify FILE... {label}"
+            )
+        chosen = list(enumerate(urls))
+    else:
+        given = [str(s) for s in sources]
+        where = {u: i for i, u in enumerate(urls)}
+        found = [where.get(source_url(s)) for s in given]
+        if all(i is not None for i in found):
+            chosen = [(i, s) for i, s in zip(found, given, strict=True) if i is not None]
+        elif len(given) == len(urls):
+            chosen = list(enumerate(given))
+        else:
+            bad = next(s for s, i in zip(given, found, strict=True) if i is None)
+            raise BadInputError(
+                f"{bad} is not one of the {len(urls)} files {label} was combined from "
+                f"({', '.join(urls[:3])}{', ...' if len(urls) > 3 else ''}); give some of them, "
+                f"all {len(urls)} in the order they were combined, or none to check the "
+                "files the map names"
+            )
+    chosen = list({i: (i, s) for i, s in reversed(chosen)}.values())  # a file once
+    combined = set(record.get("arrays") or [])
+    new_dim, dim = record.get("new_dim"), record.get("dim")
+    if new_dim is None and not isinstance(dim, int):
+        raise BadInputError(f"{label} records neither a new axis nor an axis it was combined along")
+    axis = dim if isinstance(dim, int) else 0
+    own_starts: dict[str, list[int]] = record.get("starts") or {}
+
+    t0 = time.perf_counter()
+    report = VerifyReport(source=str(chosen[0][1]), refs=label)
+    total = len(paths) * len(chosen)
+    done = 0
+    for i, src in sorted(chosen):
+        with open_hdf5(src) as f:
+            for path in paths:
+                if progress:
+                    progress(path, done, total)
+                done += 1
+                if path not in combined and i != 0:
+                    continue  # taken from the first file: checked against that one
+                try:
+                    z = zarr.open_array(store, path=path, mode="r", zarr_format=2)
+                except Exception as exc:
+                    report.arrays.append(
+                        ArrayCheck(path, False, "virtual", f"cannot open: {exc}", source=str(src))
+                    )
+                    continue
+                view: Any = z
+                if path in combined and new_dim is not None:
+                    view = _Slab(z, index=i)
+                elif path in combined:
+                    starts = own_starts.get(path) or [int(p["start"]) for p in parts]
+                    stop = starts[i + 1] if i + 1 < len(starts) else int(z.shape[axis])
+                    view = _Slab(z, axis=axis, start=starts[i], length=stop - starts[i])
+                check = _check(f, path, view)
+                check.source = str(src)
+                report.arrays.append(check)
+            if i == 0:
+                report.missing = sorted(_all_datasets(f) - set(paths))
+    report.seconds = time.perf_counter() - t0
+    checked = {i for i, _ in chosen}
+    report.combined = {
+        "new_dim": new_dim,
+        "dim": dim,
+        "files": len(urls),
+        "checked": [{"source": str(s), "part": i, "url": urls[i]} for i, s in sorted(chosen)],
+        "unchecked": [u for i, u in enumerate(urls) if i not in checked],
+    }
+    return report
 
 
 def verify_store(
@@ -399,4 +590,4 @@ def _first_difference(a: np.ndarray, b: np.ndarray) -> Any:
     ua = a.reshape(-1).view(np.uint8) if a.dtype.itemsize else a
     ub = b.reshape(-1).view(np.uint8) if b.dtype.itemsize else b
     idx = int(np.argmax(ua != ub)) // max(1, a.dtype.itemsize)
-    return np.unravel_index(idx, a.shape) if a.shape else ()
+    return tuple(int(i) for i in np.unravel_index(idx, a.shape)) if a.shape else ()
