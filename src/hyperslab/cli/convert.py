@@ -196,18 +196,23 @@ def _print_refs_summary(w: dict[str, Any]) -> None:
         if rest:
             line += f", {rest} as in the first file"
     line += f", {_plural(w['n_refs'], 'chunk ref')}"
+    if counts.get("skipped"):
+        line += f"; {_plural(counts['skipped'], 'dataset')} skipped (unreadable here)"
     out.print(f"[green]✓[/] wrote {w['refs']}: {line}", highlight=False)
     # a combined map's files share their datasets: name each one once, not once a file
-    by_reason: dict[str, list[str]] = {}
+    by_reason: dict[tuple[str, str], list[str]] = {}
     warnings: list[str] = []
     for f in w["files"]:
         for d in f["datasets"]:
-            if d["reason"] and d["path"] not in by_reason.setdefault(d["reason"], []):
-                by_reason[d["reason"]].append(d["path"])
+            # skipped: nobody can read it here, left out of the map; else materialised
+            what = "skipped" if d["status"] == "skipped" else "materialised"
+            paths = by_reason.setdefault((what, d["reason"]), []) if d["reason"] else None
+            if paths is not None and d["path"] not in paths:
+                paths.append(d["path"])
         warnings.extend(x for x in f["warnings"] if x not in warnings)
-    for reason, paths in by_reason.items():
+    for (what, reason), paths in by_reason.items():
         shown = ", ".join(paths[:3]) + (f" and {len(paths) - 3} more" if len(paths) > 3 else "")
-        out.print(f"    [yellow]materialised[/] {len(paths)}: {reason} ({shown})", highlight=False)
+        out.print(f"    [yellow]{what}[/] {len(paths)}: {reason} ({shown})", highlight=False)
     for warning in warnings:
         out.print(f"    [yellow]warning[/] {warning}", highlight=False)
 
@@ -296,6 +301,10 @@ def verify(
                 table.add_row(*row)
             if table.row_count:
                 out.print(table)
+            for path, why in report.skipped.items():
+                out.print(
+                    f"    [yellow]skipped[/] {path} (left out of the map: {why})", highlight=False
+                )
             c = report.counts
             pct = 100.0 * c["bit_exact"] / c["arrays"] if c["arrays"] else 100.0
             colour = "green" if report.ok else "red"
@@ -320,7 +329,9 @@ def verify(
             out.print(
                 f"[{colour}]{c['bit_exact']}/{c['arrays']} {noun} bit-exact ({pct:.1f}%)[/]: "
                 f"{c['virtual']} virtual, {c['materialised']} materialised, {c['empty']} empty; "
-                f"{c['missing']} missing, {c['unverifiable']} unverifiable; {report.seconds:.2f} s",
+                f"{c['missing']} missing, "
+                + (f"{c['skipped']} skipped, " if c["skipped"] else "")
+                + f"{c['unverifiable']} unverifiable; {report.seconds:.2f} s",
                 highlight=False,
             )
         if not report.ok:

@@ -48,10 +48,12 @@ MATERIALISED_ATTR = "hyperslab:materialised"
 
 __all__ = [
     "MATERIALISED_ATTR",
+    "SKIPPED_ATTR",
     "BrokenLinkError",
     "ConvertOptions",
     "DatasetReport",
     "FileReport",
+    "UnreadableDatasetError",
     "scan_hdf5",
 ]
 
@@ -98,6 +100,15 @@ class ConvertOptions:
                 raise BadInputError(
                     f"{name}{where} must be a whole number >= {least}, not {value!r}"
                 )
+
+
+#: group attribute naming the datasets left out because nobody can read them here
+SKIPPED_ATTR = "hyperslab:skipped"
+
+
+class UnreadableDatasetError(UnsupportedFeatureError):
+    """A dataset that cannot be referenced in place and that h5py cannot read either
+    (its filter's plugin is missing or fails): skipped and reported, the rest converts."""
 
 
 @dataclass
@@ -257,9 +268,7 @@ class _Scanner:
         key = (os.path.abspath(group.file.filename), hash(group.id))
         if key in ancestors:
             self.refmap.groups.setdefault(zpath, {})["hyperslab:cycle_to"] = group.name
-            self.report.warnings.append(
-                f"{zpath}: hard link back to ancestor {group.name} not followed"
-            )
+            self.report.warnings.append(f"{zpath}: link back to ancestor {group.name} not followed")
             return
         ancestors = ancestors | {key}
         self.refmap.groups[zpath] = self.attrs_of(group)
@@ -295,12 +304,15 @@ class _Scanner:
                 )
             if isinstance(obj, h5py.Group):
                 if isinstance(link, h5py.SoftLink):
-                    # don't duplicate subtrees (and never loop): record where it points
+                    # h5py shows the group at the link's path too (NWB: electrodes/group):
+                    # so does the map, its arrays referencing the same chunks; a link back
+                    # to an ancestor is cut by walk(). Recorded where it points as well.
                     self.refmap.groups.setdefault(zpath, {}).setdefault("hyperslab:links", {})[
                         name
                     ] = link.path
-                    continue
                 self.walk(obj, child, ancestors)
+                if isinstance(link, h5py.SoftLink) and child in self.refmap.groups:
+                    self.refmap.groups[child]["hyperslab:link"] = link.path
             elif isinstance(obj, h5py.Dataset):
                 self.dataset(obj, child, link)
             # named datatypes are described by the datasets that use them
@@ -379,16 +391,20 @@ class _Scanner:
         if dims is not None:
             attrs[DIMS] = dims
         arr = ArrayRefs(path=zpath, zarray=zarray, attrs=attrs, reason=reason)
-        if null_space or math.prod(full_shape) == 0:
-            pass
-        elif reason is not None:
-            self.materialise(dset, arr, plan)
-        elif layout == h5py.h5d.CHUNKED:
-            self.chunked(dset, arr)
-        elif external:
-            self.external(dset, arr, plan)
-        else:
-            self.contiguous(dset, arr, plan)
+        try:
+            if null_space or math.prod(full_shape) == 0:
+                pass
+            elif reason is not None:
+                self.materialise(dset, arr, plan)
+            elif layout == h5py.h5d.CHUNKED:
+                self.chunked(dset, arr)
+            elif external:
+                self.external(dset, arr, plan)
+            else:
+                self.contiguous(dset, arr, plan)
+        except UnreadableDatasetError as exc:
+            self.skip(zpath, full_shape, plan, pipeline, exc.message)
+            return
         if arr.reason is not None:
             arr.attrs[MATERIALISED_ATTR] = arr.reason
         self.refmap.arrays[zpath] = arr
@@ -404,6 +420,34 @@ class _Scanner:
                 inline_bytes=arr.inline_bytes(),
                 filters=pipeline_summary(pipeline),
                 reason=reason,
+            )
+        )
+
+    def skip(
+        self,
+        zpath: str,
+        shape: tuple[int, ...],
+        plan: DtypePlan,
+        pipeline: Any,
+        why: str,
+    ) -> None:
+        """Leave out a dataset nobody can read here, say so in the report, and record it
+        in its group's ``hyperslab:skipped`` (``verify`` reports it as skipped, not
+        missing): the rest of the file still converts."""
+        parent, _, name = zpath.rpartition("/")
+        self.refmap.groups.setdefault(parent, {}).setdefault(SKIPPED_ATTR, {})[name] = why
+        self.report.datasets.append(
+            DatasetReport(
+                path=zpath,
+                status="skipped",
+                shape=shape,
+                dtype=str(plan.h5_dtype),
+                chunks=0,
+                refs=0,
+                referenced_bytes=0,
+                inline_bytes=0,
+                filters=pipeline_summary(pipeline),
+                reason=why,
             )
         )
 
@@ -589,7 +633,7 @@ class _Scanner:
             values = np.asarray(dset[sel[:h5ndim]] if h5ndim else dset[()])
         except (OSError, TypeError, ValueError) as exc:
             why = arr.reason or "cannot be referenced in place"
-            raise UnsupportedFeatureError(
+            raise UnreadableDatasetError(
                 f"{self.report.source}:{dset.name}: {why}, and h5py cannot read it to materialise "
                 f"it either ({exc})",
                 dataset=dset.name,
@@ -785,6 +829,10 @@ def scan_hdf5(
             ) from exc
         finally:
             scanner.close()
+    skipped = [d for d in report.datasets if d.status == "skipped"]
+    if skipped and len(skipped) == len(report.datasets):
+        # nothing of the file would be readable: refuse it rather than write an empty map
+        raise UnsupportedFeatureError(skipped[0].reason or "unreadable", dataset=skipped[0].path)
     return report
 
 

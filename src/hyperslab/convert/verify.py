@@ -32,7 +32,7 @@ from hyperslab.convert.dtypes import (
     attr_to_json,
     dtype_from_json,
 )
-from hyperslab.convert.hdf5 import MATERIALISED_ATTR, open_hdf5
+from hyperslab.convert.hdf5 import MATERIALISED_ATTR, SKIPPED_ATTR, open_hdf5
 from hyperslab.errors import BadInputError, NotFoundError
 from hyperslab.reading.values import first_difference, h5py_values, needs_decoding
 from hyperslab.references.kerchunk_json import to_kerchunk
@@ -79,6 +79,8 @@ class VerifyReport:
     refs: str
     arrays: list[ArrayCheck] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)
+    #: datasets the map left out because nobody could read them (path → why)
+    skipped: dict[str, str] = field(default_factory=dict)
     seconds: float = 0.0
     #: for a combined map: how it was combined and which of its files were checked
     combined: dict[str, Any] | None = None
@@ -96,6 +98,7 @@ class VerifyReport:
             "materialised": 0,
             "empty": 0,
             "missing": len(self.missing),
+            "skipped": len(self.skipped),
             "unverifiable": sum(a.unverifiable for a in self.arrays),
         }
         for a in self.arrays:
@@ -110,6 +113,7 @@ class VerifyReport:
             "counts": self.counts,
             "seconds": round(self.seconds, 3),
             "missing": self.missing,
+            "skipped": self.skipped,
             "arrays": [a.to_json() for a in self.arrays],
         }
         if self.combined is not None:
@@ -322,6 +326,8 @@ def verify_combined(
                 report.arrays.append(check)
             if i == 0:
                 report.missing = sorted(_all_datasets(f) - set(paths))
+                report.skipped = _skipped(store, report.missing)
+                report.missing = [m for m in report.missing if m not in report.skipped]
     report.seconds = time.perf_counter() - t0
     checked = {i for i, _ in chosen}
     report.combined = {
@@ -369,8 +375,30 @@ def verify_store(
                 continue
             report.arrays.append(_check(f, path, z))
         report.missing = sorted(h5names - set(paths))
+        report.skipped = _skipped(store, report.missing)
+        report.missing = [m for m in report.missing if m not in report.skipped]
     report.seconds = time.perf_counter() - t0
     return report
+
+
+def _skipped(store: Any, missing: list[str]) -> dict[str, str]:
+    """Which of the datasets absent from the map the converter left out on purpose
+    (``hyperslab:skipped`` of their group: nobody could read them), with why."""
+    import zarr
+
+    out: dict[str, str] = {}
+    groups: dict[str, dict[str, Any]] = {}
+    for path in missing:
+        parent, _, name = path.rpartition("/")
+        if parent not in groups:
+            try:
+                attrs = zarr.open_group(store, path=parent, mode="r", zarr_format=2).attrs
+                groups[parent] = dict(attrs.get(SKIPPED_ATTR) or {})
+            except Exception:  # no such group in the map: the dataset is simply missing
+                groups[parent] = {}
+        if name in groups[parent]:
+            out[path] = str(groups[parent][name])
+    return out
 
 
 def _all_datasets(f: h5py.File) -> set[str]:
