@@ -69,7 +69,9 @@ def test_v1_history_refs_and_entries(golden_v1: Repository) -> None:
         "checksums": 0,  # v1 entries written before per-chunk checksums: read unverified
         "sources": 3,
         "chunks": 0,
-        "replicas": 0,  # hot-chunk replicas are written by sync, which v1 predates
+        "chunk_packs": 0,  # hot-chunk packs and replicas are written by sync, which v1 predates
+        "hot_chunks": 0,
+        "replicas": 0,
         "catalogs": 0,  # v1 repositories written before catalog indexes: search reads leaves
         "locators": 0,  # everything loose: object packs are written by sync, which v1 predates
         "packs": 0,

@@ -68,7 +68,7 @@ tags = ["paper-2026"]
         "laptop keeps the paper": True,
     }
     cloud = doc["jobs"][0]["report"]
-    assert cloud["hot"]["chunks"] == 6 and cloud["copied"]["pack"] == 3
+    assert cloud["hot"]["chunks"] == 6 and cloud["copied"]["chunk_pack"] == 3
     laptop = Repository.open(str(tmp_path / "laptop"))
     assert laptop.branches() == {} and laptop.tags() == Repository.open(str(beamline)).tags()
     code, out = _cli("replicate", "--rules", str(rules), "--json")

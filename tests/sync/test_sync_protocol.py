@@ -306,7 +306,7 @@ def test_hot_frames_rule_selects_the_last_frames_and_readers_use_them(tmp_path: 
     ingest(src, [str(path)], upload_sources=False)
     rules = HotRules.from_dict({"rule": [{"arrays": "entry/data/data", "frames": "-3:"}]})
     report = sync(src, dst_site, hot=rules)
-    assert report.hot_chunks == 3 and report.copied["pack"] == 1
+    assert report.hot_chunks == 3 and report.copied["chunk_pack"] == 1
     again = sync(src, dst_site, hot=rules)  # the completed selection is remembered
     assert again.hot_chunks == 0 and again.bytes_copied == 0
     path.rename(tmp_path / "gone.h5")  # only the destination's pack can serve now

@@ -94,7 +94,7 @@ def test_sources_replicated_read_bit_exact_with_origin_down(
 
 def test_hot_chunks_replicated_read_bit_exact_without_any_source(replicas: Replicas) -> None:
     hot = replicas.reports["c"]["hot"]
-    assert hot["chunks"] > 100 and replicas.reports["c"]["copied"]["pack"] >= 1
+    assert hot["chunks"] > 100 and replicas.reports["c"]["copied"]["chunk_pack"] >= 1
     assert "source" not in replicas.reports["c"]["copied"]
     arrays, by_site = _read_all(replicas.c, replicas.files)
     assert arrays >= 150 and set(by_site) == {Repository.open(replicas.c).display}

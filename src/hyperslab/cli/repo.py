@@ -464,11 +464,14 @@ def fsck(
         if as_json:
             print(json.dumps({"ok": report.clean, **report.to_json()}))
         else:
-            counts = ", ".join(f"{v} {k}" for k, v in report.checked.items())
+            counts = report.describe()
             for w in report.warnings:
                 err.print(f"[yellow]warning[/]: {w['error']}", highlight=False)
             if report.clean:
-                out.print(f"[green]clean[/]: {counts} ({report.bytes_checked} bytes hashed)")
+                out.print(
+                    f"[green]clean[/]: {counts} ({report.bytes_checked} bytes hashed)",
+                    soft_wrap=True,
+                )
             else:
                 for p in report.problems:
                     err.print(

@@ -118,37 +118,20 @@ def run_sync(
 
 
 def print_report(report: Any) -> None:
-    from hyperslab.sync.report import describe_plan
+    """The plan, then (unless a dry run) any notes and what was copied: the same
+    counts, notes and words as ``--json`` (read off the report's tallies)."""
+    from hyperslab.sync.report import describe_plan, describe_result
 
     for line in describe_plan(report):
-        out.print(line, highlight=False)
+        out.print(line, highlight=False, markup=False, soft_wrap=True)
     if report.dry_run:
         out.print("[yellow]dry run[/]: nothing was written")
         return
-    copied = sum(report.copied.values())
-    hot = (
-        f"; hot chunks: {report.hot_chunks} selected, {report.hot_held} already held"
-        if report.hot_chunks
-        else ""
-    )
-    if report.sources_absent:
-        out.print(
-            f"[yellow]note[/]: {len(report.sources_absent)} source file(s) are not stored at "
-            "the source (ingested without --upload-sources), so were not copied; readers "
-            f"use the sites that hold them (first: {report.sources_absent[0]})",
-            highlight=False,
-        )
-    packs = (
-        f" (entry records, refmaps and checksums in {report.packs} "
-        f"pack{'s' if report.packs != 1 else ''})"
-        if report.packs
-        else ""
-    )
-    out.print(
-        f"[green]synced[/]: {copied} objects{packs}, {report.bytes_copied:,} bytes copied "
-        f"in {report.seconds:.2f} s{hot}",
-        highlight=False,
-    )
+    for line in describe_result(report):
+        head, _, rest = line.partition(": ")
+        style = "yellow" if head == "note" else "green"
+        out.print(f"[{style}]{head}[/]: ", end="", highlight=False)
+        out.print(rest, highlight=False, markup=False, soft_wrap=True)
 
 
 @app.command("sync", help=SYNC_HELP)
@@ -239,7 +222,9 @@ list), `hot` (a hot-chunk rules file) or inline `hot_rules`, `sources`.
 Jobs run in order; a failing job does not stop the others.
 
 Exit status: 0 when every job succeeded, else the status of the first failure
-(5 conflict, 7 transient/failed copy, ...). With --watch, rounds repeat every
+(5 conflict, 7 transient/failed copy, ...). A job that succeeded but skipped work
+it was asked for (source files the `from` site does not hold) is marked ⚠, not
+✓, with the same note as --json saying why; that is not a failure. With --watch, rounds repeat every
 --interval seconds (default: the file's `interval`, else 60) until interrupted,
 and the exit status is that of the last round. --json prints one report per
 round (one JSON document per line).
@@ -306,14 +291,27 @@ def replicate_cmd(
                             highlight=False,
                         )
                     elif r.report is not None:
-                        rep = r.report
-                        moved = ", ".join(f"{u.kind} {u.name} {u.status}" for u in rep.refs)
-                        out.print(
-                            f"[green]✓[/] {r.job.name}: {moved or 'no refs'}; "
-                            f"{sum(rep.copied.values())} objects, {rep.bytes_copied:,} bytes",
-                            highlight=False,
-                        )
+                        _print_job(r.job.name, r.report)
             if not watch:
                 break
             time.sleep(interval if interval is not None else spec.interval)
     raise typer.Exit(status)
+
+
+def _print_job(name: str, rep: Any) -> None:
+    """One replicate job that ran: ✓ when it did everything asked, ⚠ with the report's
+    notes (as in --json) when it skipped some of it, e.g. sources no site could give."""
+    from hyperslab.sync.report import describe_plan
+
+    moved = ", ".join(f"{u.kind} {u.name} {u.status}" for u in rep.refs)
+    if rep.dry_run:
+        counts = list(describe_plan(rep))[-1]
+    else:
+        counts = f"copied: {rep.result.describe()}; {rep.bytes_copied:,} bytes"
+    notes = rep.notes()
+    mark = "[yellow]⚠[/]" if notes else "[green]✓[/]"
+    out.print(f"{mark} {name}: ", end="", highlight=False)
+    out.print(f"{moved or 'no refs'}; {counts}", highlight=False, markup=False, soft_wrap=True)
+    for note in notes:
+        out.print("  [yellow]note[/]: ", end="", highlight=False)
+        out.print(note["message"], highlight=False, markup=False, soft_wrap=True)

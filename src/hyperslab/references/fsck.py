@@ -49,6 +49,22 @@ class FsckReport:
         problem = "missing" if isinstance(exc, NotFoundError) else "corrupt"
         self.add(kind, oid, problem, error=exc.message)
 
+    def describe(self) -> str:
+        """:attr:`checked` in words that say which objects are which (the same numbers
+        as ``to_json``): ``chunks`` are chunk objects entries name, ``chunk_packs`` the
+        hot-chunk packs (both in ``chunks/``), ``replicas`` the indexes of those packs
+        (``replicas/``), ``packs`` the object packs of entry records, refmaps and
+        checksums (``packs/``)."""
+        parts = []
+        for k, n in self.checked.items():
+            if k == "hot_chunks":
+                continue
+            part = f"{n} {_LABELS.get(k, k)}"
+            if k == "chunk_packs":
+                part += f" (holding {self.checked.get('hot_chunks', 0)} hot chunks)"
+            parts.append(part)
+        return ", ".join(parts)
+
     def to_json(self) -> dict[str, Any]:
         return {
             "clean": self.clean,
@@ -57,6 +73,16 @@ class FsckReport:
             "problems": self.problems,
             "warnings": self.warnings,
         }
+
+
+#: what fsck's counts are called in text: the objects under ``chunks/`` are chunk
+#: objects entries name and hot-chunk packs; ``replicas/`` holds the packs' indexes
+_LABELS = {
+    "chunks": "chunk objects",
+    "chunk_packs": "chunk packs",
+    "replicas": "replica indexes",
+    "packs": "object packs",
+}
 
 
 def fsck(
@@ -144,6 +170,8 @@ def fsck(
     report.checked["chunks"] = len(r.chunks)
     for key, index in sorted(r.replicas.items()):
         _check_replica(repo, key, index, report)
+    report.checked["chunk_packs"] = len({ix.pack for ix in r.replicas.values()})
+    report.checked["hot_chunks"] = sum(len(ix.offset) for ix in r.replicas.values())
     report.checked["replicas"] = len(r.replicas)
     report.checked["locators"] = len(r.locators)
     report.checked["packs"] = len(r.packs)

@@ -38,9 +38,14 @@ from hyperslab.references.repository import Repository
 from hyperslab.storage import Site
 from hyperslab.sync.hot_copy import plan_hot
 from hyperslab.sync.hot_rules import HotRules
-from hyperslab.sync.packing import Packing
+from hyperslab.sync.packing import Packing, plan_tally
 from hyperslab.sync.plan import Walker
-from hyperslab.sync.presence import missing_at, planned_bytes, read_locators
+from hyperslab.sync.presence import (
+    missing_at,
+    planned_bytes,
+    read_locators,
+    sources_elsewhere,
+)
 from hyperslab.sync.refs import (
     check_repositories,
     create_repository,
@@ -132,18 +137,22 @@ def sync(
         read_locators(dst, walker.leaves, jobs)
         missing = missing_at(dst, all_objs, fresh, jobs)
     report.present = len(all_objs) - len(missing)
-    for o in missing:
-        report.planned[o.kind] = report.planned.get(o.kind, 0) + 1
+    packing = Packing(walker, dst, fresh_dst, pack, missing, jobs)
+    plan_tally(report.plan, missing)
     if dry_run:
-        report.planned_bytes = planned_bytes(src, missing, jobs)
+        report.plan.bytes = planned_bytes(src, missing, jobs)
         report.seconds = time.perf_counter() - t0
         return report
     if fresh_dst:
         create_repository(src, dst)
     if any(u.moves for u in report.refs) or missing or marker:
         dst.check_writable()
-    packing = Packing(walker, dst, fresh_dst, pack, missing, jobs)
     copy_all(src, dst, missing, report, jobs, RateLimiter(bwlimit), progress, packing)
+    if report.sources_absent:  # say where they are, so the report says what happened
+        report.sources_absent.sort()  # found by parallel copies: in any order
+        report.sources_sites_checked, report.sources_held = sources_elsewhere(
+            src, report.sources_absent, config
+        )
     if report.failures:
         report.seconds = time.perf_counter() - t0
         first = report.failures[0]

@@ -23,7 +23,7 @@ from hyperslab.references.keys import HOT_MARKER_PREFIX, chunk_pack_key
 from hyperslab.references.repository import Repository
 from hyperslab.sync.hot_rules import HotChunk, HotRules, select_hot
 from hyperslab.sync.plan import CopyItem
-from hyperslab.sync.report import SyncReport
+from hyperslab.sync.report import CHUNK_PACK, SyncReport
 
 __all__ = ["plan_hot"]
 
@@ -81,8 +81,8 @@ def plan_hot(
             continue
         todo.setdefault((c.source, chunk_pack_group(c.offset)), []).append(c)
     objs = [
-        CopyItem(f"pack:{source}:{group}", "pack", 0, size=sum(c.length for c in group_chunks),
-             make=_pack_maker(src, dst, views[source], group_chunks))
+        CopyItem(f"pack:{source}:{group}", CHUNK_PACK, 0, size=sum(c.length for c in group_chunks),
+             make=_pack_maker(src, dst, views[source], group_chunks), chunks=len(group_chunks))
         for (source, group), group_chunks in sorted(todo.items())
     ]  # fmt: skip
     return objs, (marker_key, canonical_json({**marker_doc, "time": _now()}))

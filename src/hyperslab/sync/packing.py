@@ -13,9 +13,9 @@ from hyperslab.references.object_packs import PACK_OBJECT_MAX, Locator, Packer, 
 from hyperslab.references.repository import Repository
 from hyperslab.sync.plan import CopyItem, Walker
 from hyperslab.sync.presence import read_locators
-from hyperslab.sync.report import SyncReport
+from hyperslab.sync.report import CHUNK_PACK, REPLICA_INDEX, SyncReport, Tally
 
-__all__ = ["Packing", "pack_counts", "pack_ready", "write_locators"]
+__all__ = ["Packing", "pack_counts", "pack_ready", "plan_tally", "write_locators"]
 
 
 class Packing:
@@ -128,3 +128,21 @@ def pack_ready(
 
 def pack_counts(where: dict[str, PackSlot]) -> list[tuple[str, int]]:
     return [(KIND_OF_DIR[split_object_key(k)[0]], n) for k, (_, _, n) in where.items()]
+
+
+def plan_tally(tally: Tally, missing: list[CopyItem]) -> None:
+    """Count what copying ``missing`` (packed by :class:`Packing`) writes, the way the
+    copy counts what it wrote: each object by kind, those given to an object pack and
+    the packs (one per leaf that has any; a leaf's objects over 16 MiB are cut into
+    more, and an object over 1 MiB is stored loose when its bytes show it), each
+    hot-chunk pack with its replica index and chunks."""
+    packers = set()
+    for o in missing:
+        tally.add(o.kind)
+        if o.packer is not None:
+            tally.packed += 1
+            packers.add(id(o.packer))
+        if o.kind == CHUNK_PACK:
+            tally.add(REPLICA_INDEX)
+            tally.hot_chunks += o.chunks
+    tally.packs = len(packers)

@@ -35,6 +35,8 @@ class CopyItem:
     #: packed at the destination: the pack builder of its leaf, and its place in it
     packer: Packer | None = None
     index: int = 0
+    #: hot-chunk packs: the chunks the pack holds
+    chunks: int = 0
 
 
 class Walker:

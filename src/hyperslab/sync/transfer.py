@@ -29,12 +29,17 @@ from pathlib import Path
 from typing import Any
 
 from hyperslab.errors import CorruptError, HyperslabError, NotFoundError
-from hyperslab.references.keys import object_pack_key, split_object_key
+from hyperslab.references.keys import (
+    CHUNK_PREFIX,
+    REPLICA_PREFIX,
+    object_pack_key,
+    split_object_key,
+)
 from hyperslab.references.repository import Repository
 from hyperslab.storage import Site
 from hyperslab.sync.packing import Packing, pack_counts, pack_ready, write_locators
 from hyperslab.sync.plan import CopyItem
-from hyperslab.sync.report import Progress, SyncReport
+from hyperslab.sync.report import CHUNK_PACK, REPLICA_INDEX, Progress, SyncReport
 
 __all__ = [
     "LOOP_COPY_MAX",
@@ -84,19 +89,31 @@ def copy_all(
     packing: Packing,
 ) -> None:
     lock = threading.Lock()
+    tally = report.result  # counted as plan_tally counts the plan
 
-    def done(kind: str, n: int) -> None:
+    def done(kind: str, n: int, chunks: int = 0) -> None:
         with lock:
-            report.copied[kind] = report.copied.get(kind, 0) + 1
-            report.bytes_copied += n
+            tally.add(kind)
+            tally.bytes = (tally.bytes or 0) + n
+            tally.hot_chunks += chunks
         if progress:
             progress(kind, 1, n)
 
-    def landed(counts: list[tuple[str, int]], packs: int) -> None:
+    def landed(counts: list[tuple[str, int]], packs: int, packed: int) -> None:
         with lock:
-            report.packs += packs
+            tally.packs += packs
+            tally.packed += packed
         for kind, n in counts:
             done(kind, n)
+
+    def wrote(o: CopyItem, written: list[tuple[str, int]]) -> None:
+        for key, n in written:  # a hot-chunk pack (unless there already) and its index
+            if key.startswith(CHUNK_PREFIX) and o.kind == CHUNK_PACK:
+                done(CHUNK_PACK, n, o.chunks)
+            elif key.startswith(REPLICA_PREFIX) and o.kind == CHUNK_PACK:
+                done(REPLICA_INDEX, n)
+            else:
+                done(o.kind, n)
 
     def failed(o: CopyItem, exc: HyperslabError, absent: bool = False) -> None:
         if absent:  # see _absent_source: nothing to copy, no reason to fail the sync
@@ -112,10 +129,10 @@ def copy_all(
         try:
             if o.packer is not None:
                 return landed(*_pack_one(src, dst, o, packing, limiter))
-            n = _copy_one(src, dst, o, limiter)
+            written = _copy_one(src, dst, o, limiter)
         except HyperslabError as exc:
             return failed(o, exc, _absent_source(src, o, exc))
-        done(o.kind, n)
+        wrote(o, written)
 
     async def fast(o: CopyItem) -> None:
 
@@ -126,7 +143,7 @@ def copy_all(
         except HyperslabError as exc:
             # asking the source site is a blocking request: not on the IO loop
             return failed(o, exc, await asyncio.to_thread(_absent_source, src, o, exc))
-        done(o.kind, n)
+        wrote(o, [(o.key, n)])
 
     loop = shared_loop(src.site, dst.site) if not limiter.rate else None
     streams = loop is not None and src.site.supports_streaming and dst.site.supports_streaming
@@ -160,8 +177,9 @@ def copy_all(
 
 def _absent_source(src: Repository, o: CopyItem, exc: HyperslabError) -> bool:
     """Whether ``exc`` means that source file ``o`` is not stored at the source site
-    (ingested without --upload-sources): then readers keep using the sites that hold
-    it. A NotFound from anywhere else, or one that cannot be confirmed, is a failure."""
+    (never uploaded there; it may be at another site, which the report then says):
+    readers keep using the sites that hold it. A NotFound from anywhere else, or one
+    that cannot be confirmed, is a failure."""
     if o.kind != "source" or not isinstance(exc, NotFoundError):
         return False
     try:
@@ -172,7 +190,7 @@ def _absent_source(src: Repository, o: CopyItem, exc: HyperslabError) -> bool:
 
 def _pack_one(
     src: Repository, dst: Repository, o: CopyItem, packing: Packing, limiter: RateLimiter
-) -> tuple[list[tuple[str, int]], int]:
+) -> tuple[list[tuple[str, int]], int, int]:
     """Thread twin of :func:`_pack_on_loop`."""
     data = o.data if o.data is not None else src.get_key(o.key)  # sha256-checked
     loose, ready = pack_ready(o, data)
@@ -181,7 +199,7 @@ def _pack_one(
         limiter.take(len(data))
         dst.site.put_verified(o.key, data)
         counts.append((o.kind, len(data)))
-    uploaded = 0
+    uploaded = packed = 0
     for pid, pack, where in ready:
         key = object_pack_key(pid)
         if packing.fresh or not dst.site.exists(key):  # else a killed sync's upload
@@ -189,15 +207,17 @@ def _pack_one(
             dst.site.put_verified(key, pack)
             counts += pack_counts(where)
             uploaded += 1
+            packed += len(where)
         packing.record(where)
-    return counts, uploaded
+    return counts, uploaded, packed
 
 
 async def _pack_on_loop(
     src: Repository, dst: Repository, o: CopyItem, packing: Packing
-) -> tuple[list[tuple[str, int]], int]:
+) -> tuple[list[tuple[str, int]], int, int]:
     """Read one object to pack (checked against its id); upload, verified, the packs its
-    bytes complete. Returns what landed, for the report: ``((kind, bytes)…, packs)``."""
+    bytes complete. Returns what landed, for the report: ``((kind, bytes)…, packs
+    uploaded, objects inside them)``."""
 
     data = o.data if o.data is not None else await _aread_checked(src, o)
     loose, ready = pack_ready(o, data)
@@ -205,15 +225,16 @@ async def _pack_on_loop(
     if loose:
         await dst.site.aput_verified(o.key, data)
         counts.append((o.kind, len(data)))
-    uploaded = 0
+    uploaded = packed = 0
     for pid, pack, where in ready:
         key = object_pack_key(pid)
         if packing.fresh or not await asyncio.to_thread(dst.site.exists, key):
             await dst.site.aput_verified(key, pack)
             counts += pack_counts(where)
             uploaded += 1
+            packed += len(where)
         packing.record(where)
-    return counts, uploaded
+    return counts, uploaded, packed
 
 
 async def _aread_checked(src: Repository, o: CopyItem) -> bytes:
@@ -309,21 +330,22 @@ def _sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _copy_one(src: Repository, dst: Repository, o: CopyItem, limiter: RateLimiter) -> int:
+def _copy_one(
+    src: Repository, dst: Repository, o: CopyItem, limiter: RateLimiter
+) -> list[tuple[str, int]]:
+    """Copy (or build and store) ``o``; returns what was written: ``[(key, bytes)…]``."""
     if o.kind == "source":
-        return _copy_source(src, dst, o, limiter)
+        return [(o.key, _copy_source(src, dst, o, limiter))]
     if o.make is not None:
         items = o.make()
     elif o.data is not None:
         items = [(o.key, o.data)]
     else:
         items = [(o.key, src.get_key(o.key))]  # sha256-checked
-    total = 0
     for key, data in items:  # in order: a pack before its index
         limiter.take(len(data))
         dst.site.put_verified(key, data)
-        total += len(data)
-    return total
+    return [(key, len(data)) for key, data in items]
 
 
 def _copy_source(src: Repository, dst: Repository, o: CopyItem, limiter: RateLimiter) -> int:
