@@ -7,7 +7,7 @@ HS := $(VENV)/bin/hyperslab
 STAMP := $(VENV)/.installed-stamp
 DEMO := demo-data
 
-.PHONY: install demo test lint bench bench-access bench-sync bench-ml bench-chunk clean
+.PHONY: install demo test lint readme bench bench-access bench-sync bench-ml bench-chunk clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -21,7 +21,7 @@ demo: install
 	@rm -rf $(DEMO)
 	@echo "== 1. sample NeXus detector files (Pilatus-like, gzip and bitshuffle-LZ4)"
 	$(HS) sample $(DEMO)/beamline --frames 20
-	@echo "== 2. ingest: read each file's chunk index, write reference maps"
+	@echo "== 2. reference maps (refs): read each file's chunk index, write one map per file"
 	$(HS) refs $(DEMO)/beamline -o $(DEMO)/maps/
 	@echo "== 3. verify every array bit for bit against h5py"
 	$(HS) verify $(DEMO)/beamline/scan_0001_gzip.nxs $(DEMO)/maps/scan_0001_gzip.json
@@ -52,6 +52,11 @@ lint: install
 
 test: install lint
 	$(VENV)/bin/pytest -n 2 -q -p no:cacheprovider
+
+# Run the README's examples and rewrite the outputs it shows that changed
+# (tests/test_readme.py checks them; see tests/readme_examples.py)
+readme: install
+	$(PY) -m tests.readme_examples --write
 
 bench: install
 	$(PY) benchmarks/refgen.py

@@ -322,8 +322,11 @@ def _h5py_variable(store: HyperslabStore, path: str, dask: bool) -> xr.Variable:
     from xarray.core import indexing
 
     array = zarr.open_array(store, path=path, mode="r")
-    attrs = dict(array.attrs)
-    dims = tuple(attrs.pop("_ARRAY_DIMENSIONS", None) or (f"{PHONY}{i}" for i in range(array.ndim)))
+    attrs: dict[str, Any] = dict(array.attrs)
+    named = attrs.pop("_ARRAY_DIMENSIONS", None)
+    dims = (
+        tuple(str(d) for d in named) if named else tuple(f"{PHONY}{i}" for i in range(array.ndim))
+    )
     var = xr.Variable(dims, indexing.LazilyIndexedArray(H5pyValues(array, attrs)), attrs=attrs)
     return var.chunk(dict(zip(dims, array.chunks, strict=True))) if dask else var
 

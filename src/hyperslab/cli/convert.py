@@ -13,9 +13,11 @@ from hyperslab.cli.app import (
     JsonOpt,
     QuietOpt,
     app,
+    describe_arrays,
     err,
     handle_errors,
     out,
+    plural,
     progress_bar,
     show_progress,
 )
@@ -149,8 +151,9 @@ def refs(
                 if not combine
                 else combine_refmaps([r for _, r in done], dim=concat_dim, new_dim=new_dim)
             )
-            path = write_refmap(result.refmap, output, fmt)  # type: ignore[arg-type]
-            written.append({"refs": str(path), **result.to_json()})
+            write_refmap(result.refmap, output, fmt)  # type: ignore[arg-type]
+            # named as the user gave it, as maps written into a directory are
+            written.append({"refs": str(output), **result.to_json()})
         if as_json:
             print(
                 json.dumps(
@@ -171,19 +174,10 @@ def refs(
             raise typer.Exit(failed[0][1].exit_status)
 
 
-def _plural(n: int, word: str) -> str:
-    return f"{n} {word}" if n == 1 else f"{n} {word}s"
-
-
 def _print_refs_summary(w: dict[str, Any]) -> None:
     """One line per map written: arrays by status and chunk refs; combined maps say how."""
     counts = w["counts"]
-    parts = [
-        f"{counts.get(k, 0)} {k}"
-        for k in ("virtual", "materialised", "mixed", "empty")
-        if counts.get(k)
-    ]
-    line = f"{_plural(w['arrays'], 'array')} ({', '.join(parts) or 'none'})"
+    line = describe_arrays(w["arrays"], counts)
     comb = w.get("combined")
     if comb:
         how = (
@@ -195,9 +189,9 @@ def _print_refs_summary(w: dict[str, Any]) -> None:
         rest = w["arrays"] - comb["arrays"]
         if rest:
             line += f", {rest} as in the first file"
-    line += f", {_plural(w['n_refs'], 'chunk ref')}"
+    line += f", {plural(w['n_refs'], 'chunk ref')}"
     if counts.get("skipped"):
-        line += f"; {_plural(counts['skipped'], 'dataset')} skipped (unreadable here)"
+        line += f"; {plural(counts['skipped'], 'dataset')} skipped (unreadable here)"
     out.print(f"[green]✓[/] wrote {w['refs']}: {line}", highlight=False)
     # a combined map's files share their datasets: name each one once, not once a file
     by_reason: dict[tuple[str, str], list[str]] = {}

@@ -17,9 +17,11 @@ from hyperslab.cli.app import (
     JsonOpt,
     QuietOpt,
     app,
+    describe_arrays,
     err,
     handle_errors,
     out,
+    plural,
     progress_bar,
     show_progress,
 )
@@ -82,7 +84,7 @@ def init(
         if as_json:
             _emit({"repo": r.display, "id": r.id, "branch": branch, "snapshot": head})
         else:
-            out.print(f"initialised repository {r.display} (branch {branch} at {head[:12]})")
+            out.print(f"initialised repository {repo} (branch {branch} at {head[:12]})")
 
 
 # ---------------------------------------------------------------- ingest
@@ -199,11 +201,16 @@ def ingest(
             print(json.dumps({"ok": not result.failed, **result.to_json()}, default=str))
         else:
             for e in result.entries:
-                counts = ", ".join(f"{v} {k}" for k, v in sorted(e["counts"].items()))
                 up = f", uploaded {len(e['uploaded'])} source(s)" if e["uploaded"] else ""
+                skipped = e["counts"].get("skipped", 0)
                 out.print(
-                    f"[green]✓[/] {e['name']}: {e['arrays']} arrays ({counts}), "
-                    f"{e['refs']} refs, {e['format']} map{up}",
+                    f"[green]✓[/] {e['name']}: {describe_arrays(e['arrays'], e['counts'])}, "
+                    f"{plural(e['refs'], 'chunk ref')}, {e['format']} map{up}"
+                    + (
+                        f"; {plural(skipped, 'dataset')} skipped (unreadable here)"
+                        if skipped
+                        else ""
+                    ),
                     highlight=False,
                 )
             if c is not None and c.snapshot is not None:

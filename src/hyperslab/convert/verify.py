@@ -392,7 +392,7 @@ def _skipped(store: Any, missing: list[str]) -> dict[str, str]:
         parent, _, name = path.rpartition("/")
         if parent not in groups:
             try:
-                attrs = zarr.open_group(store, path=parent, mode="r", zarr_format=2).attrs
+                attrs: Any = zarr.open_group(store, path=parent, mode="r", zarr_format=2).attrs
                 groups[parent] = dict(attrs.get(SKIPPED_ATTR) or {})
             except Exception:  # no such group in the map: the dataset is simply missing
                 groups[parent] = {}
