@@ -245,6 +245,7 @@ def test_every_help_is_whole_at_80_columns() -> None:
         assert res.exit_code == 0, path
         text = res.stdout
         assert "…" not in text and "╭" not in text, (path, text)
+        assert "\\[" not in text, (path, "rich markup escapes shown as text")
         cmd = group
         for name in path:
             cmd = cmd.commands[name]

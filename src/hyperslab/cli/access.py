@@ -11,7 +11,7 @@ from typing import Annotated, Any
 
 import typer
 
-from hyperslab.cli.app import JsonOpt, app, handle_errors, out
+from hyperslab.cli.app import JsonOpt, app, handle_errors, out, plural
 from hyperslab.errors import CorruptError
 
 CACHE_HELP = """Inspect or empty the local chunk cache.
@@ -22,11 +22,11 @@ content that never changes, so they are never stale: deleting any of them (or
 all, with `clear`) only costs a refetch.
 
 Where: CACHE_DIR/chunks. CACHE_DIR is $HYPERSLAB_CACHE_DIR, else `dir` under
-\\[cache] in hyperslab.toml, else the user cache directory (~/.cache/hyperslab
+[cache] in hyperslab.toml, else the user cache directory (~/.cache/hyperslab
 on Linux; $XDG_CACHE_HOME is honoured). Keep it on a local disk, not NFS.
 All processes on the machine share it safely.
 
-Size: $HYPERSLAB_CACHE_SIZE, else `size` under \\[cache] in hyperslab.toml:
+Size: $HYPERSLAB_CACHE_SIZE, else `size` under [cache] in hyperslab.toml:
 500MB, 20GB (powers of 10), 10GiB (powers of 2) or bytes; default 20GB.
 When full, the least recently used chunks are evicted.
 """
@@ -170,8 +170,9 @@ def export_refs(
             print(json.dumps({"ok": True, **res.to_json()}))
             return
         out.print(
-            f"[green]✓[/] wrote {res.path}: {entry} at {res.snapshot[:12]}, {res.arrays} arrays, "
-            f"{res.refs} refs, {len(res.sources)} source(s) at {res.site}",
+            f"[green]✓[/] wrote {output}: {entry} at {res.snapshot[:12]}, "
+            f"{plural(res.arrays, 'array')}, {plural(res.refs, 'chunk ref')}, "
+            f"{plural(len(res.sources), 'source')} at {res.site}",
             highlight=False,
         )
 

@@ -59,9 +59,11 @@ class FsckReport:
         for k, n in self.checked.items():
             if k == "hot_chunks":
                 continue
-            part = f"{n} {_LABELS.get(k, k)}"
+            one, many = _LABELS.get(k, (k.rstrip("s"), k))
+            part = f"{n} {one if n == 1 else many}"
             if k == "chunk_packs":
-                part += f" (holding {self.checked.get('hot_chunks', 0)} hot chunks)"
+                hot = self.checked.get("hot_chunks", 0)
+                part += f" (holding {hot} hot chunk{'' if hot == 1 else 's'})"
             parts.append(part)
         return ", ".join(parts)
 
@@ -78,10 +80,12 @@ class FsckReport:
 #: what fsck's counts are called in text: the objects under ``chunks/`` are chunk
 #: objects entries name and hot-chunk packs; ``replicas/`` holds the packs' indexes
 _LABELS = {
-    "chunks": "chunk objects",
-    "chunk_packs": "chunk packs",
-    "replicas": "replica indexes",
-    "packs": "object packs",
+    "chunks": ("chunk object", "chunk objects"),
+    "chunk_packs": ("chunk pack", "chunk packs"),
+    "replicas": ("replica index", "replica indexes"),
+    "packs": ("object pack", "object packs"),
+    "entries": ("entry", "entries"),
+    "checksums": ("checksums", "checksums"),  # one table of a source's chunk checksums
 }
 
 
