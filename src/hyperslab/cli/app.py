@@ -67,6 +67,16 @@ class _WholeWhenPiped(Console):
 out = _WholeWhenPiped()
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document instead of text.")]
+DaskOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--dask",
+        metavar="local[:N]|ADDRESS",
+        help="Run the per-file work on a dask.distributed cluster: local (a worker "
+        "process per core), local:N (N workers) or a scheduler address (tcp://host:8786).",
+        show_default=False,
+    ),
+]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
 
 

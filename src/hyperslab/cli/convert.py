@@ -10,6 +10,7 @@ import typer
 from rich.table import Table
 
 from hyperslab.cli.app import (
+    DaskOpt,
     JsonOpt,
     QuietOpt,
     app,
@@ -232,6 +233,7 @@ def verify(
     show_all: Annotated[
         bool, typer.Option("--all", help="List every array, not only failures.")
     ] = False,
+    dask: DaskOpt = None,
 ) -> None:
     """Read every array through REFS (fsspec + zarr) and compare it bit for bit with h5py.
 
@@ -253,17 +255,20 @@ def verify(
       hyperslab verify frames_*.h5 run.parquet
 
       hyperslab verify run.parquet
+
+      hyperslab verify big_scan.nxs big_scan.json --dask local:4
     """
+    from hyperslab.convert.cluster import dask_client
     from hyperslab.convert.verify import verify as run_verify
 
     with handle_errors(as_json):
-        with progress_bar(show_progress(as_json, quiet)) as prog:
+        with progress_bar(show_progress(as_json, quiet)) as prog, dask_client(dask) as client:
             task = prog.add_task("verifying", total=None, item="")
 
             def tick(path: str, i: int, n: int) -> None:
                 prog.update(task, total=n, completed=i, item=path)
 
-            report = run_verify(sources or [], refs_path, progress=tick)
+            report = run_verify(sources or [], refs_path, progress=tick, client=client)
         comb = report.combined
         if comb is not None:
             what = ", ".join(c["source"] for c in comb["checked"])

@@ -14,6 +14,7 @@ import typer
 from rich.table import Table
 
 from hyperslab.cli.app import (
+    DaskOpt,
     JsonOpt,
     QuietOpt,
     app,
@@ -139,6 +140,7 @@ def ingest(
     fail_fast: Annotated[
         bool, typer.Option(help="Stop at the first bad file; commit nothing.")
     ] = False,
+    dask: DaskOpt = None,
     as_json: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
@@ -157,7 +159,15 @@ def ingest(
       hyperslab ingest /data/run42/ --repo beamline:repo --name run42 -m "run 42"
 
       hyperslab ingest frames_*.h5 --repo ./repo --name run43 --combine-dim 0
+
+      hyperslab ingest /data/run44/ --repo beamline:repo --name run44 --dask local:8
+
+    With --dask, each entry's work (open, chunk index, sha256, CRC-32C, map, upload)
+    is a task on a dask.distributed cluster and this process commits: the same
+    entries and snapshot tree as without it. A worker that dies has its tasks rerun
+    elsewhere; every object is content-addressed, so nothing is written twice.
     """
+    from hyperslab.convert.cluster import dask_client
     from hyperslab.convert.hdf5 import ConvertOptions
     from hyperslab.convert.ingest import ingest as do_ingest
     from hyperslab.convert.ingest import plan_entries
@@ -173,7 +183,7 @@ def ingest(
         options = ConvertOptions(
             inline_threshold=inline_threshold, allow_broken_links=allow_broken_links
         )
-        with progress_bar(show_progress(as_json, quiet)) as prog:
+        with progress_bar(show_progress(as_json, quiet)) as prog, dask_client(dask) as client:
             task = prog.add_task("ingesting", total=total, item="")
 
             def on_entry(entry: str, res: dict[str, Any] | HyperslabError) -> None:
@@ -195,6 +205,7 @@ def ingest(
                 fail_fast=fail_fast,
                 refmap_format=fmt,  # type: ignore[arg-type]
                 on_entry=on_entry,
+                client=client,
             )
         c = result.commit
         if as_json:

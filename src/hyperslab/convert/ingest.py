@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,8 +48,11 @@ from hyperslab.references.repository import DEFAULT_BRANCH, CommitResult, Reposi
 from hyperslab.version import __version__
 
 __all__ = [
+    "EntryPlan",
     "IngestResult",
+    "Outcome",
     "SourceChangedError",
+    "entry_outcome",
     "hash_file",
     "ingest",
     "plan_entries",
@@ -282,6 +285,19 @@ def ingest_entry(
     return {"id": entry_id, "catalog": catalog}, summary
 
 
+#: one entry's outcome: (tree value, summary for the report), or the named error of a bad file
+Outcome = tuple[dict[str, Any], dict[str, Any]] | HyperslabError
+
+
+def entry_outcome(repo: Repository, plan: EntryPlan, **kwargs: Any) -> Outcome:
+    """:func:`ingest_entry`, with a file's named error returned rather than raised (what
+    both a serial ingest and a cluster task report)."""
+    try:
+        return ingest_entry(repo, plan, **kwargs)
+    except HyperslabError as exc:
+        return exc
+
+
 def ingest(
     repo: Repository,
     sources: Sequence[str],
@@ -297,11 +313,15 @@ def ingest(
     fail_fast: bool = False,
     refmap_format: RefmapFormat | None = None,
     on_entry: Callable[[str, dict[str, Any] | HyperslabError], None] | None = None,
+    client: Any = None,
 ) -> IngestResult:
     """Convert ``sources`` and commit them to ``branch`` in one snapshot.
 
     Entries that fail are reported (and skipped) unless ``fail_fast``; if none
-    succeeds the first error is raised and nothing is committed.
+    succeeds the first error is raised and nothing is committed. ``client``: a
+    ``dask.distributed.Client`` whose workers do the per-file work, one task per
+    entry (:mod:`hyperslab.convert.cluster`); this process makes the commit, and the
+    result is the same as without it.
     """
     combine = dim is not None or new_dim is not None
     plans = plan_entries(list(sources), name, combine)
@@ -309,28 +329,42 @@ def ingest(
     base, _ = repo.branch_head(branch)
     out = IngestResult(None)
     changes: dict[str, dict[str, Any] | None] = {}
-    for plan in plans:
-        try:
-            value, summary = ingest_entry(
-                repo,
-                plan,
-                options=options,
-                upload_sources=upload_sources,
-                dim=dim,
-                new_dim=new_dim,
-                refmap_format=refmap_format,
-            )
-        except HyperslabError as exc:
-            out.failed.append((", ".join(plan.files), exc))
+    work: dict[str, Any] = {
+        "options": options,
+        "upload_sources": upload_sources,
+        "dim": dim,
+        "new_dim": new_dim,
+        "refmap_format": refmap_format,
+    }
+    if client is None:
+        outcomes: Generator[tuple[EntryPlan, Outcome], None, None] = (
+            (plan, entry_outcome(repo, plan, **work)) for plan in plans
+        )
+    else:
+        from hyperslab.convert.cluster import ingest_on_cluster
+
+        outcomes = ingest_on_cluster(client, repo, plans, entry_outcome, work)
+    order = {plan.name: i for i, plan in enumerate(plans)}
+    order.update({", ".join(plan.files): i for i, plan in enumerate(plans)})
+    try:
+        for plan, outcome in outcomes:
+            if isinstance(outcome, HyperslabError):
+                out.failed.append((", ".join(plan.files), outcome))
+                if on_entry:
+                    on_entry(plan.name, outcome)
+                if fail_fast:
+                    raise outcome
+                continue
+            value, summary = outcome
+            changes[plan.name] = value
+            out.entries.append(summary)
             if on_entry:
-                on_entry(plan.name, exc)
-            if fail_fast:
-                raise
-            continue
-        changes[plan.name] = value
-        out.entries.append(summary)
-        if on_entry:
-            on_entry(plan.name, summary)
+                on_entry(plan.name, summary)
+    finally:
+        outcomes.close()  # a cluster's tasks still queued are cancelled
+    # the report in the order of the sources, however the tasks finished
+    out.entries.sort(key=lambda e: order[e["name"]])
+    out.failed.sort(key=lambda f: order[f[0]])
     if not changes:
         raise out.failed[0][1]
     names = sorted(changes)

@@ -167,26 +167,70 @@ def verify(
     refs: str | Path,
     *,
     progress: Callable[[str, int, int], None] | None = None,
+    only: Sequence[str] | None = None,
+    client: Any = None,
 ) -> VerifyReport:
     """Compare every array of ``refs`` with ``source`` (and every dataset of the source with refs).
 
     A map combined from several files is checked against each file it names in
     ``source`` (one path or several), or against every file it records when
     ``source`` is None or empty: see :func:`verify_combined`. A map of one file
-    needs exactly that file.
+    needs exactly that file. ``only``: check just these arrays (what is missing from
+    the map is still found against all of them). ``client``: a
+    ``dask.distributed.Client``; the arrays are checked in parallel by its workers,
+    a share each, and the report is the same.
     """
+    if client is not None:
+        return _verify_on_cluster(client, source, refs, progress)
     store, paths = open_refs_store(refs)
     given = [] if source is None else [source] if isinstance(source, str | Path) else list(source)
     record = combined_record(store)
     if record is not None:
-        return verify_combined(given, store, paths, record, label=str(refs), progress=progress)
+        return verify_combined(
+            given, store, paths, record, label=str(refs), progress=progress, only=only
+        )
     if len(given) != 1:
         raise BadInputError(
             f"{refs} is the map of one file (not combined from several): "
             f"give that file, as in: hyperslab verify SOURCE {refs}"
             + (f"; got {len(given)} sources" if given else "")
         )
-    return verify_store(given[0], store, paths, label=str(refs), progress=progress)
+    return verify_store(given[0], store, paths, label=str(refs), progress=progress, only=only)
+
+
+def _verify_on_cluster(
+    client: Any,
+    source: str | Path | Sequence[str | Path] | None,
+    refs: str | Path,
+    progress: Callable[[str, int, int], None] | None,
+) -> VerifyReport:
+    """:func:`verify` with the map's arrays shared out to a dask cluster's workers."""
+    from hyperslab.convert.cluster import distributed
+
+    as_completed = distributed().as_completed
+    _, paths = open_refs_store(refs)
+    workers = max(1, len(client.scheduler_info().get("workers", {})))
+    n = min(len(paths), 4 * workers) or 1  # a few shares a worker, for balance
+    shares = [paths[k::n] for k in range(n)]
+    src = source if source is None or isinstance(source, str | Path) else list(source)
+    futures = [client.submit(verify, src, refs, only=share, pure=False) for share in shares]
+    reports: list[VerifyReport] = []
+    done = 0
+    t0 = time.perf_counter()
+    for future in as_completed(futures):
+        part: VerifyReport = future.result()
+        reports.append(part)
+        for check in part.arrays:
+            if progress:
+                progress(check.path, done, len(paths))
+            done += 1
+    first = reports[0]
+    rank = {p: i for i, p in enumerate(paths)}
+    first.arrays = sorted(
+        (a for r in reports for a in r.arrays), key=lambda a: (rank.get(a.path, 0), a.source or "")
+    )
+    first.seconds = time.perf_counter() - t0
+    return first
 
 
 def combined_record(store: Any) -> dict[str, Any] | None:
@@ -241,6 +285,7 @@ def verify_combined(
     *,
     label: str,
     progress: Callable[[str, int, int], None] | None = None,
+    only: Sequence[str] | None = None,
 ) -> VerifyReport:
     """Check a combined map against its files, bit for bit.
 
@@ -297,11 +342,12 @@ def verify_combined(
 
     t0 = time.perf_counter()
     report = VerifyReport(source=str(chosen[0][1]), refs=label)
-    total = len(paths) * len(chosen)
+    to_check = list(only) if only is not None else paths
+    total = len(to_check) * len(chosen)
     done = 0
     for i, src in sorted(chosen):
         with open_hdf5(src) as f:
-            for path in paths:
+            for path in to_check:
                 if progress:
                     progress(path, done, total)
                 done += 1
@@ -348,11 +394,13 @@ def verify_store(
     label: str,
     progress: Callable[[str, int, int], None] | None = None,
     open_array: Callable[[str], Any] | None = None,
+    only: Sequence[str] | None = None,
 ) -> VerifyReport:
     """Compare arrays ``paths`` of any Zarr ``store`` with ``source``, bit for bit.
 
     ``open_array(path)``: how to open each array (anything with ``shape``, ``attrs`` and
-    NumPy-style indexing); default ``zarr.open_array`` on ``store``.
+    NumPy-style indexing); default ``zarr.open_array`` on ``store``. ``only``: compare
+    just these of ``paths`` (the datasets missing from the map are found against all).
     """
     import zarr
 
@@ -365,9 +413,10 @@ def verify_store(
     report = VerifyReport(source=str(source), refs=label)
     with open_hdf5(source) as f:
         h5names = _all_datasets(f)
-        for i, path in enumerate(paths):
+        checked = list(only) if only is not None else paths
+        for i, path in enumerate(checked):
             if progress:
-                progress(path, i, len(paths))
+                progress(path, i, len(checked))
             try:
                 z = open_array(path)
             except Exception as exc:

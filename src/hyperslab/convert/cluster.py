@@ -1,0 +1,141 @@
+"""Ingest's per-file work as tasks on a ``dask.distributed`` cluster.
+
+::
+
+    hyperslab ingest /data/run42/ --repo beamline:repo --name run42 --dask local:2
+    hyperslab ingest /data/run42/ --repo s3://beamline/repo --dask tcp://scheduler:8786
+
+    from dask.distributed import Client
+    ingest(repo, files, name="run42", client=Client("tcp://scheduler:8786"))
+
+Each entry is one task: open the file, walk its chunk index, hash the source
+(sha256), compute the CRC-32C of every chunk, build the reference map, store it and
+the entry record content-addressed (and copy the source with ``--upload-sources``).
+The task returns the entry's tree value; the client makes the one commit, exactly as
+a serial ingest does, so the entry records, and the tree id, are the same bytes.
+
+Why this is safe to retry: every object a task writes is named by its content, so
+a task that runs twice (Dask reschedules the tasks of a worker that dies) writes the
+same objects again and returns the same value; nothing is visible until the client
+commits. A file that cannot be converted comes back as its named error, not as a
+task failure, so it is reported and the rest commit, as in a serial ingest.
+
+Workers reopen the repository from its URL (``Repository.display``) with their own
+configuration and credentials, the way pickled stores reopen on dask workers.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Generator, Iterator, Sequence
+from contextlib import contextmanager
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
+
+from hyperslab.errors import BadInputError, HyperslabError, TransientError
+
+if TYPE_CHECKING:
+    from hyperslab.references.repository import Repository
+
+#: one entry's plan, and its outcome: (tree value, summary) or a named error (the
+#: types of convert.ingest, which calls this module and hands it the work to do)
+Plan = Any
+Outcome = Any
+
+__all__ = ["connect", "dask_client", "ingest_on_cluster"]
+
+
+def distributed() -> ModuleType:
+    """``dask.distributed``, or a named error saying how to install it (an extra)."""
+    try:
+        import dask.distributed
+    except ImportError:
+        raise BadInputError(
+            "--dask needs dask.distributed: pip install 'hyperslab[dask]'"
+        ) from None
+    return dask.distributed
+
+
+def connect(spec: str) -> Any:
+    """A ``dask.distributed.Client`` for ``--dask SPEC``: ``local`` (a LocalCluster of
+    one single-threaded worker process per core), ``local:N`` (N such workers), or a
+    scheduler address (``tcp://host:8786``). The caller closes it (and its cluster)."""
+    dd = distributed()
+    spec = spec.strip()
+    if spec == "local" or spec.startswith("local:"):
+        count = spec.partition(":")[2]
+        if count and not (count.isdigit() and int(count) > 0):
+            raise BadInputError(f"--dask {spec!r}: after local: give a number of workers (local:4)")
+        workers = int(count) if count else (os.cpu_count() or 1)
+        cluster = dd.LocalCluster(
+            n_workers=workers,
+            threads_per_worker=1,
+            processes=True,
+            host="127.0.0.1",  # a local cluster listens on loopback only
+            dashboard_address="127.0.0.1:0",
+            silence_logs=40,
+        )
+        return dd.Client(cluster)
+    if "://" not in spec and ":" not in spec:
+        raise BadInputError(
+            f"--dask {spec!r}: give local, local:N or a scheduler address (tcp://host:8786)"
+        )
+    try:
+        return dd.Client(spec, timeout="10s")
+    except OSError as exc:
+        raise TransientError(f"cannot reach the dask scheduler at {spec}: {exc}") from exc
+
+
+@contextmanager
+def dask_client(spec: str | None) -> Iterator[Any]:
+    """``--dask SPEC`` as a client for the duration (None: no cluster); a LocalCluster
+    it started is shut down after, whatever happened."""
+    if spec is None:
+        yield None
+        return
+    client = connect(spec)
+    try:
+        yield client
+    finally:
+        cluster = getattr(client, "cluster", None)
+        client.close()
+        if cluster is not None and spec.strip().startswith("local"):
+            cluster.close()
+
+
+def _entry_task(
+    work: Callable[..., Outcome], repo_url: str, plan: Plan, kwargs: dict[str, Any]
+) -> Outcome:
+    """One entry, on a worker: the same call a serial ingest makes."""
+    from hyperslab.references.repository import Repository
+
+    try:
+        repo = Repository.open(repo_url)
+    except HyperslabError as exc:
+        return exc
+    return work(repo, plan, **kwargs)
+
+
+def ingest_on_cluster(
+    client: Any,
+    repo: Repository,
+    plans: Sequence[Plan],
+    work: Callable[..., Outcome],
+    kwargs: dict[str, Any],
+) -> Generator[tuple[Plan, Outcome], None, None]:
+    """``work(repo, plan, **kwargs)`` of each plan as a task on ``client``'s workers
+    (``work`` must be importable there: a module-level function); each plan's outcome
+    as its task finishes, in no particular order."""
+    as_completed = distributed().as_completed
+    futures = {
+        client.submit(
+            _entry_task, work, repo.display, plan, kwargs, key=f"hyperslab-ingest-{i}-{plan.name}"
+        ): plan
+        for i, plan in enumerate(plans)
+    }
+    try:
+        for future in as_completed(futures):
+            yield futures[future], future.result()
+    finally:
+        for future in futures:
+            future.cancel()
