@@ -19,14 +19,15 @@ from hyperslab.version import __version__
 if TYPE_CHECKING:
     from hyperslab.access.array import open_array
     from hyperslab.access.dataset import open_dataset
+    from hyperslab.access.datasets import open_datasets
     from hyperslab.access.store import open_store
 
 
-__all__ = ["__version__", "open_array", "open_dataset", "open_store"]
+__all__ = ["__version__", "open_array", "open_dataset", "open_datasets", "open_store"]
 
 
 def __getattr__(name: str) -> Any:
-    if name in ("open_array", "open_dataset", "open_store"):
+    if name in ("open_array", "open_dataset", "open_datasets", "open_store"):
         from hyperslab import access
 
         return getattr(access, name)
