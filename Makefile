@@ -7,7 +7,7 @@ HS := $(VENV)/bin/hyperslab
 STAMP := $(VENV)/.installed-stamp
 DEMO := demo-data
 
-.PHONY: install demo test lint readme bench bench-access bench-sync bench-ml bench-chunk clean
+.PHONY: install demo test lint readme bench bench-ingest bench-access bench-sync bench-ml bench-chunk clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -62,10 +62,17 @@ bench: install
 	$(PY) benchmarks/refgen.py
 	$(PY) benchmarks/repo.py
 	$(PY) benchmarks/commit.py
+	$(MAKE) --no-print-directory bench-ingest
 	$(MAKE) --no-print-directory bench-access
 	$(MAKE) --no-print-directory bench-sync
 	$(MAKE) --no-print-directory bench-chunk
 	$(MAKE) --no-print-directory bench-ml
+
+# Ingest throughput: serial, --dask local:1 and local:2 against kerchunk's dask.bag
+# recipe, on 1,000 small NeXus files and 3 large stacks written once into bench-data/ingest/.
+# Extra options: make bench-ingest INGEST_ARGS="--small 200 --repeats 5"
+bench-ingest: install
+	$(PY) benchmarks/ingest.py $(INGEST_ARGS)
 
 # Range reads on loopback S3 (s3rver, an npm package installed once into the
 # git-ignored benchmarks/.node; needs Node.js and npm). The first run writes a

@@ -27,6 +27,7 @@ configuration and credentials, the way pickled stores reopen on dask workers.
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Callable, Generator, Iterator, Sequence
 from contextlib import contextmanager
 from types import ModuleType
@@ -107,13 +108,27 @@ def _entry_task(
     work: Callable[..., Outcome], repo_url: str, plan: Plan, kwargs: dict[str, Any]
 ) -> Outcome:
     """One entry, on a worker: the same call a serial ingest makes."""
-    from hyperslab.references.repository import Repository
-
     try:
-        repo = Repository.open(repo_url)
+        repo = _worker_repository(repo_url)
     except HyperslabError as exc:
         return exc
     return work(repo, plan, **kwargs)
+
+
+#: repositories this worker process has opened (its clients and immutable objects
+#: serve every task of the run, as a serial ingest's one Repository does)
+_OPENED: dict[str, Repository] = {}
+_OPENING = threading.Lock()
+
+
+def _worker_repository(url: str) -> Repository:
+    from hyperslab.references.repository import Repository
+
+    with _OPENING:
+        repo = _OPENED.get(url)
+        if repo is None:
+            repo = _OPENED[url] = Repository.open(url)
+        return repo
 
 
 def ingest_on_cluster(
