@@ -94,16 +94,41 @@ def default_nxdata(f: h5py.File) -> h5py.Group | None:
     return found[0] if found else None
 
 
+class _ClassIndex:
+    """The NXclass children of each group, found in one pass over a group and kept
+    (opening an HDF5 object through h5py costs tens of microseconds; the catalog's
+    fields look under the same few groups again and again)."""
+
+    def __init__(self) -> None:
+        self.by_group: dict[str, dict[str, list[h5py.Group]]] = {}
+
+    def children(self, group: h5py.Group, cls: str) -> list[h5py.Group]:
+        classes = self.by_group.get(group.name)
+        if classes is None:
+            classes = self.by_group[group.name] = {}
+            for name in group:
+                try:
+                    obj = group[name]
+                except (KeyError, OSError, RuntimeError):
+                    continue
+                if isinstance(obj, h5py.Group):
+                    c = _nx_class(obj)
+                    if c is not None:
+                        classes.setdefault(c, []).append(obj)
+        return classes.get(cls, [])
+
+
 def nexus_metadata(f: h5py.File, prefix: str = "") -> dict[str, Any]:
     """Key NeXus metadata of a file for the catalog (empty dict for plain HDF5)."""
     entry = _default_entry(f)
     if entry is None:
         return {}
     meta: dict[str, Any] = {"entry": entry.name.lstrip("/")}
+    index = _ClassIndex()
     for key, (path, names) in _FIELDS.items():
         groups = [entry]
         for cls in path:
-            groups = [c for g in groups for c in _children_of_class(g, cls)]
+            groups = [c for g in groups for c in index.children(g, cls)]
         for g in groups:
             for n in names:
                 if n in g and isinstance(g[n], h5py.Dataset):
@@ -118,7 +143,7 @@ def nexus_metadata(f: h5py.File, prefix: str = "") -> dict[str, Any]:
                 break
     if "beamline" in meta:
         # an instrument's short_name is the beamline name facilities search for
-        for g in _children_of_class(entry, "NXinstrument"):
+        for g in index.children(entry, "NXinstrument"):
             if "name" in g and "short_name" in g["name"].attrs:
                 meta["beamline"] = attr_to_json(g["name"].attrs["short_name"])
     nxdata = default_nxdata(f)
