@@ -115,6 +115,14 @@ def cases(d: Path) -> Iterator[tuple[str, list[str]]]:
     yield "ingest: into no repository", ["ingest", good, "-r", str(d / "plain_dir")]
     yield "ingest: bad entry name", ["ingest", good, "-r", repo, "-n", "../up"]
     yield "ingest: unknown branch", ["ingest", good, "-r", repo, "-b", "nope"]
+    # watch
+    folder = str(d / "a_folder")
+    yield "watch: missing folder", ["watch", str(d / "nowhere"), "-r", repo, "--once"]
+    yield "watch: a file as folder", ["watch", notes, "-r", repo, "--once"]
+    yield "watch: into no repository", ["watch", folder, "-r", str(d / "plain_dir"), "--once"]
+    yield "watch: unknown template field", ["watch", folder, "-r", repo, "-n", "{nope}", "--once"]
+    yield "watch: template naming no file", ["watch", folder, "-r", repo, "-n", "run42", "--once"]
+    yield "watch: negative settle", ["watch", folder, "-r", repo, "--settle", "-1", "--once"]
     # export-refs
     yield "export-refs: unknown entry", ["export-refs", repo, "run/b", "--site", repo, "-o", out]
     yield "export-refs: output under a file", [
