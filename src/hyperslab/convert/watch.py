@@ -766,7 +766,7 @@ def watch(
         w.once = once
         w.emit(
             "started",
-            dir=str(root),
+            dir=str(directory),  # as the user gave it
             repo=repo.display,
             branch=branch,
             template=template,
