@@ -2,7 +2,8 @@
 the error handler, progress bars); one module per command group registers its
 commands: ``convert.py`` (refs, verify, sample), ``repo.py`` (init, ingest, log,
 show, diff, branch, tag, fsck, gc, search), ``access.py`` (cache, stats,
-export-refs), ``sync.py`` (sync, replicate); ``main.py`` assembles them.
+export-refs), ``sync.py`` (sync, replicate), ``watch.py`` (watch); ``main.py``
+assembles them.
 """
 
 from hyperslab.cli.main import app, main

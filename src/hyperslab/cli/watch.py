@@ -200,7 +200,11 @@ def watch(
             print(json.dumps(notice) if as_json else f"{event['time']} {_text(notice)}")
         if quiet and event["event"] in _TERSE:
             return
-        line = json.dumps(event, default=str) if as_json else f"{event['time']} {_text(event)}"
+        if as_json:
+            line = json.dumps(event, default=str)
+        else:  # the repository as the user named it (the URL is in the JSON event)
+            shown = {**event, "repo": repo} if event["event"] == "started" else event
+            line = f"{event['time']} {_text(shown)}"
         print(line, flush=True)
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
