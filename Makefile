@@ -69,7 +69,7 @@ bench: install
 	$(MAKE) --no-print-directory bench-ml
 
 # Ingest throughput: serial, --dask local:1 and local:2 against kerchunk's dask.bag
-# recipe, on 1,000 small NeXus files and 3 large stacks written once into bench-data/ingest/.
+# recipe, on 1,000 small NeXus files and 4 large stacks written once into bench-data/ingest/.
 # Extra options: make bench-ingest INGEST_ARGS="--small 200 --repeats 5"
 bench-ingest: install
 	$(PY) benchmarks/ingest.py $(INGEST_ARGS)

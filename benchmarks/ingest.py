@@ -1,7 +1,7 @@
 """Ingest throughput: hyperslab serial vs ``--dask local:1`` vs ``local:2``, against
 kerchunk's documented dask recipe, in the same run.
 
-    .venv/bin/python benchmarks/ingest.py [--small 1000] [--large 3] [--large-frames 200]
+    .venv/bin/python benchmarks/ingest.py [--small 1000] [--large 4] [--large-frames 800]
                                           [--repeats 3] [--only small|large]
 
 Two file sets, written once into ``bench-data/ingest/`` (git-ignored):
@@ -212,8 +212,8 @@ def measure(
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--small", type=int, default=1000)
-    ap.add_argument("--large", type=int, default=3)
-    ap.add_argument("--large-frames", type=int, default=200)
+    ap.add_argument("--large", type=int, default=4)
+    ap.add_argument("--large-frames", type=int, default=800)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--only", choices=["small", "large"])
     args = ap.parse_args(argv)

@@ -8,11 +8,12 @@
     from dask.distributed import Client
     ingest(repo, files, name="run42", client=Client("tcp://scheduler:8786"))
 
-Each entry is one task: open the file, walk its chunk index, hash the source
+Each entry's work is: open the file, walk its chunk index, hash the source
 (sha256), compute the CRC-32C of every chunk, build the reference map, store it and
 the entry record content-addressed (and copy the source with ``--upload-sources``).
-The task returns the entry's tree value; the client makes the one commit, exactly as
-a serial ingest does, so the entry records, and the tree id, are the same bytes.
+Tasks do this for a batch of entries each (a few tasks a worker) and return their
+tree values; the client makes the one commit, exactly as a serial ingest does, so the
+entry records, and the tree id, are the same bytes.
 
 Why this is safe to retry: every object a task writes is named by its content, so
 a task that runs twice (Dask reschedules the tasks of a worker that dies) writes the
@@ -104,15 +105,21 @@ def dask_client(spec: str | None) -> Iterator[Any]:
             cluster.close()
 
 
-def _entry_task(
-    work: Callable[..., Outcome], repo_url: str, plan: Plan, kwargs: dict[str, Any]
-) -> Outcome:
-    """One entry, on a worker: the same call a serial ingest makes."""
+#: tasks a worker gets (load balance, and a small rerun if one dies) ...
+TASKS_PER_WORKER = 8
+#: ... with at most this many entries each
+MAX_BATCH = 64
+
+
+def _batch_task(
+    work: Callable[..., Outcome], repo_url: str, plans: Sequence[Plan], kwargs: dict[str, Any]
+) -> list[Outcome]:
+    """A few entries, on a worker, one after the other: the calls a serial ingest makes."""
     try:
         repo = _worker_repository(repo_url)
     except HyperslabError as exc:
-        return exc
-    return work(repo, plan, **kwargs)
+        return [exc for _ in plans]
+    return [work(repo, plan, **kwargs) for plan in plans]
 
 
 #: repositories this worker process has opened (its clients and immutable objects
@@ -138,19 +145,33 @@ def ingest_on_cluster(
     work: Callable[..., Outcome],
     kwargs: dict[str, Any],
 ) -> Generator[tuple[Plan, Outcome], None, None]:
-    """``work(repo, plan, **kwargs)`` of each plan as a task on ``client``'s workers
-    (``work`` must be importable there: a module-level function); each plan's outcome
-    as its task finishes, in no particular order."""
+    """``work(repo, plan, **kwargs)`` of each plan on ``client``'s workers (``work``
+    must be importable there: a module-level function); each plan's outcome as its
+    task finishes, in no particular order.
+
+    Plans go in batches, :data:`TASKS_PER_WORKER` tasks a worker (at most
+    :data:`MAX_BATCH` plans a task): a task costs the scheduler and the worker a few
+    milliseconds, as much as converting a small file, so 1,000 files as 1,000 tasks
+    spent more time scheduling than working; several tasks a worker still balance the
+    load and keep what a dead worker's rerun costs small."""
     as_completed = distributed().as_completed
+    workers = max(1, len(client.scheduler_info().get("workers", {})))
+    size = max(1, min(MAX_BATCH, -(-len(plans) // (workers * TASKS_PER_WORKER))))
+    batches = [list(plans[i : i + size]) for i in range(0, len(plans), size)]
     futures = {
         client.submit(
-            _entry_task, work, repo.display, plan, kwargs, key=f"hyperslab-ingest-{i}-{plan.name}"
-        ): plan
-        for i, plan in enumerate(plans)
+            _batch_task,
+            work,
+            repo.display,
+            batch,
+            kwargs,
+            key=f"hyperslab-ingest-{i}-{batch[0].name}",
+        ): batch
+        for i, batch in enumerate(batches)
     }
     try:
         for future in as_completed(futures):
-            yield futures[future], future.result()
+            yield from zip(futures[future], future.result(), strict=True)
     finally:
         for future in futures:
             future.cancel()
