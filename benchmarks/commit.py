@@ -1,7 +1,8 @@
 """Commit latency on loopback S3 against repository size: hyperslab vs Icechunk 1.1.
 
-    .venv/bin/python benchmarks/commit.py [--sizes 10,1000,10000] [--commits 20]
-                                          [--writers 8] [--profile]
+    .venv/bin/python benchmarks/commit.py [--sizes 10,1000,10000,100000] [--commits 20]
+                                          [--large-commits 6] [--writers 8] [--rounds 3]
+                                          [--profile]
 
 One moto S3 server (``ThreadedMotoServer`` on 127.0.0.1, run in a child process so
 that neither client shares its interpreter, and so its GIL, with the server) holds
@@ -30,8 +31,13 @@ write + commit. Each side writes one new data object in ``op`` (entry record /
 chunk), then its metadata and the branch pointer. The server counts the S3
 requests each commit makes (``req``), for both sides alike.
 
+At sizes of 10^5 entries and more, ``--large-commits`` commits per side instead
+(an Icechunk commit there takes seconds; building its repository takes minutes).
+
 Then ``--writers`` processes, released together by a barrier, each change a
-different entry of the same branch. hyperslab retries by itself (``commit``
+different entry of the same branch, ``--rounds`` times per side (one round at 10^5
+entries and more), the sides alternating round by round; the median wall time is
+reported. hyperslab retries by itself (``commit``
 re-applies non-overlapping changes; ``CommitResult.attempts``); for Icechunk the
 script runs the user-side loop (on ``ConflictError``: ``session.rebase(
 ConflictDetector())``, commit again) and counts its retries. The check afterwards
@@ -306,7 +312,9 @@ def _summary(commit: list[float], op: list[float], reqs: list[Counter[str]]) -> 
 # --------------------------------------------------------------------------- concurrency
 
 
-def _writer(kind: str, url: str, prefix: str, name: str, idx: int, barrier: Any, q: Any) -> None:
+def _writer(
+    kind: str, url: str, prefix: str, name: str, idx: int, rnd: int, barrier: Any, q: Any
+) -> None:
     _set_env()
     try:
         if kind == "hyperslab":
@@ -315,7 +323,7 @@ def _writer(kind: str, url: str, prefix: str, name: str, idx: int, barrier: Any,
             assert site.supports_cas  # probe before the barrier, not inside the timing
             barrier.wait()
             t0 = time.monotonic()
-            _, _, attempts = hs_change(repo, name, f"writer{idx}")
+            _, _, attempts = hs_change(repo, name, f"writer{rnd}-{idx}")
             retries = attempts - 1
         else:
             import icechunk
@@ -323,21 +331,21 @@ def _writer(kind: str, url: str, prefix: str, name: str, idx: int, barrier: Any,
             ic_repo = icechunk.Repository.open(ic_storage(url, prefix))
             barrier.wait()
             t0 = time.monotonic()
-            *_, retries = ic_change(ic_repo, name, 1000 + idx)
+            *_, retries = ic_change(ic_repo, name, 1000 * (rnd + 1) + idx)
         q.put({"idx": idx, "ok": True, "retries": retries, "t0": t0, "t1": time.monotonic()})
     except Exception as exc:  # report, don't hang the parent
         q.put({"idx": idx, "ok": False, "error": f"{type(exc).__name__}: {exc}"})
 
 
 def concurrent(
-    moto: Moto, kind: str, prefix: str, names: list[str], writers: int
+    moto: Moto, kind: str, prefix: str, names: list[str], writers: int, rnd: int = 0
 ) -> dict[str, Any]:
     ctx = mp.get_context("spawn")
     barrier = ctx.Barrier(writers)
     q = ctx.Queue()
-    chosen = random.Random(5).sample(names, writers)
+    chosen = random.Random(5 + rnd).sample(names, writers)
     procs = [
-        ctx.Process(target=_writer, args=(kind, moto.url, prefix, nm, i, barrier, q))
+        ctx.Process(target=_writer, args=(kind, moto.url, prefix, nm, i, rnd, barrier, q))
         for i, nm in enumerate(chosen)
     ]
     for p in procs:
@@ -357,11 +365,11 @@ def concurrent(
             "max_retries": max(retries),
             "mean_retries": statistics.mean(retries),
         }
-    out["landed"] = _landed(moto, kind, prefix, chosen)
+    out["landed"] = _landed(moto, kind, prefix, chosen, rnd)
     return out
 
 
-def _landed(moto: Moto, kind: str, prefix: str, chosen: list[str]) -> int:
+def _landed(moto: Moto, kind: str, prefix: str, chosen: list[str], rnd: int) -> int:
     """How many writers' changes the branch holds now."""
     if kind == "hyperslab":
         repo = Repository.open(hs_site(moto.url, prefix))
@@ -369,7 +377,7 @@ def _landed(moto: Moto, kind: str, prefix: str, chosen: list[str]) -> int:
         n = 0
         for i, name in enumerate(chosen):
             value = repo.tree.get(snap.tree, name)
-            n += bool(value and value["catalog"].get("bench") == f"writer{i}")
+            n += bool(value and value["catalog"].get("bench") == f"writer{rnd}-{i}")
         repo.close()
         return n
     import icechunk
@@ -380,7 +388,7 @@ def _landed(moto: Moto, kind: str, prefix: str, chosen: list[str]) -> int:
     session = ic_repo.readonly_session(branch="main")
     n = 0
     for i, name in enumerate(chosen):
-        want = np.random.default_rng(1000 + i).integers(0, 2**32, CHUNK, dtype="uint32")
+        want = np.random.default_rng(1000 * (rnd + 1) + i).integers(0, 2**32, CHUNK, dtype="uint32")
         got = zarr.open_array(session.store, path=name, mode="r")[:]
         n += bool(np.array_equal(got, want))
     return n
@@ -404,9 +412,15 @@ def _profile(moto: Moto, prefix: str, names: list[str]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--sizes", default="10,1000,10000", help="comma-separated entry counts")
+    ap.add_argument("--sizes", default="10,1000,10000,100000", help="comma-separated entry counts")
     ap.add_argument("--commits", type=int, default=20, help="timed commits per size and side")
+    ap.add_argument(
+        "--large-commits", type=int, default=6, help="timed commits at 10^5 entries and more"
+    )
     ap.add_argument("--writers", type=int, default=8, help="concurrent writers (0: skip)")
+    ap.add_argument(
+        "--rounds", type=int, default=3, help="concurrent rounds per side (1 at 10^5 and more)"
+    )
     ap.add_argument("--profile", action="store_true", help="cProfile one hyperslab commit")
     args = ap.parse_args(argv)
     sizes = [int(s) for s in args.sizes.split(",") if s]
@@ -433,7 +447,8 @@ def main(argv: list[str] | None = None) -> int:
             print(
                 f"\n{n} entries (built: hyperslab {hs_build_s:.1f} s, icechunk {ic_build_s:.1f} s)"
             )
-            hs, ic = latency(moto, n, hs_names, ic_names, args.commits)
+            commits = args.commits if n < 100_000 else min(args.commits, args.large_commits)
+            hs, ic = latency(moto, n, hs_names, ic_names, commits)
             row: dict[str, Any] = {"hyperslab": hs, "icechunk": ic}
             print(f"  {'':8} {'hyperslab ms':>18} {'icechunk ms':>18} {'ratio':>6}")
             print(f"  {'':8} {'median':>8} {'p90':>9} {'median':>8} {'p90':>9} {'ic/hs':>6}")
@@ -450,18 +465,30 @@ def main(argv: list[str] | None = None) -> int:
                     f"{r['requests_per_op']}, {r['bytes_put_per_op']:,d} bytes sent"
                 )
             if args.writers:
-                for side, prefix, names in (
-                    ("hyperslab", f"hs-{n}", hs_names),
-                    ("icechunk", f"ic-{n}", ic_names),
-                ):
-                    c = concurrent(moto, side, prefix, names, args.writers)
-                    row[f"{side}_concurrent"] = c
-                    print(
-                        f"  {args.writers} writers {side:9}: landed {c['landed']}/{c['writers']}, "
-                        f"wall {c.get('wall_s', float('nan')):.2f} s, retries max "
-                        f"{c.get('max_retries', '-')} mean {c.get('mean_retries', float('nan')):.1f}"
-                        + (f", errors {c['errors']}" if c["errors"] else "")
-                    )
+                rounds = args.rounds if n < 100_000 else 1
+                walls: dict[str, list[float]] = {"hyperslab": [], "icechunk": []}
+                for rnd in range(rounds):  # the sides alternate round by round
+                    for side, prefix, names in (
+                        ("hyperslab", f"hs-{n}", hs_names),
+                        ("icechunk", f"ic-{n}", ic_names),
+                    ):
+                        c = concurrent(moto, side, prefix, names, args.writers, rnd)
+                        row.setdefault(f"{side}_concurrent", []).append(c)
+                        walls[side].append(c.get("wall_s", float("nan")))
+                        print(
+                            f"  {args.writers} writers {side:9} round {rnd + 1}: landed "
+                            f"{c['landed']}/{c['writers']}, wall "
+                            f"{c.get('wall_s', float('nan')):.2f} s, retries max "
+                            f"{c.get('max_retries', '-')} mean "
+                            f"{c.get('mean_retries', float('nan')):.1f}"
+                            + (f", errors {c['errors']}" if c["errors"] else "")
+                        )
+                hw, iw = statistics.median(walls["hyperslab"]), statistics.median(walls["icechunk"])
+                row["writers_wall_median_s"] = {"hyperslab": hw, "icechunk": iw}
+                print(
+                    f"  {args.writers} writers, median wall over {rounds} round(s): hyperslab "
+                    f"{hw:.2f} s, icechunk {iw:.2f} s, ratio ic/hs {iw / hw:.2f}"
+                )
             results["sizes"][n] = row
             if args.profile:
                 print(f"\n  cProfile of one hyperslab entry write + commit at {n} entries:")

@@ -10,7 +10,8 @@ The repository
     object lives; ``repository.py`` objects, snapshots, reading, the commit protocol;
     ``refs.py`` branches and tags and the one compare-and-swap that moves them;
     ``tree.py`` the entry trie; ``catalog.py`` records and the query language,
-    ``catalog_index.py`` their columnar per-leaf index; ``checksums.py`` the CRC-32C
+    ``catalog_index.py`` their columnar per-node index, ``node_catalogs.py`` which
+    nodes carry one and when it is written; ``checksums.py`` the CRC-32C
     of every chunk; ``object_packs.py`` entry objects packed per leaf at sync
     destinations; ``chunk_replicas.py`` hot chunks copied into a site.
 Upkeep

@@ -28,6 +28,14 @@ when the leaf is written, and rebuilt in memory from the leaf whenever it is
 missing, unreadable or names another leaf (repositories written before indexes
 existed still search correctly, only slower). Parquet page checksums guard its
 bytes; ``fsck`` compares every index with a fresh build from its leaf.
+
+In format 2 leaves are small (128 entries at most), so search reads the index of
+each *index root* instead (:meth:`~hyperslab.references.tree.EntryTree.index_roots`,
+at most 1,024 entries): for an inner node, ``catalogs/<node id>.parquet`` is the
+same table over all entries below it (:meth:`LeafCatalog.combine` of its leaves'
+indexes). Commits do not write those: the first search that needs one combines it
+and stores it, so a commit stays O(changed) and a search after it re-reads only the
+leaf indexes below the index roots that changed.
 """
 
 from __future__ import annotations
@@ -187,6 +195,30 @@ class LeafCatalog:
         both = pa.concat_tables([kept, added])
         order = np.argsort(_col_ints(both.column("entity")), kind="stable")
         return LeafCatalog(leaf_id, names, both.take(_indices(order)))
+
+    @classmethod
+    def combine(cls, node_id: str, parts: list[LeafCatalog]) -> LeafCatalog:
+        """The index of a node whose entries are those of ``parts`` (disjoint: the
+        leaves below it). Equal, row for row, to a build from all their records."""
+        names = sorted(n for part in parts for n in part.names)
+        if len(parts) == 1:
+            return LeafCatalog(node_id, names, parts[0].table)
+        pos = {n: i for i, n in enumerate(names)}
+        tables = []
+        for part in parts:
+            if not part.names:
+                continue
+            remap = np.array([pos[n] for n in part.names], dtype=np.int64)
+            table = _plain(part.table)
+            entity = remap[_col_ints(table.column("entity"))]
+            tables.append(
+                table.set_column(0, "entity", primitive_array(pa.int32(), entity.astype(np.int32)))
+            )
+        if not tables:
+            return LeafCatalog.build(node_id, {})
+        both = pa.concat_tables(tables)
+        order = np.argsort(_col_ints(both.column("entity")), kind="stable")
+        return LeafCatalog(node_id, names, both.take(_indices(order)).combine_chunks())
 
     # ------------------------------------------------------------ storage
     def to_bytes(self) -> bytes:

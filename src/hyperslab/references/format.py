@@ -20,6 +20,7 @@ from hyperslab.errors import CorruptError, FormatVersionError, UnsafeNameError
 __all__ = [
     "FORMAT_NAME",
     "FORMAT_VERSION",
+    "OBJECT_FORMAT",
     "canonical_json",
     "check_entry_name",
     "check_ref_name",
@@ -28,8 +29,16 @@ __all__ = [
 ]
 
 FORMAT_NAME = "hyperslab-repository"
-#: the newest repository format this version reads and writes
-FORMAT_VERSION = 1
+#: the newest repository format this version reads and writes (``repo.json``'s
+#: ``version``). 1: entry-trie leaves of up to 1,024 entries. 2: smaller leaves
+#: (``leaf_max`` in ``repo.json``, 128 by default) whose inner nodes say their
+#: ``leaf_max``, and catalog indexes of inner nodes covering at most 1,024 entries
+#: (written by ``search``, see :mod:`.catalog_index`). Older hyperslab versions refuse
+#: format 2 (their search would take small inner nodes for leaves); this one reads
+#: and writes both, each repository in its own format.
+FORMAT_VERSION = 2
+#: the ``format`` field of stored objects: their encoding is the same in both formats
+OBJECT_FORMAT = 1
 
 _REF_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._\-]*(/[A-Za-z0-9_][A-Za-z0-9._\-]*)*$")
 _ENTRY_SEGMENT = re.compile(r"^[^\x00-\x1f\x7f/\\]+$")

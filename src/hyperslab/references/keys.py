@@ -112,7 +112,8 @@ def kind_dir(kind: Kind) -> str:
 
 # ------------------------------------------------------------------ derived, per leaf
 
-#: where each trie leaf's catalog index lives (catalog_index.py)
+#: where the catalog indexes of trie leaves (and of format 2's small inner nodes) live
+#: (catalog_index.py)
 CATALOG_PREFIX = "catalogs/"
 #: object packs and the locators that say what they hold (object_packs.py)
 PACK_PREFIX = "packs/"
@@ -120,7 +121,8 @@ LOCATOR_PREFIX = "locators/"
 
 
 def catalog_key(leaf_id: str) -> str:
-    """Key of the catalog index of trie leaf ``leaf_id``."""
+    """Key of the catalog index of trie node ``leaf_id`` (a leaf, or in format 2 an
+    inner node of at most 1,024 entries)."""
     return f"{CATALOG_PREFIX}{leaf_id}.parquet"
 
 

@@ -27,6 +27,7 @@ from hyperslab.references.keys import (
     source_key,
 )
 from hyperslab.references.repository import Repository
+from hyperslab.references.tree import INDEX_SPAN
 
 __all__ = ["Problem", "Progress", "Reachable", "walk"]
 
@@ -43,6 +44,9 @@ class Reachable:
     snapshots: set[str] = field(default_factory=set)
     manifests: set[str] = field(default_factory=set)
     leaves: set[str] = field(default_factory=set)  # the manifests that are entry-tree leaves
+    #: inner nodes small enough to carry a catalog index (format 2's index roots, which
+    #: search writes when it needs them: kept by gc, checked by fsck when present)
+    indexed_inner: set[str] = field(default_factory=set)
     entries: set[str] = field(default_factory=set)
     refmaps: dict[str, str] = field(default_factory=dict)  # id → extension
     checksums: dict[str, int] = field(default_factory=dict)  # id → chunk count
@@ -65,6 +69,7 @@ class Reachable:
         out = {object_key("snapshot", s) for s in self.snapshots}
         out |= {object_key("manifest", m) for m in self.manifests}
         out |= {catalog_key(leaf) for leaf in self.leaves}
+        out |= {catalog_key(node) for node in self.indexed_inner}
         out |= {object_key("entry", e) for e in self.entries}
         out |= {object_key("refmap", r, ext) for r, ext in self.refmaps.items()}
         out |= {object_key("checksums", c, ".parquet") for c in self.checksums}
@@ -168,6 +173,8 @@ def _walk_tree(
             continue
         if node.get("kind") == "inner":
             stack.extend(c[0] for c in node["children"].values())
+            if int(node.get("count", INDEX_SPAN + 1)) <= INDEX_SPAN:
+                r.indexed_inner.add(oid)
             continue
         r.leaves.add(oid)
         for value in node.get("entries", {}).values():

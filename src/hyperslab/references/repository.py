@@ -41,6 +41,7 @@ from hyperslab.errors import (
 from hyperslab.references.format import (
     FORMAT_NAME,
     FORMAT_VERSION,
+    OBJECT_FORMAT,
     canonical_json,
     check_entry_name,
     check_ref_name,
@@ -58,9 +59,10 @@ from hyperslab.references.keys import (
     object_key,
     split_object_key,
 )
+from hyperslab.references.node_catalogs import NodeCatalogs
 from hyperslab.references.object_packs import PackedObjects
 from hyperslab.references.refs import Refs
-from hyperslab.references.tree import EntryTree
+from hyperslab.references.tree import DEFAULT_LEAF_MAX, LEAF_MAX, EntryTree
 from hyperslab.storage import Site, open_site
 
 if TYPE_CHECKING:  # pyarrow and numpy load only when a catalog is built or searched
@@ -229,7 +231,11 @@ class Repository:
         self.id = str(self.info.get("id", ""))
         self.single_writer = bool(self.info.get("single_writer", False))
         self._cache = _LRU(8192)
-        self.tree = EntryTree(self)
+        self.tree = EntryTree(self, leaf_max=_leaf_max(self.info, display))
+        self.catalogs = NodeCatalogs(self)
+        #: search may store the catalog indexes of inner nodes it had to build (derived
+        #: objects named by their node: idempotent); False for a strictly read-only use
+        self.store_derived = True
         self.refs = Refs(site, display)
         self._writes = threading.local()  # per thread: the PUTs of a commit in flight
         self._pool: ThreadPoolExecutor | None = None
@@ -318,6 +324,7 @@ class Repository:
             "id": uuid.uuid4().hex,
             "created": _now(),
             "single_writer": single_writer,
+            "leaf_max": DEFAULT_LEAF_MAX,
         }
         if site.exists(REPO_KEY):
             raise RepositoryExistsError(
@@ -379,19 +386,37 @@ class Repository:
         return oid
 
     def _should_put(self, key: str, data: bytes) -> bool:
+        landed: set[str] | None = getattr(self._writes, "landed", None)
+        if landed is not None and key in landed:
+            return False  # this commit wrote it in an earlier attempt (same key, same bytes)
         return len(data) <= SMALL_OBJECT or self._needs_write(key)
 
     def _put(self, key: str, data: bytes) -> None:
         """PUT now, or, inside :meth:`_parallel_writes`, on a worker thread."""
+        landed: set[str] | None = getattr(self._writes, "landed", None)
         pending: list[Future[None]] | None = getattr(self._writes, "pending", None)
         if pending is None:
-            self.site.put(key, data)
+            _put_noting(self.site, key, data, landed)
             return
         with self._pool_lock:
             if self._pool is None:
                 self._pool = ThreadPoolExecutor(8, thread_name_prefix="hyperslab-commit")
             pool = self._pool
-        pending.append(pool.submit(self.site.put, key, data))
+        pending.append(pool.submit(_put_noting, self.site, key, data, landed))
+
+    @contextlib.contextmanager
+    def _remember_writes(self) -> Iterator[None]:
+        """Within: objects already written are not written again (a commit re-applying
+        its changes after losing a race makes mostly the same objects). Only for the
+        length of one commit: gc's grace period covers a commit in flight, not longer."""
+        if getattr(self._writes, "landed", None) is not None:
+            yield
+            return
+        self._writes.landed = set()
+        try:
+            yield
+        finally:
+            self._writes.landed = None
 
     @contextlib.contextmanager
     def _parallel_writes(self) -> Iterator[None]:
@@ -502,7 +527,7 @@ class Repository:
         key = object_key("manifest", oid)
         stored = json.loads(data)  # what readers will see (tuples are lists, etc.)
         if self._should_put(key, data):
-            self._put(catalog_key(oid), self._catalog_for(oid, stored, base).to_bytes())
+            self._put(catalog_key(oid), self.catalogs.for_new_leaf(oid, stored, base).to_bytes())
             loc = self.packs.carried_locator(oid, stored)
             if loc is not None:  # where this site packed the entries it keeps
                 self._put(locator_key(oid), loc.to_bytes())
@@ -511,46 +536,24 @@ class Repository:
         self._cache.put(f"manifest:{oid}", stored)
         return oid
 
-    def _catalog_for(self, oid: str, leaf: dict[str, Any], base: str | None) -> LeafCatalog:
-        """A new leaf's catalog index: from its ``base`` leaf's index when there is one
-        (only changed entries are encoded: O(changed)), else built from scratch."""
-        from hyperslab.references.catalog_index import LeafCatalog, leaf_records
-
-        records = leaf_records(leaf)
-        if base is not None:
-            try:
-                old_entries = self.read_node(base).get("entries", {})
-                previous = self.leaf_catalog(base)
-            except HyperslabError:
-                previous = None
-            if previous is not None:
-                new_entries = leaf.get("entries", {})
-                changed = {n for n, v in new_entries.items() if old_entries.get(n) != v}
-                return previous.updated(oid, records, changed)
-        return LeafCatalog.build(oid, records)
-
-    def leaf_catalog(self, leaf_id: str) -> LeafCatalog:
-        """The columnar catalog of one entry-tree leaf (rebuilt from the leaf if need be)."""
-        from hyperslab.references.catalog_index import LeafCatalog
-
-        ck = f"catalog:{leaf_id}"
-        cat: LeafCatalog | None = self._cache.get(ck)
+    def index_new_subtree(self, node_id: str) -> None:
+        """Called by the tree for a subtree it built whole, of at most INDEX_SPAN
+        entries: its combined catalog index comes with it (see :mod:`.node_catalogs`)."""
+        cat = self.catalogs.for_new_subtree(node_id)
         if cat is not None:
-            return cat
-        try:
-            cat = LeafCatalog.from_bytes(self.site.get(catalog_key(leaf_id)), leaf_id)
-        except (NotFoundError, CorruptError) as exc:
-            log.debug(
-                "catalog index of leaf %s not usable (%s): rebuilding from the leaf", leaf_id, exc
-            )
-            node = self.read_node(leaf_id)
-            if node.get("kind") != "leaf":
-                raise CorruptError(
-                    f"manifest {leaf_id} should be a leaf of the entry tree"
-                ) from None
-            cat = LeafCatalog.from_leaf(leaf_id, node)
-        self._cache.put(ck, cat)
-        return cat
+            self._put(catalog_key(node_id), cat.to_bytes())
+
+    def leaf_catalog(self, node_id: str) -> LeafCatalog:
+        """The columnar catalog of a leaf, or of an inner node of at most 1,024 entries
+        (format 2's index roots), read or rebuilt (see :mod:`.node_catalogs`)."""
+        return self.catalogs.get(node_id)
+
+    def cache_get(self, key: str) -> Any:
+        """A document or index this handle holds in memory (``kind:id``), or None."""
+        return self._cache.get(key)
+
+    def cache_put(self, key: str, value: Any) -> None:
+        self._cache.put(key, value)
 
     # ------------------------------------------------------------- snapshots
     def snapshot(self, oid: str) -> Snapshot:
@@ -742,13 +745,27 @@ class Repository:
         for name in changes:
             check_entry_name(name)
         self.check_writable()
+        with self._remember_writes():
+            return self._commit(changes, branch, message, author, base, max_attempts)
+
+    def _commit(
+        self,
+        changes: Mapping[str, dict[str, Any] | None],
+        branch: str,
+        message: str,
+        author: str | None,
+        base: str | None,
+        max_attempts: int,
+    ) -> CommitResult:
         head, etag = self.branch_head(branch)
         base = base or head
         pending = dict(changes)
         rng = random.Random()
         for attempt in range(1, max_attempts + 1):
             if head != base:
-                theirs = self.tree.diff(self.snapshot(base).tree, self.snapshot(head).tree)
+                # only the subtrees that could hold our entries are read: what did not
+                # change is in the cache, what others changed elsewhere is skipped
+                theirs = self.tree.diff(self.snapshot(base).tree, self.snapshot(head).tree, pending)
                 clash = []
                 for name in list(pending):
                     if name not in theirs:
@@ -822,7 +839,21 @@ class Repository:
 
 def _encode(kind: Kind, doc: dict[str, Any]) -> bytes:
     """The stored form of a JSON object: format header, canonical bytes."""
-    return canonical_json({"format": FORMAT_VERSION, "type": kind, **doc})
+    return canonical_json({"format": OBJECT_FORMAT, "type": kind, **doc})
+
+
+def _put_noting(site: Site, key: str, data: bytes, landed: set[str] | None) -> None:
+    site.put(key, data)
+    if landed is not None:
+        landed.add(key)  # set.add is atomic under the GIL
+
+
+def _leaf_max(info: Mapping[str, Any], display: str) -> int:
+    """The entry-trie leaf size a repository is written with (format 1: 1,024)."""
+    value = info.get("leaf_max", LEAF_MAX)
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise CorruptError(f"{display}/{REPO_KEY} has an invalid leaf_max {value!r}")
+    return value
 
 
 def _summarise(result: CommitResult, cap: int = 100) -> dict[str, Any]:

@@ -1,9 +1,10 @@
 """``search``: the entries of a snapshot whose catalog record matches a query.
 
-The query language is :mod:`.catalog`'s; each leaf of the entry tree carries a
-columnar catalog index (:mod:`.catalog_index`) on which a query is evaluated in one
-vectorised pass, so a search reads one small object per leaf and rebuilds the
-records of only the hits it returns.
+The query language is :mod:`.catalog`'s; each index root of the entry tree (a
+leaf in format 1, a node of at most 1,024 entries in format 2) carries a columnar
+catalog index (:mod:`.catalog_index`) on which a query is evaluated in one
+vectorised pass, so a search reads one small object per index root and rebuilds
+the records of only the hits it returns.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ def search(
     """
     q = parse_query(query) if isinstance(query, str) else query
     snap = repo.snapshot(repo.resolve(ref))
-    leaves = list(repo.tree.leaves(snap.tree))
+    leaves = list(repo.tree.index_roots(snap.tree))  # format 1: the leaves
 
     def select(leaf_id: str) -> tuple[LeafCatalog, np.ndarray]:
         cat = repo.leaf_catalog(leaf_id)
