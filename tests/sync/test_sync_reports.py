@@ -117,7 +117,7 @@ def test_plan_result_json_fsck_and_the_bucket_agree_on_hot_chunks(
     [text] = _lines(text, "clean:")
     assert "0 chunk objects" in text
     assert f"{len(chunk_packs)} chunk packs (holding 6 hot chunks)" in text
-    assert f"{len(indexes)} replica indexes" in text and "1 object packs" in text
+    assert f"{len(indexes)} replica indexes" in text and "1 object pack," in text
     code, out = _cli("fsck", "cloud:mx", "--json")
     checked = json.loads(out)["checked"]
     assert checked["chunk_packs"] == len(chunk_packs) and checked["hot_chunks"] == 6
