@@ -9,15 +9,20 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import h5py
 import numpy as np
 import pytest
+import tifffile
 from typer.testing import CliRunner
 
 from hyperslab.cli import app
+from hyperslab.convert.cbf import byte_offset_encode
+from hyperslab.samples import write_frame_series
 
 runner = CliRunner()
 
@@ -48,10 +53,32 @@ def place(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (d / "wrong_rules.toml").write_text("[[job]]\nsrc = 3\n")
     (d / "wrong_hot.toml").write_text("[[hot]]\nentries = 7\n")
     (d / "stats.sqlite").write_text("this is not a database")
+    frames = d / "frames"
+    frames.mkdir()
+    cbf = _cbf_frame(np.arange(12, dtype="<i4").reshape(3, 4))
+    (frames / "truncated.cbf").write_bytes(cbf[: len(cbf) - 40])
+    mixed = d / "mixed_frames"
+    mixed.mkdir()
+    (mixed / "a_1.cbf").write_bytes(cbf)
+    (mixed / "a_2.cbf").write_bytes(_cbf_frame(np.zeros((4, 4), "<i4")))
+    tifffile.imwrite(d / "jpeg.tif", np.zeros((16, 16), np.uint8), compression="jpeg")
     (d / "dead.toml").write_text(
         '[sites.dead]\nurl = "s3://bucket"\nendpoint_url = "http://127.0.0.1:9"\n'
     )
     return d
+
+
+def _cbf_frame(image: np.ndarray) -> bytes:
+    """A small Pilatus-like CBF file (what ``hyperslab sample`` writes)."""
+    d = tempfile.mkdtemp()
+    write_frame_series(Path(d), frames=1, shape=(8, 8))
+    text = (Path(d) / "pilatus_cbf" / "frame_00001.cbf").read_bytes()
+    head, _, _ = text.partition(b"\x0c\x1a\x04\xd5")
+    data = byte_offset_encode(image)
+    head = re.sub(rb"X-Binary-Size: \d+", b"X-Binary-Size: %d" % len(data), head)
+    head = re.sub(rb"Fastest-Dimension: \d+", b"Fastest-Dimension: %d" % image.shape[1], head)
+    head = re.sub(rb"Second-Dimension: \d+", b"Second-Dimension: %d" % image.shape[0], head)
+    return head + b"\x0c\x1a\x04\xd5" + data + b"\x00" * 16
 
 
 def cases(d: Path) -> Iterator[tuple[str, list[str]]]:
@@ -73,6 +100,10 @@ def cases(d: Path) -> Iterator[tuple[str, list[str]]]:
     yield "refs: unknown format", ["refs", good, "-o", out, "--format", "xml"]
     yield "refs: negative inline threshold", ["refs", good, "-o", out, "--inline-threshold", "-1"]
     yield "refs: combine one source", ["refs", good, "-o", out, "--combine-dim", "5"]
+    yield "refs: truncated CBF", ["refs", str(d / "frames"), "-o", out]
+    yield "refs: frames of two shapes", ["refs", str(d / "mixed_frames"), "-o", out]
+    yield "refs: TIFF compression without a codec", ["refs", str(d / "jpeg.tif"), "-o", out]
+    yield "refs: frames mixed with HDF5", ["refs", good, str(d / "jpeg.tif"), "-o", out]
     # verify
     yield "verify: map not JSON", ["verify", good, notes]
     yield "verify: truncated map", ["verify", good, str(d / "truncated.json")]
@@ -112,6 +143,8 @@ def cases(d: Path) -> Iterator[tuple[str, list[str]]]:
     # ingest
     yield "ingest: missing file", ["ingest", missing, "-r", repo]
     yield "ingest: not HDF5", ["ingest", notes, "-r", repo]
+    yield "ingest: truncated CBF", ["ingest", str(d / "frames"), "-r", repo]
+    yield "ingest: frames of two shapes", ["ingest", str(d / "mixed_frames" / "*.cbf"), "-r", repo]
     yield "ingest: into no repository", ["ingest", good, "-r", str(d / "plain_dir")]
     yield "ingest: bad entry name", ["ingest", good, "-r", repo, "-n", "../up"]
     yield "ingest: unknown branch", ["ingest", good, "-r", repo, "-b", "nope"]

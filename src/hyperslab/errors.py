@@ -11,6 +11,8 @@ class                       exit  what the caller does
 HyperslabError                 1  (root; unexpected internal failure)
 BadInputError                  2  fix the command line / input file
   NotHDF5Error                 2  the file is not HDF5 (or is truncated)
+  BadFrameError                2  a TIFF/CBF frame is truncated or not its format
+  FrameMismatchError           2  frames of one series differ (shape, dtype, codec)
   UnsupportedFeatureError      2  a feature with no reference or fallback
   UnsafeNameError              2  a name would escape its directory/prefix
   ConfigError                  2  fix hyperslab.toml / environment
@@ -31,11 +33,13 @@ from typing import Any, ClassVar
 
 __all__ = [
     "AccessDeniedError",
+    "BadFrameError",
     "BadInputError",
     "ConfigError",
     "ConflictError",
     "CorruptError",
     "FormatVersionError",
+    "FrameMismatchError",
     "HyperslabError",
     "NotFoundError",
     "NotHDF5Error",
@@ -83,6 +87,18 @@ class BadInputError(HyperslabError):
 
 class NotHDF5Error(BadInputError):
     code = "not_hdf5"
+
+
+class BadFrameError(BadInputError):
+    """A detector frame file (TIFF, CBF) that cannot be read: truncated, or not its format."""
+
+    code = "bad_frame"
+
+
+class FrameMismatchError(BadInputError):
+    """Frames of one series differ in shape, dtype or encoding."""
+
+    code = "frame_mismatch"
 
 
 class UnsupportedFeatureError(BadInputError):

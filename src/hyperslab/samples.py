@@ -38,6 +38,7 @@ __all__ = [
     "PIXEL_MASK_GAP",
     "detector_frames",
     "write_big_detector_file",
+    "write_frame_series",
     "write_many_chunks_file",
     "write_samples",
 ]
@@ -610,6 +611,139 @@ def write_samples(
             ),
         ]
         paths += _write_multi(directory, seed=seed, shape=shape, advance=advance)
+    return paths
+
+
+# --------------------------------------------------------------------------- frames
+#
+# Pilatus detectors write one CBF (or TIFF) file per frame: signed 32-bit counts, -1 in
+# module gaps, the "mini-header" of ``# Key value`` lines describing the exposure. This
+# module stands alone, so it writes CBF byte-offset compression itself.
+
+
+def _byte_offset(values: np.ndarray) -> bytes:
+    """CBFlib byte-offset compression (deltas in 1, 1+2, 1+2+4 or 1+2+4+8 bytes)."""
+    d = np.diff(values.astype(np.int64).reshape(-1), prepend=np.int64(0))
+    a = np.abs(d)
+    size = np.where(a < 128, 1, np.where(a < 32768, 3, np.where(a < (1 << 31), 7, 15)))
+    off = np.cumsum(size) - size
+    out = np.zeros(int(size.sum()), np.uint8)
+    out[off[size == 1]] = d[size == 1].astype(np.int8).view(np.uint8)
+    out[off[size > 1]] = 0x80
+    for width, start, own in ((2, 1, 3), (4, 3, 7), (8, 7, 15)):
+        here = size == own
+        raw = d[here].astype(f"<i{width}").view(np.uint8).reshape(-1, width)
+        out[off[here][:, None] + start + np.arange(width)] = raw
+        escape = np.zeros(width, np.uint8)
+        escape[-1] = 0x80
+        out[off[size > own][:, None] + start + np.arange(width)] = escape
+    return out.tobytes()
+
+
+def _mini_header(i: int, t: datetime, shape: tuple[int, int], beam: tuple[float, float]) -> str:
+    return "\n".join(
+        [
+            "# Detector: PILATUS 100K, S/N 1-0000, hyperslab sample",
+            f"# {t.strftime('%Y-%m-%dT%H:%M:%S.%f')[:-3]}",
+            f"# Pixel_size {_PIXEL_SIZE_M * 1e6:.0f}e-6 m x {_PIXEL_SIZE_M * 1e6:.0f}e-6 m",
+            "# Silicon sensor, thickness 0.000450 m",
+            f"# Exposure_time {_COUNT_TIME_S - 0.001:.7f} s",
+            f"# Exposure_period {_COUNT_TIME_S:.7f} s",
+            "# Tau = 124.0e-09 s",
+            "# Count_cutoff 1048574 counts",
+            "# Threshold_setting: 6000 eV",
+            "# Gain_setting: mid gain (vrf = -0.200)",
+            "# N_excluded_pixels = 0",
+            "# Wavelength 1.0332 A",
+            f"# Detector_distance {0.25 + 0.0005 * i:.5f} m",
+            f"# Beam_xy ({beam[1]:.2f}, {beam[0]:.2f}) pixels",
+            f"# Start_angle {0.1 * i:.4f} deg.",
+            "# Angle_increment 0.1000 deg.",
+        ]
+    )
+
+
+def _cbf_bytes(name: str, image: np.ndarray, header: str) -> bytes:
+    import base64
+    import hashlib
+
+    data = _byte_offset(image)
+    height, width = image.shape
+    text = (
+        "###CBF: VERSION 1.5, CBFlib v0.7.8 - PILATUS detectors\r\n\r\n"
+        f"data_{name}\r\n\r\n"
+        '_array_data.header_convention "PILATUS_1.2"\r\n'
+        "_array_data.header_contents\r\n;\r\n"
+        + header.replace("\n", "\r\n")
+        + "\r\n;\r\n\r\n_array_data.data\r\n;\r\n"
+        "--CIF-BINARY-FORMAT-SECTION--\r\n"
+        "Content-Type: application/octet-stream;\r\n"
+        '     conversions="x-CBF_BYTE_OFFSET"\r\n'
+        "Content-Transfer-Encoding: BINARY\r\n"
+        f"X-Binary-Size: {len(data)}\r\n"
+        "X-Binary-ID: 1\r\n"
+        'X-Binary-Element-Type: "signed 32-bit integer"\r\n'
+        "X-Binary-Element-Byte-Order: LITTLE_ENDIAN\r\n"
+        f"Content-MD5: {base64.b64encode(hashlib.md5(data).digest()).decode()}\r\n"
+        f"X-Binary-Number-of-Elements: {height * width}\r\n"
+        f"X-Binary-Size-Fastest-Dimension: {width}\r\n"
+        f"X-Binary-Size-Second-Dimension: {height}\r\n"
+        "X-Binary-Size-Padding: 4095\r\n\r\n"
+    )
+    tail = b"\x00" * 4095 + b"\r\n--CIF-BINARY-FORMAT-SECTION----\r\n;\r\n\r\n"
+    return text.encode("ascii") + b"\x0c\x1a\x04\xd5" + data + tail
+
+
+def write_frame_series(
+    directory: Path,
+    *,
+    frames: int = 10,
+    shape: tuple[int, int] = (195, 487),
+    seed: int = 0,
+) -> list[Path]:
+    """Pilatus-like frame series, one file per frame, in two subfolders of ``directory``:
+
+    - ``pilatus_cbf/frame_NNNNN.cbf``: CBF, byte-offset compression, Pilatus mini-header
+      (exposure time, wavelength, detector distance rising 0.5 mm a frame, beam centre,
+      pixel size, timestamp, start angle).
+    - ``pilatus_tiff/frame_NNNNN.tif``: deflate-compressed TIFF, the same mini-header as
+      ImageDescription, plus DateTime, resolution (pixel size) and Software tags.
+
+    Signed 32-bit counts with -1 in the module gap (Pilatus convention), from
+    ``detector_frames(frames, shape, seed=seed, scan=4)``.
+    """
+    import tifffile
+
+    directory = Path(directory)
+    stack = detector_frames(frames, shape, seed=seed, scan=4).view(np.int32)
+    beam = _DetectorModel(shape, seed, 4).beam_centre
+    cbf_dir, tif_dir = directory / "pilatus_cbf", directory / "pilatus_tiff"
+    cbf_dir.mkdir(parents=True, exist_ok=True)
+    tif_dir.mkdir(parents=True, exist_ok=True)
+    paths: list[Path] = []
+    per_cm = 0.01 / _PIXEL_SIZE_M
+    for i in range(frames):
+        t = _BASE_TIME.replace(tzinfo=None) + timedelta(seconds=_COUNT_TIME_S * i)
+        header = _mini_header(i, t, shape, beam)
+        name = f"frame_{i + 1:05d}"
+        path = cbf_dir / f"{name}.cbf"
+        path.write_bytes(_cbf_bytes(name, stack[i], header))
+        paths.append(path)
+    for i in range(frames):
+        t = _BASE_TIME.replace(tzinfo=None) + timedelta(seconds=_COUNT_TIME_S * i)
+        path = tif_dir / f"frame_{i + 1:05d}.tif"
+        tifffile.imwrite(
+            path,
+            stack[i],
+            compression="zlib",
+            description=_mini_header(i, t, shape, beam),
+            datetime=t.strftime("%Y:%m:%d %H:%M:%S"),
+            resolution=(per_cm, per_cm),
+            resolutionunit="CENTIMETER",
+            software="hyperslab sample",
+            metadata=None,
+        )
+        paths.append(path)
     return paths
 
 

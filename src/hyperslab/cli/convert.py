@@ -30,7 +30,10 @@ from hyperslab.errors import BadInputError, HyperslabError, VerificationError, l
 def refs(
     sources: Annotated[
         list[str],
-        typer.Argument(help="HDF5/NeXus files, directories (searched recursively) or fsspec URLs."),
+        typer.Argument(
+            help="HDF5/NeXus files, directories (searched recursively) or fsspec URLs; "
+            "or detector frames (TIFF, CBF: files, a directory or a glob), one map."
+        ),
     ],
     output: Annotated[
         Path,
@@ -92,8 +95,16 @@ def refs(
       hyperslab refs /data/run42/ -o maps/            # one map per file
 
       hyperslab refs frames_*.h5 --combine-dim 0 -o run.parquet
+
+      hyperslab refs pilatus/ -o run.json   # CBF/TIFF frames: one (frame, y, x) array
     """
-    from hyperslab.convert.api import build_refmap, combine_refmaps, expand_sources
+    from hyperslab.convert.api import (
+        build_frames_refmap,
+        build_refmap,
+        combine_refmaps,
+        expand_sources,
+        is_frame_series,
+    )
     from hyperslab.convert.hdf5 import ConvertOptions
     from hyperslab.references.refmap_files import choose_format, write_refmap
 
@@ -103,6 +114,15 @@ def refs(
         if new_dim is not None and concat_dim is not None:
             raise BadInputError("give at most one of --combine-new-dim and --combine-dim")
         files = expand_sources(sources)
+        if is_frame_series(files):
+            res = build_frames_refmap(files)
+            write_refmap(res.refmap, output, fmt)  # type: ignore[arg-type]
+            summary = {"refs": str(output), **res.to_json()}
+            if as_json:
+                print(json.dumps({"ok": True, "written": [summary], "failed": []}, default=str))
+            else:
+                _print_refs_summary(summary)
+            return
         options = ConvertOptions(
             inline_threshold=inline_threshold, allow_broken_links=allow_broken_links
         )
@@ -190,6 +210,13 @@ def _print_refs_summary(w: dict[str, Any]) -> None:
         rest = w["arrays"] - comb["arrays"]
         if rest:
             line += f", {rest} as in the first file"
+    frames = w.get("frames")
+    if frames:
+        shape = " x ".join(map(str, frames["shape"]))
+        line += (
+            f" from {plural(frames['files'], frames['format'].upper() + ' file')}: "
+            f"{plural(frames['frames'], 'frame')} as one {shape} array"
+        )
     line += f", {plural(w['n_refs'], 'chunk ref')}"
     if counts.get("skipped"):
         line += f"; {plural(counts['skipped'], 'dataset')} skipped (unreadable here)"
@@ -348,8 +375,10 @@ def sample(
     as_json: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
-    """Write realistic NeXus detector files (Pilatus-like uint32 stacks, gzip and bitshuffle-LZ4)."""
-    from hyperslab.samples import write_samples
+    """Write realistic NeXus detector files (Pilatus-like uint32 stacks, gzip and bitshuffle-LZ4),
+    and Pilatus-like frame series, one file a frame: pilatus_cbf/ (CBF) and pilatus_tiff/
+    (TIFF), at most 10 frames each."""
+    from hyperslab.samples import write_frame_series, write_samples
 
     with handle_errors(as_json):
         if frames < 1:
@@ -358,10 +387,21 @@ def sample(
             paths = write_samples(
                 directory, frames=frames, seed=seed, progress=show_progress(as_json, quiet)
             )
+            series = write_frame_series(directory, frames=min(frames, 10), seed=seed)
         except OSError as exc:
             raise local_path_error(exc, exc.filename or directory, "write the samples to") from exc
         if as_json:
-            print(json.dumps({"ok": True, "files": [str(p) for p in paths]}))
+            print(json.dumps({"ok": True, "files": [str(p) for p in paths + series]}))
         else:
             for p in paths:
                 out.print(f"[green]✓[/] {p} ({p.stat().st_size / 1e6:.1f} MB)", highlight=False)
+            folders: dict[Path, list[Path]] = {}
+            for p in series:
+                folders.setdefault(p.parent, []).append(p)
+            for folder, files in folders.items():
+                size = sum(p.stat().st_size for p in files) / 1e6
+                kind = files[0].suffix.lstrip(".").upper()
+                out.print(
+                    f"[green]✓[/] {folder}/ ({len(files)} {kind} frames, {size:.1f} MB)",
+                    highlight=False,
+                )

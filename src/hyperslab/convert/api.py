@@ -10,6 +10,14 @@ from typing import Any
 
 import numpy as np
 
+from hyperslab.convert.frames import (
+    FRAME_SUFFIXES,
+    expand_glob,
+    frame_files_in,
+    is_frame_file,
+    is_glob,
+    scan_frames,
+)
 from hyperslab.convert.hdf5 import ConvertOptions, FileReport, scan_hdf5
 from hyperslab.convert.nexus import DIMS, assign_dimensions
 from hyperslab.errors import BadInputError, HyperslabError, NotFoundError
@@ -19,9 +27,11 @@ from hyperslab.version import __version__
 __all__ = [
     "HDF5_SUFFIXES",
     "ConversionResult",
+    "build_frames_refmap",
     "build_refmap",
     "combine_refmaps",
     "expand_sources",
+    "is_frame_series",
     "source_url",
 ]
 
@@ -37,13 +47,15 @@ class ConversionResult:
     """A reference map and how it was made: one report per file it was built from.
 
     ``url`` is how the map names the file it was built from (one file only);
-    ``combined`` is the map's combine record (see :func:`combine_refmaps`), or None.
+    ``combined`` is the map's combine record (see :func:`combine_refmaps`), or None;
+    ``frames`` summarises a detector frame series (:func:`build_frames_refmap`), or None.
     """
 
     refmap: RefMap
     reports: list[FileReport] = field(default_factory=list)
     url: str | None = None
     combined: dict[str, Any] | None = None
+    frames: dict[str, Any] | None = None
 
     @property
     def counts(self) -> dict[str, int]:
@@ -53,7 +65,7 @@ class ConversionResult:
         it spans, so its arrays are counted, not the files' datasets.
         """
         out: dict[str, int] = {}
-        if self.combined is not None:
+        if self.combined is not None or self.frames is not None:
             for arr in self.refmap.arrays.values():
                 out[arr.status] = out.get(arr.status, 0) + 1
             return out
@@ -78,6 +90,8 @@ class ConversionResult:
                 "dim": c["dim"],
                 "arrays": len(c["arrays"]),
             }
+        if self.frames is not None:
+            doc["frames"] = self.frames
         return doc
 
 
@@ -92,20 +106,55 @@ def source_url(source: str | Path) -> str:
 
 
 def expand_sources(sources: Iterable[str | Path]) -> list[str]:
-    """Files as given, directories expanded (recursively) to their HDF5-looking files, sorted."""
+    """Files as given, directories expanded (recursively) to their HDF5-looking files, sorted.
+
+    A directory without HDF5 files gives its detector frames (TIFF, CBF) instead; a
+    glob pattern that names no existing file is expanded (sorted).
+    """
     out: list[str] = []
     for s in sources:
         p = Path(s)
         if "://" not in str(s) and p.is_dir():
             found = sorted(
                 str(f) for f in p.rglob("*") if f.is_file() and f.suffix.lower() in HDF5_SUFFIXES
-            )
+            ) or frame_files_in(p)
             if not found:
-                raise NotFoundError(f"{p} contains no HDF5 files ({', '.join(HDF5_SUFFIXES)})")
+                raise NotFoundError(
+                    f"{p} contains no HDF5 files ({', '.join(HDF5_SUFFIXES)}) "
+                    f"and no detector frames ({', '.join(FRAME_SUFFIXES)})"
+                )
             out.extend(found)
+        elif is_glob(str(s)):
+            matched = expand_glob(str(s))
+            if not matched:
+                raise NotFoundError(f"no file matches {s}")
+            out.extend(matched)
         else:
             out.append(str(s))
     return out
+
+
+def is_frame_series(files: Sequence[str]) -> bool:
+    """Whether ``files`` are detector frames (TIFF, CBF) that make one series; frames
+    mixed with other files are a :class:`~hyperslab.errors.BadInputError`."""
+    frames = [f for f in files if is_frame_file(f)]
+    if frames and len(frames) != len(files):
+        other = next(f for f in files if not is_frame_file(f))
+        raise BadInputError(
+            f"detector frames ({frames[0]}) and other files ({other}) cannot be converted "
+            "together; give the frames on their own"
+        )
+    return bool(frames)
+
+
+def build_frames_refmap(
+    files: Sequence[str], *, url_for: Callable[[str], str] | None = None
+) -> ConversionResult:
+    """One reference map of a detector frame series (TIFF or CBF files, in order): a
+    ``(frame, y, x)`` array ``entry/data/data`` referencing each frame in place, with
+    per-frame header values beside it (see :mod:`hyperslab.convert.frames`)."""
+    series = scan_frames(list(files), url_for=url_for or source_url)
+    return ConversionResult(series.refmap, series.reports, frames=series.summary)
 
 
 def build_refmap(

@@ -19,9 +19,11 @@ from typing import Any
 
 from hyperslab.convert.api import (
     ConversionResult,
+    build_frames_refmap,
     build_refmap,
     combine_refmaps,
     expand_sources,
+    is_frame_series,
     source_url,
 )
 from hyperslab.convert.hdf5 import ConvertOptions
@@ -94,7 +96,12 @@ def plan_entries(sources: Sequence[str], name: str | None, combine: bool) -> lis
 
     Several files without combining become ``NAME/<stem>`` (or ``<stem>``); a
     directory contributes its files under their relative paths (without suffix).
+    Detector frames (TIFF, CBF: files, a directory of them or a glob) are one entry,
+    ``--name`` or the directory's name (else the files' common stem).
     """
+    files = expand_sources(sources)
+    if is_frame_series(files):
+        return [EntryPlan(check_entry_name(name or _series_name(sources, files)), files)]
     named: list[tuple[str, str]] = []  # (stem-like name, file)
     for s in sources:
         p = Path(s)
@@ -121,6 +128,16 @@ def plan_entries(sources: Sequence[str], name: str | None, combine: bool) -> lis
             )
         plans[n] = EntryPlan(n, [f])
     return list(plans.values())
+
+
+def _series_name(sources: Sequence[str], files: Sequence[str]) -> str:
+    """A frame series' default entry name: its directory's, or the files' common stem."""
+    if len(sources) == 1 and Path(sources[0]).is_dir():
+        return Path(sources[0]).resolve().name
+    stems = [Path(f).stem for f in files]
+    n = next((i for i, cs in enumerate(zip(*stems, strict=False)) if len(set(cs)) > 1), None)
+    stem = (stems[0] if n is None else stems[0][:n]).rstrip("0123456789_-. ")
+    return stem or Path(files[0]).resolve().parent.name
 
 
 class _Sources:
@@ -234,8 +251,11 @@ def ingest_entry(
     """Store one entry's objects; returns ``(tree value, summary for the report)``."""
     srcs = _Sources()
     results: list[ConversionResult] = []
-    for f in plan.files:
-        results.append(build_refmap(f, options=options, url=srcs.url(f), url_for=srcs.url))
+    if is_frame_series(plan.files):
+        results.append(build_frames_refmap(plan.files, url_for=srcs.url))
+    else:
+        for f in plan.files:
+            results.append(build_refmap(f, options=options, url=srcs.url(f), url_for=srcs.url))
     res = combine_refmaps(results, dim=dim, new_dim=new_dim) if len(results) > 1 else results[0]
     refmap = res.refmap
     sums = srcs.checksums(refmap)  # before the check: it covers these reads too
@@ -268,7 +288,9 @@ def ingest_entry(
         "catalog": catalog,
         "converter": f"hyperslab {__version__}",
     }
-    if len(plan.files) > 1:
+    if res.frames is not None:
+        record["frames"] = res.frames
+    elif len(plan.files) > 1:
         record["combined"] = {"files": len(plan.files), "dim": dim, "new_dim": new_dim}
     entry_id = repo.write_json("entry", record)
     summary = {

@@ -1,0 +1,198 @@
+"""Detector frame series (TIFF, CBF) as one (frame, y, x) array referenced in place.
+
+Every series is ingested into a local repository and read back through open_array and
+open_dataset (xarray), compared on every frame with tifffile / fabio, the independent
+readers; a second site made by ``hyperslab sync --sources`` reads it without the
+original files. Bad series are named errors.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import fabio
+import numpy as np
+import pytest
+import tifffile
+from typer.testing import CliRunner
+
+from hyperslab.access.array import open_array
+from hyperslab.access.dataset import open_dataset
+from hyperslab.cli import app
+from hyperslab.convert.api import build_frames_refmap
+from hyperslab.convert.cbf import byte_offset_decode, byte_offset_encode
+from hyperslab.references.checksums import compute_checksums
+from hyperslab.samples import write_frame_series
+
+runner = CliRunner()
+SHAPE = (37, 53)  # not a multiple of any strip height: the last strip is short
+
+
+def _frames(n: int, dtype: str, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    data = rng.poisson(20, (n, *SHAPE)) + np.arange(SHAPE[1])
+    data[:, 5, 7] = 60000  # escapes of the byte-offset stream
+    return data.astype(dtype)
+
+
+def _write_tiffs(d: Path, data: np.ndarray, **kwargs: object) -> list[Path]:
+    d.mkdir(parents=True)
+    paths = []
+    for i, frame in enumerate(data):
+        p = d / f"img_{i:03d}.tif"
+        tifffile.imwrite(p, frame, datetime=f"2026:01:15 09:00:{i:02d}", **kwargs)  # type: ignore[arg-type]
+        paths.append(p)
+    return paths
+
+
+def _ingest(repo: Path, source: str, name: str, *more: str) -> None:
+    if not repo.exists():
+        assert runner.invoke(app, ["init", str(repo)]).exit_code == 0
+    res = runner.invoke(app, ["ingest", source, "-r", str(repo), "-n", name, "--json", *more])
+    assert res.exit_code == 0, res.output
+
+
+def _check(repo: Path, name: str, expect: np.ndarray) -> None:
+    arr = open_array(str(repo), name, "entry/data/data", cache=False)
+    got = arr[:]
+    assert got.dtype == expect.dtype and got.shape == expect.shape
+    for i in range(expect.shape[0]):
+        np.testing.assert_array_equal(got[i], expect[i])
+    np.testing.assert_array_equal(arr[1:3, 4:30, 10:11], expect[1:3, 4:30, 10:11])
+    ds = open_dataset(str(repo), name)
+    np.testing.assert_array_equal(ds["data"].values, expect)
+    assert ds["data"].dims == ("frame", "y", "x")
+
+
+TIFF_CASES = {
+    "none": {},
+    "deflate": {"compression": "zlib"},
+    "lzw": {"compression": "lzw"},
+    "packbits": {"compression": "packbits"},
+    "deflate_predictor": {"compression": "zlib", "predictor": True, "rowsperstrip": 8},
+    "lzw_tiles": {"compression": "lzw", "tile": (16, 32)},
+    "strips_raw": {"rowsperstrip": 10},
+}
+
+
+@pytest.mark.parametrize("case", sorted(TIFF_CASES))
+@pytest.mark.parametrize("dtype", ["<u2", ">u2", ">i4"])
+def test_tiff_series_reads_like_tifffile(tmp_path: Path, case: str, dtype: str) -> None:
+    if dtype != "<u2" and case not in ("deflate_predictor", "none", "lzw"):
+        pytest.skip("byte order is exercised on a few encodings")
+    data = _frames(4, dtype)
+    kwargs = dict(TIFF_CASES[case])
+    kwargs["byteorder"] = dtype[0]
+    paths = _write_tiffs(tmp_path / "tiff", data, **kwargs)
+    expect = np.stack([tifffile.imread(p) for p in paths])
+    np.testing.assert_array_equal(expect, data)
+    _ingest(tmp_path / "repo", str(tmp_path / "tiff"), "run")
+    _check(tmp_path / "repo", "run", expect.astype(expect.dtype.newbyteorder(dtype[0])))
+
+
+def test_multipage_tiffs_concatenate(tmp_path: Path) -> None:
+    data = _frames(5, "<u2")
+    d = tmp_path / "multi"
+    d.mkdir()
+    tifffile.imwrite(d / "a.tif", data[:3], compression="zlib", photometric="minisblack")
+    tifffile.imwrite(d / "b.tif", data[3:], compression="zlib", photometric="minisblack")
+    _ingest(tmp_path / "repo", str(d / "*.tif"), "stack")
+    _check(tmp_path / "repo", "stack", data)
+
+
+@pytest.fixture(scope="module")
+def sample(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    d = tmp_path_factory.mktemp("frames")
+    write_frame_series(d, frames=4)
+    return d
+
+
+def test_sample_cbf_series_reads_like_fabio_with_metadata(sample: Path, tmp_path: Path) -> None:
+    files = sorted((sample / "pilatus_cbf").glob("*.cbf"))
+    expect = np.stack([fabio.open(str(p)).data for p in files])
+    repo = tmp_path / "repo"
+    _ingest(repo, str(sample / "pilatus_cbf"), "pilatus")
+    _check(repo, "pilatus", expect)
+    ds = open_dataset(str(repo), "pilatus")
+    np.testing.assert_allclose(ds["detector_distance"].values, [0.25, 0.2505, 0.251, 0.2515])
+    assert "detector_distance" in ds.coords and "exposure_time" in ds.coords
+    np.testing.assert_allclose(ds["wavelength"].values, 1.0332)
+    assert ds["timestamp"].values[1] - ds["timestamp"].values[0] == np.timedelta64(100, "ms")
+    # the catalog: series-wide values under the NeXus files' field names
+    query = "wavelength=1.0332 energy>12 detector~*PILATUS* exposure_time<0.1"
+    res = runner.invoke(app, ["search", str(repo), query, "--json"])
+    assert res.exit_code == 0, res.output
+    assert "pilatus" in res.output
+
+
+def test_sample_tiff_series_carries_its_tags(sample: Path, tmp_path: Path) -> None:
+    files = sorted((sample / "pilatus_tiff").glob("*.tif"))
+    expect = np.stack([tifffile.imread(p) for p in files])
+    np.testing.assert_array_equal(expect, np.stack([fabio.open(str(p)).data for p in files]))
+    repo = tmp_path / "repo"
+    _ingest(repo, str(sample / "pilatus_tiff"), "tiffs")
+    _check(repo, "tiffs", expect)
+    ds = open_dataset(str(repo), "tiffs")
+    np.testing.assert_allclose(ds["x_pixel_size"].values, 172e-6)
+    np.testing.assert_allclose(ds["exposure_time"].values, 0.099)
+
+
+def test_checksums_cover_every_frame_and_a_second_site_reads_the_copy(
+    sample: Path, tmp_path: Path
+) -> None:
+    frames = tmp_path / "cbf"
+    shutil.copytree(sample / "pilatus_cbf", frames)
+    expect = np.stack([fabio.open(str(p)).data for p in sorted(frames.glob("*.cbf"))])
+    res = build_frames_refmap([str(p) for p in sorted(frames.glob("*.cbf"))])
+    files = {i: u for i, u in enumerate(res.refmap.sources)}
+    sums = compute_checksums(res.refmap, files)
+    assert sum(len(v) for v in sums.values()) == 4  # one CRC-32C per frame chunk
+    repo, copy = tmp_path / "repo", tmp_path / "copy"
+    _ingest(repo, str(frames), "run", "--upload-sources")
+    out = runner.invoke(app, ["sync", str(repo), str(copy), "--sources"])
+    assert out.exit_code == 0, out.output
+    shutil.rmtree(frames)  # only the second site's copies are left
+    _check(copy, "run", expect)
+
+
+def test_refs_writes_one_map_that_plain_zarr_reads(sample: Path, tmp_path: Path) -> None:
+    import fsspec
+    import zarr
+
+    out = tmp_path / "cbf.json"
+    res = runner.invoke(app, ["refs", str(sample / "pilatus_cbf"), "-o", str(out), "--json"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.output)["written"][0]["frames"]["frames"] == 4
+    fs = fsspec.filesystem("reference", fo=str(out))
+    g = zarr.open_group(fs.get_mapper(""), mode="r", zarr_format=2)
+    files = sorted((sample / "pilatus_cbf").glob("*.cbf"))
+    np.testing.assert_array_equal(g["entry/data/data"][3], fabio.open(str(files[3])).data)
+
+
+def test_byte_offset_round_trips_every_escape() -> None:
+    v = np.array([0, 127, -127, 128, -128, 32767, -32768, 40000, -(2**31) + 1, 2**31 - 1, -1])
+    rng = np.random.default_rng(1)
+    for values in (v, rng.integers(-(2**31) + 1, 2**31 - 1, 500), rng.poisson(3, 1000)):
+        got = byte_offset_decode(byte_offset_encode(values), "<i4")
+        np.testing.assert_array_equal(got, values.astype("<i4"))
+
+
+def test_bad_series_are_named_errors(sample: Path, tmp_path: Path) -> None:
+    d = tmp_path / "mixed"
+    d.mkdir()
+    tifffile.imwrite(d / "a_1.tif", np.zeros((8, 8), "<u2"))
+    tifffile.imwrite(d / "a_2.tif", np.zeros((8, 8), "<u4"))
+    tifffile.imwrite(d / "a_3.tif", np.zeros((8, 8), "<u2"), compression="zlib")
+    res = runner.invoke(app, ["refs", str(d / "a_[12].tif"), "-o", str(tmp_path / "x.json")])
+    assert res.exit_code == 2 and "a_2.tif" in res.output and "frame_mismatch" in res.output
+    res = runner.invoke(app, ["refs", str(d / "a_[13].tif"), "-o", str(tmp_path / "x.json")])
+    assert res.exit_code == 2 and "a_3.tif" in res.output
+    cbf = (sample / "pilatus_cbf" / "frame_00001.cbf").read_bytes()
+    (tmp_path / "cut.cbf").write_bytes(cbf[: len(cbf) // 2])
+    res = runner.invoke(app, ["refs", str(tmp_path / "cut.cbf"), "-o", str(tmp_path / "y.json")])
+    assert res.exit_code == 2 and "truncated" in res.output and "bad_frame" in res.output
+    tifffile.imwrite(tmp_path / "j.tif", np.zeros((8, 8), np.uint8), compression="jpeg")
+    res = runner.invoke(app, ["refs", str(tmp_path / "j.tif"), "-o", str(tmp_path / "z.json")])
+    assert res.exit_code == 2 and "unsupported" in res.output and "JPEG" in res.output
