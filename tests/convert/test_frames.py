@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from typing import Any
 
 import fabio
 import numpy as np
@@ -199,3 +200,83 @@ def test_bad_series_are_named_errors(sample: Path, tmp_path: Path) -> None:
     tifffile.imwrite(tmp_path / "j.tif", np.zeros((8, 8), np.uint8), compression="jpeg")
     res = runner.invoke(app, ["refs", str(tmp_path / "j.tif"), "-o", str(tmp_path / "z.json")])
     assert res.exit_code == 2 and "unsupported" in res.output and "JPEG" in res.output
+
+
+def _verify(*args: str) -> tuple[int, dict[str, Any]]:
+    res = runner.invoke(app, ["verify", *args, "--json"])
+    return res.exit_code, json.loads(res.output.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("kind", ["tiff", "cbf"])
+def test_verify_passes_a_good_frame_map(sample: Path, tmp_path: Path, kind: str) -> None:
+    frames = sample / f"pilatus_{kind}"
+    out = tmp_path / "run.json"
+    assert runner.invoke(app, ["refs", str(frames), "-o", str(out)]).exit_code == 0
+    code, doc = _verify(str(frames), str(out))
+    assert code == 0 and doc["ok"], doc
+    counts = doc["counts"]
+    assert counts["bit_exact"] == counts["arrays"] > 4
+    assert doc["frames"] == {
+        "format": kind,
+        "files": 4,
+        "frames": 4,
+        "reader": "tifffile" if kind == "tiff" else "fabio",
+    }
+    assert runner.invoke(app, ["verify", str(out)]).exit_code == 0  # the files the map names
+    res = runner.invoke(app, ["verify", str(frames / "*"), str(out), "--all"], terminal_width=200)
+    assert res.exit_code == 0 and "frames and coordinates bit-exact" in res.output, res.output
+
+
+def test_verify_names_the_frame_whose_chunk_ref_is_swapped(sample: Path, tmp_path: Path) -> None:
+    frames = sample / "pilatus_tiff"
+    out = tmp_path / "run.json"
+    assert runner.invoke(app, ["refs", str(frames), "-o", str(out)]).exit_code == 0
+    doc = json.loads(out.read_text())
+    refs = doc["refs"]
+    keys = sorted(k for k in refs if k.startswith("entry/data/data/2."))
+    assert keys
+    for k in keys:  # frame 2's chunks point into frame 3's file
+        refs[k] = refs[k.replace("data/2.", "data/3.", 1)]
+    out.write_text(json.dumps(doc))
+    code, report = _verify(str(frames), str(out))
+    assert code == 8 and not report["ok"]
+    bad = [a for a in report["arrays"] if not a["ok"]]
+    assert len(bad) == 1 and bad[0]["detail"].startswith("frame 2: values differ"), bad
+    assert bad[0]["source"].endswith(sorted(p.name for p in frames.glob("*.tif"))[2])
+    res = runner.invoke(app, ["verify", str(frames), str(out)], terminal_width=200)
+    assert res.exit_code == 8 and "frame 2" in res.output and "verification_failed" in res.output
+
+
+def test_verify_cbf_without_fabio_checks_content_md5(
+    sample: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sys
+
+    frames = tmp_path / "cbf"
+    shutil.copytree(sample / "pilatus_cbf", frames)
+    out = tmp_path / "run.json"
+    assert runner.invoke(app, ["refs", str(frames), "-o", str(out)]).exit_code == 0
+    monkeypatch.setitem(sys.modules, "fabio", None)  # no independent CBF reader
+    code, doc = _verify(str(frames), str(out))
+    assert code == 0 and "MD5" in str(doc["frames"]["reader"])
+    assert all("not independently checked" in a["detail"] for a in doc["arrays"][:4])
+    # a frame without Content-MD5 is unverifiable, not compared with our own codec
+    first = sorted(frames.glob("*.cbf"))[0]
+    raw = first.read_bytes()
+    start = raw.index(b"Content-MD5:")
+    end = raw.index(b"\r\n", start)
+    first.write_bytes(raw[:start] + b"X-Comment:" + b" " * (end - start - 10) + raw[end:])
+    code, doc = _verify(str(frames), str(out))
+    assert code == 8 and doc["counts"]["unverifiable"] == 1
+
+
+def test_verify_frames_against_an_hdf5_map_is_a_named_error(sample: Path, tmp_path: Path) -> None:
+    import h5py
+
+    h5 = tmp_path / "a.h5"
+    with h5py.File(h5, "w") as f:
+        f["x"] = np.arange(3)
+    out = tmp_path / "a.json"
+    assert runner.invoke(app, ["refs", str(h5), "-o", str(out)]).exit_code == 0
+    res = runner.invoke(app, ["verify", str(sample / "pilatus_tiff"), str(out)])
+    assert res.exit_code == 2 and "not the map of a detector frame series" in res.output

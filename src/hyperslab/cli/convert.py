@@ -248,7 +248,8 @@ def verify(
         typer.Argument(
             metavar="SOURCE",
             help="The HDF5/NeXus file the map was made from; for a combined map, the files "
-            "it was combined from (all, some, or none to use the files it names).",
+            "it was combined from (all, some, or none to use the files it names); for "
+            "a frame series, its TIFF/CBF frames (files, a directory or a glob).",
             show_default=False,
         ),
     ] = None,
@@ -271,6 +272,11 @@ def verify(
     names. Given some of its files, only their slabs are checked, and the
     report says which files were left out.
 
+    A frame-series map (refs FRAMES -o MAP) is checked frame by frame against
+    its TIFF/CBF files, decoded by tifffile or fabio (without fabio, CBF frames
+    are checked against their Content-MD5 and decoded by hyperslab's codec, as
+    the report says), and its per-frame header values against the headers.
+
     Exit status 0 only if every array (or slab) checked matches and every
     dataset of SOURCE (of the first file, for a combined map) is in the map; 8
     otherwise.
@@ -283,10 +289,13 @@ def verify(
 
       hyperslab verify run.parquet
 
+      hyperslab verify pilatus/ run.json     # CBF/TIFF frames, frame by frame
+
       hyperslab verify big_scan.nxs big_scan.json --dask local:4
     """
     from hyperslab.convert.cluster import dask_client
     from hyperslab.convert.verify import verify as run_verify
+    from hyperslab.convert.verify_frames import frames_check
 
     with handle_errors(as_json):
         with progress_bar(show_progress(as_json, quiet)) as prog, dask_client(dask) as client:
@@ -295,9 +304,16 @@ def verify(
             def tick(path: str, i: int, n: int) -> None:
                 prog.update(task, total=n, completed=i, item=path)
 
-            report = run_verify(sources or [], refs_path, progress=tick, client=client)
+            report = frames_check(sources or [], refs_path, tick) or run_verify(
+                sources or [], refs_path, progress=tick, client=client
+            )
         comb = report.combined
-        if comb is not None:
+        frames = report.frames
+        if frames is not None:
+            against = (
+                f"{report.source}" if frames["files"] == 1 else f"{frames['files']} frame files"
+            ) + f" (read by {frames['reader']})"
+        elif comb is not None:
             what = ", ".join(c["source"] for c in comb["checked"])
             if len(what) > 200:
                 what = f"{len(comb['checked'])} files"
@@ -308,8 +324,11 @@ def verify(
             print(json.dumps(report.to_json(), default=str))
         else:
             table = Table(title=f"{refs_path} vs {against}", show_lines=False)
+            by_source = comb is not None or frames is not None
             columns = (
-                ("array", "source", "storage", "result") if comb else ("array", "storage", "result")
+                ("array", "source", "storage", "result")
+                if by_source
+                else ("array", "storage", "result")
             )
             for col in columns:
                 table.add_column(col)
@@ -317,13 +336,15 @@ def verify(
                 if show_all or not a.ok:
                     result = "[green]bit-exact[/]" if a.ok else f"[red]MISMATCH[/] {a.detail}"
                     row = [a.path or "/", a.storage, result]
-                    if comb:
+                    if by_source:
                         row.insert(1, a.source or "")
                     table.add_row(*row)
             for m in report.missing:
                 row = [m, "-", "[red]MISSING from map[/]"]
                 if comb:
                     row.insert(1, comb["checked"][0]["source"])
+                elif frames is not None:
+                    row.insert(1, "")
                 table.add_row(*row)
             if table.row_count:
                 out.print(table)
@@ -351,7 +372,7 @@ def verify(
                     ),
                     highlight=False,
                 )
-            noun = "array slabs" if comb else "arrays"
+            noun = "array slabs" if comb else "frames and coordinates" if frames else "arrays"
             out.print(
                 f"[{colour}]{c['bit_exact']}/{c['arrays']} {noun} bit-exact ({pct:.1f}%)[/]: "
                 f"{c['virtual']} virtual, {c['materialised']} materialised, {c['empty']} empty; "

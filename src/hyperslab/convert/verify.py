@@ -84,6 +84,8 @@ class VerifyReport:
     seconds: float = 0.0
     #: for a combined map: how it was combined and which of its files were checked
     combined: dict[str, Any] | None = None
+    #: for a detector frame series: its format, files, frames and the reader compared with
+    frames: dict[str, Any] | None = None
 
     @property
     def ok(self) -> bool:
@@ -118,6 +120,8 @@ class VerifyReport:
         }
         if self.combined is not None:
             doc["combined"] = self.combined
+        if self.frames is not None:
+            doc["frames"] = self.frames
         return doc
 
 
