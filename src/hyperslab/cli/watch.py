@@ -157,6 +157,26 @@ def watch(
     allow_broken_links: Annotated[
         bool, typer.Option(help="Report dangling links instead of waiting for their targets.")
     ] = False,
+    frames: Annotated[
+        bool,
+        typer.Option(
+            "--frames",
+            help="Also follow folders of detector frames (CBF, TIFF): one entry a folder "
+            "(named by the template from the folder's path), committed once complete.",
+        ),
+    ] = False,
+    scan_frames: Annotated[
+        int | None,
+        typer.Option(help="With --frames: a series is complete at this many frames."),
+    ] = None,
+    end_marker: Annotated[
+        str | None,
+        typer.Option(help="With --frames: a series is complete once this file is in its folder."),
+    ] = None,
+    scan_quiet: Annotated[
+        float | None,
+        typer.Option(help="With --frames: a series is complete after this many quiet seconds."),
+    ] = None,
     quiet: Annotated[
         bool,
         typer.Option(
@@ -179,6 +199,12 @@ def watch(
     Ctrl-C commits the current batch, then exits. Output: one line per event
     (--json: one JSON object per line).
 
+    With --frames (or any --scan-frames, --end-marker, --scan-quiet), each folder
+    that holds detector frames is one series, one entry, committed once it has
+    settled and is complete: --scan-frames N frames, the --end-marker file, or
+    --scan-quiet seconds without a new frame. A series that grows later is
+    committed again, with every frame.
+
     Examples:
 
       hyperslab watch /data/run42 --repo beamline:repo --name "run42/{stem}"
@@ -186,9 +212,12 @@ def watch(
       hyperslab watch /data --repo ./repo --name "{dir}/{stem}" --settle 10
 
       hyperslab watch /data/run42 --repo ./repo --once --json    # cron, tests
+
+      hyperslab watch /data/pilatus --repo ./repo --name "{path}" --end-marker scan.done
     """
     from hyperslab.convert.hdf5 import ConvertOptions
     from hyperslab.convert.watch import watch as do_watch
+    from hyperslab.convert.watch_series import SeriesRule
     from hyperslab.references.repository import Repository
 
     stop = threading.Event()
@@ -218,6 +247,12 @@ def watch(
             raise BadInputError(f"--format must be json or parquet, not {fmt!r}")
         if inline_threshold < 0:
             raise BadInputError(f"--inline-threshold must be at least 0, not {inline_threshold}")
+        rules = (scan_frames, end_marker, scan_quiet)
+        series = (
+            SeriesRule(scan_frames, end_marker, scan_quiet)
+            if frames or any(v is not None for v in rules)
+            else None
+        )
         r = Repository.open(repo)
         options = ConvertOptions(
             inline_threshold=inline_threshold, allow_broken_links=allow_broken_links
@@ -246,6 +281,7 @@ def watch(
                 refmap_format=fmt,  # type: ignore[arg-type]
                 emit=emit,
                 stop=stop,
+                series=series,
             )
         finally:
             for sig, handler in previous.items():

@@ -96,6 +96,14 @@ from typing import Any
 from hyperslab.convert.api import HDF5_SUFFIXES
 from hyperslab.convert.hdf5 import BrokenLinkError, ConvertOptions
 from hyperslab.convert.ingest import EntryPlan, ingest_entry
+from hyperslab.convert.watch_series import (
+    SeriesRule,
+    SeriesStat,
+    frames_in,
+    is_series,
+    series_folder,
+    series_stat,
+)
 from hyperslab.errors import (
     AccessDeniedError,
     BadInputError,
@@ -309,7 +317,7 @@ def now_iso() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def _signature(st: os.stat_result) -> Signature:
+def _signature(st: os.stat_result | SeriesStat) -> Signature:
     return (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
 
 
@@ -341,8 +349,10 @@ class _Watcher:
         upload_sources: bool,
         options: ConvertOptions | None,
         refmap_format: RefmapFormat | None,
+        series: SeriesRule | None = None,
     ) -> None:
         self.repo, self.root, self.template, self._emit = repo, directory, template, emit
+        self.series = series  # None: HDF5 files only (watch_series.py)
         self.branch, self.settle = branch, settle
         self.batch_files, self.batch_seconds = batch_files, batch_seconds
         self.state_path, self.message, self.author = state_path, message, author
@@ -416,7 +426,7 @@ class _Watcher:
         self.dirty = False
 
     # ------------------------------------------------------------- scanning
-    def _walk(self, d: Path, rel: str) -> Iterator[tuple[str, os.stat_result]]:
+    def _walk(self, d: Path, rel: str) -> Iterator[tuple[str, os.stat_result | SeriesStat]]:
         try:
             with os.scandir(d) as it:
                 entries = list(it)
@@ -426,6 +436,10 @@ class _Watcher:
                 self.unreadable.add(rel)
                 self.emit("note", message=f"cannot list {d}: {exc.strerror}")
             return
+        if self.series is not None:
+            stat = series_stat(frames_in(d))
+            if stat is not None:  # this folder's frames: one item
+                yield (f"{rel}/" if rel else "./"), stat
         for e in entries:
             if e.name.startswith("."):
                 continue
@@ -459,7 +473,7 @@ class _Watcher:
                         self.names[entry] = rel
                     continue
                 age = wall - max(st.st_mtime_ns, st.st_ctime_ns) / 1e9
-                since = now - max(0.0, min(age, self.settle))
+                since = now - max(0.0, min(age, self._window(rel)))
                 self.files[rel] = _File(sig, since)
                 self.generation += 1
                 self.emit("file_seen", path=rel, size=st.st_size)
@@ -496,9 +510,15 @@ class _Watcher:
             if f.status == "new" or f.status == "waiting":
                 if f.status == "waiting" and f.generation >= 0 and f.generation == self.generation:
                     continue  # waits for new files (a link target) before trying again
-                if now - f.since >= self.settle:
+                if now - f.since >= self._window(rel):
                     out.append(rel)
         return sorted(out, key=lambda r: (self.files[r].sig[1], r))
+
+    def _window(self, rel: str) -> float:
+        """How long an item must stay unchanged: ``settle``; for a series, its rule's."""
+        if self.series is not None and is_series(rel):
+            return self.series.window(self.settle)
+        return self.settle
 
     def _wait(self, rel: str, f: _File, reason: str, *, conversion: bool = False) -> None:
         f.status = "waiting"
@@ -514,6 +534,9 @@ class _Watcher:
         self.emit("file_failed", path=rel, entry=f.entry, error=exc.to_json())
 
     def _restat(self, rel: str) -> Signature | None:
+        if is_series(rel):
+            stat = series_stat(frames_in(series_folder(self.root, rel)))
+            return None if stat is None else _signature(stat)
         try:
             return _signature(os.stat(self.root / rel))
         except OSError:
@@ -521,11 +544,15 @@ class _Watcher:
 
     def convert(self, rel: str, now: float) -> None:
         f = self.files[rel]
-        path = str(self.root / rel)
+        series = self.series is not None and is_series(rel)
+        folder = series_folder(self.root, rel)
+        path = str(folder) if series else str(self.root / rel)
+        frames = frames_in(folder) if series else [path]
         if self._restat(rel) != f.sig:
             return  # the next scan sees the change
         try:
-            f.entry = entry_name(self.template, self.root, rel)
+            named = (rel.rstrip("/") if rel != "./" else self.root.name) if series else rel
+            f.entry = entry_name(self.template, self.root, named)
         except HyperslabError as exc:
             self._fail(rel, f, exc)
             return
@@ -542,7 +569,11 @@ class _Watcher:
             )
             return
         try:
-            reason = not_ready_reason(path, f.sig[0])
+            if series:
+                assert self.series is not None
+                reason = self.series.incomplete(folder, frames)
+            else:
+                reason = not_ready_reason(path, f.sig[0])
         except OSError as exc:
             reason = f"cannot read it yet: {exc.strerror}"
         if reason:
@@ -551,7 +582,7 @@ class _Watcher:
         if self.base is None:
             self.base = self.repo.branch_head(self.branch)[0]
         try:
-            value, summary = ingest_entry(self.repo, EntryPlan(f.entry, [path]), **self.ingest_kw)
+            value, summary = ingest_entry(self.repo, EntryPlan(f.entry, frames), **self.ingest_kw)
         except SourceChangedError:
             return
         except BrokenLinkError as exc:
@@ -711,6 +742,7 @@ def watch(
     refmap_format: RefmapFormat | None = None,
     emit: Callable[[Event], None] | None = None,
     stop: threading.Event | None = None,
+    series: SeriesRule | None = None,
 ) -> WatchSummary:
     """Follow ``directory`` and commit each complete HDF5 file to ``branch`` of ``repo``
     as the entry ``template`` names (see the module docstring for the guards).
@@ -719,7 +751,8 @@ def watch(
     ``stop`` is set, then commit the current batch and return. ``emit`` receives one
     event dict per event (``event``: started, file_seen, file_waiting, file_ready,
     file_failed, file_changed, file_gone, committed, unchanged, commit_failed,
-    heartbeat, note, stopped).
+    heartbeat, note, stopped). ``series``: also follow folders of detector frames, one
+    entry a folder, complete by that rule (:mod:`.watch_series`).
     """
     root = Path(directory).absolute()
     if not root.exists():
@@ -762,6 +795,7 @@ def watch(
             upload_sources=upload_sources,
             options=options,
             refmap_format=refmap_format,
+            series=series,
         )
         w.once = once
         w.emit(
