@@ -219,3 +219,21 @@ def own_s3_server(s3_endpoint: S3Endpoint) -> Iterator[OwnS3Server]:
         yield own
     finally:
         own.stop()
+
+
+@pytest.fixture(scope="module")
+def dask_client() -> Iterator[Any]:
+    """A dask.distributed LocalCluster of two single-threaded worker processes, on
+    loopback, and its client (ingest, verify and open_datasets on a cluster)."""
+    distributed = pytest.importorskip("dask.distributed")
+    cluster = distributed.LocalCluster(
+        n_workers=2,
+        threads_per_worker=1,
+        processes=True,
+        host="127.0.0.1",
+        dashboard_address="127.0.0.1:0",
+    )
+    client = distributed.Client(cluster)
+    yield client
+    client.close()
+    cluster.close()

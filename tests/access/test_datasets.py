@@ -3,7 +3,6 @@ concatenated, computed on a dask.distributed LocalCluster of processes (issue 17
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -98,29 +97,13 @@ def test_entries_that_do_not_line_up_are_a_named_error(
         hyperslab.open_datasets(repo, ["runs/scan_9"])
 
 
-@pytest.fixture(scope="module")
-def client() -> Iterator[Any]:
-    distributed = pytest.importorskip("dask.distributed")
-    cluster = distributed.LocalCluster(
-        n_workers=2,
-        threads_per_worker=1,
-        processes=True,
-        host="127.0.0.1",
-        dashboard_address="127.0.0.1:0",
-    )
-    client = distributed.Client(cluster)
-    yield client
-    client.close()
-    cluster.close()
-
-
 def test_the_dataset_computes_on_a_cluster_of_processes(
-    scans: tuple[str, dict[str, np.ndarray]], client: Any
+    scans: tuple[str, dict[str, np.ndarray]], dask_client: Any
 ) -> None:
     """The stores pickle as their addresses; each worker reopens them and reads."""
     repo, truth = scans
     ds = hyperslab.open_datasets(repo, "runs/scan_*", cache=False)
-    total = client.compute(ds["data"].sum(dim=("frame_number",)).data).result()
+    total = dask_client.compute(ds["data"].sum(dim=("frame_number",)).data).result()
     np.testing.assert_array_equal(total, np.stack([truth[k] for k in sorted(truth)]).sum(axis=1))
-    frames = client.compute(ds["data"].isel(frame_number=slice(2, 5)).data).result()
+    frames = dask_client.compute(ds["data"].isel(frame_number=slice(2, 5)).data).result()
     np.testing.assert_array_equal(frames, np.stack([truth[k][2:5] for k in sorted(truth)]))

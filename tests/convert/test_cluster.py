@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -57,41 +56,30 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
     return out
 
 
-@pytest.fixture(scope="module")
-def client() -> Iterator[Any]:
-    cluster = distributed.LocalCluster(
-        n_workers=2,
-        threads_per_worker=1,
-        processes=True,
-        host="127.0.0.1",
-        dashboard_address="127.0.0.1:0",
-    )
-    client = distributed.Client(cluster)
-    yield client
-    client.close()
-    cluster.close()
-
-
 def _tree(result: Any) -> str:
     return str(result.commit.snapshot.tree)
 
 
-def test_dask_ingest_gives_the_serial_tree(files: list[str], client: Any, tmp_path: Path) -> None:
+def test_dask_ingest_gives_the_serial_tree(
+    files: list[str], dask_client: Any, tmp_path: Path
+) -> None:
     serial = ingest(Repository.init(str(tmp_path / "serial")), files, name="run")
-    on_cluster = ingest(Repository.init(str(tmp_path / "dask")), files, name="run", client=client)
+    on_cluster = ingest(
+        Repository.init(str(tmp_path / "dask")), files, name="run", client=dask_client
+    )
     assert _tree(on_cluster) == _tree(serial)
     assert [e["entry"] for e in on_cluster.entries] == [e["entry"] for e in serial.entries]
     assert len(on_cluster.entries) == N_FILES
     assert [(f, e.code) for f, e in on_cluster.failed] == [(files[-1], "not_hdf5")]
     # and the work ran on the workers, not here
-    assert sum(client.run(lambda: 1).values()) == 2
+    assert sum(dask_client.run(lambda: 1).values()) == 2
 
 
 def test_a_worker_killed_mid_run_still_gives_a_complete_commit(
-    files: list[str], client: Any, tmp_path: Path
+    files: list[str], dask_client: Any, tmp_path: Path
 ) -> None:
     serial = ingest(Repository.init(str(tmp_path / "serial")), files[:-1], name="run")
-    pids = client.run(os.getpid)
+    pids = dask_client.run(os.getpid)
     killed: list[int] = []
 
     def kill_one(name: str, res: dict[str, Any] | HyperslabError) -> None:
@@ -100,22 +88,22 @@ def test_a_worker_killed_mid_run_still_gives_a_complete_commit(
             os.kill(killed[0], signal.SIGKILL)
 
     repo = Repository.init(str(tmp_path / "dask"))
-    result = ingest(repo, files[:-1], name="run", client=client, on_entry=kill_one)
+    result = ingest(repo, files[:-1], name="run", client=dask_client, on_entry=kill_one)
     assert killed
     assert len(result.entries) == N_FILES and not result.failed
     assert _tree(result) == _tree(serial)
     report = fsck(repo)
     assert report.clean, report.problems
-    client.wait_for_workers(2, timeout=60)  # the nanny restarts it, for the next tests
+    dask_client.wait_for_workers(2, timeout=60)  # the nanny restarts it, for the next tests
 
 
 def test_verify_on_the_cluster_reports_what_a_serial_verify_does(
-    files: list[str], client: Any, tmp_path: Path
+    files: list[str], dask_client: Any, tmp_path: Path
 ) -> None:
     from hyperslab.convert.api import build_refmap
 
     refs = write_refmap(build_refmap(files[0]).refmap, tmp_path / "one.json")
-    serial, parallel = verify(files[0], refs), verify(files[0], refs, client=client)
+    serial, parallel = verify(files[0], refs), verify(files[0], refs, client=dask_client)
     assert parallel.ok and parallel.counts == serial.counts
     assert [a.path for a in parallel.arrays] == [a.path for a in serial.arrays]
     # a map that does not reproduce the file fails the same way on the cluster
@@ -126,7 +114,7 @@ def test_verify_on_the_cluster_reports_what_a_serial_verify_does(
         doc["refs"]["entry/data/data/1.0.0"],
     )
     refs.write_text(json.dumps(doc))
-    bad = verify(files[0], refs, client=client)
+    bad = verify(files[0], refs, client=dask_client)
     assert not bad.ok
     assert [a.path for a in bad.arrays if not a.ok] == ["entry/data/data"]
 

@@ -67,6 +67,18 @@ class _WholeWhenPiped(Console):
 out = _WholeWhenPiped()
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document instead of text.")]
+AuthorOpt = Annotated[
+    str | None, typer.Option(help="Author (default: $HYPERSLAB_AUTHOR or the user name).")
+]
+InlineThresholdOpt = Annotated[
+    int, typer.Option(help="Chunks smaller than this many bytes are copied into the map.")
+]
+RefmapFormatOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--format", help="Refmap encoding: json or parquet (default: Parquet from 100k refs)."
+    ),
+]
 DaskOpt = Annotated[
     str | None,
     typer.Option(

@@ -11,6 +11,7 @@ from rich.table import Table
 
 from hyperslab.cli.app import (
     DaskOpt,
+    InlineThresholdOpt,
     JsonOpt,
     QuietOpt,
     app,
@@ -67,9 +68,7 @@ def refs(
             help="Combine all sources into one map, concatenating arrays along this existing axis.",
         ),
     ] = None,
-    inline_threshold: Annotated[
-        int, typer.Option(help="Chunks smaller than this many bytes are copied into the map.")
-    ] = 500,
+    inline_threshold: InlineThresholdOpt = 500,
     allow_broken_links: Annotated[
         bool, typer.Option(help="Report dangling soft/external links instead of failing the file.")
     ] = False,

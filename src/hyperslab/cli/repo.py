@@ -14,9 +14,12 @@ import typer
 from rich.table import Table
 
 from hyperslab.cli.app import (
+    AuthorOpt,
     DaskOpt,
+    InlineThresholdOpt,
     JsonOpt,
     QuietOpt,
+    RefmapFormatOpt,
     app,
     describe_arrays,
     err,
@@ -106,9 +109,7 @@ def ingest(
     ] = None,
     branch: BranchOpt = "main",
     message: Annotated[str | None, typer.Option("--message", "-m", help="Commit message.")] = None,
-    author: Annotated[
-        str | None, typer.Option(help="Author (default: $HYPERSLAB_AUTHOR or the user name).")
-    ] = None,
+    author: AuthorOpt = None,
     upload_sources: Annotated[
         bool,
         typer.Option(
@@ -125,15 +126,8 @@ def ingest(
         int | None,
         typer.Option("--combine-dim", help="Combine all files into one entry along this axis."),
     ] = None,
-    inline_threshold: Annotated[
-        int, typer.Option(help="Chunks smaller than this many bytes are copied into the map.")
-    ] = 500,
-    fmt: Annotated[
-        str | None,
-        typer.Option(
-            "--format", help="Refmap encoding: json or parquet (default: Parquet from 100k refs)."
-        ),
-    ] = None,
+    inline_threshold: InlineThresholdOpt = 500,
+    fmt: RefmapFormatOpt = None,
     allow_broken_links: Annotated[
         bool, typer.Option(help="Report dangling links instead of failing the file.")
     ] = False,

@@ -17,7 +17,15 @@ from typing import Annotated, Any
 
 import typer
 
-from hyperslab.cli.app import app, describe_arrays, handle_errors, plural
+from hyperslab.cli.app import (
+    AuthorOpt,
+    InlineThresholdOpt,
+    RefmapFormatOpt,
+    app,
+    describe_arrays,
+    handle_errors,
+    plural,
+)
 from hyperslab.errors import BadInputError
 
 _TERSE = {"file_seen", "file_ready", "file_changed", "file_gone", "unchanged", "note"}
@@ -139,21 +147,12 @@ def watch(
     message: Annotated[
         str | None, typer.Option("--message", "-m", help="Commit message (default: the entries).")
     ] = None,
-    author: Annotated[
-        str | None, typer.Option(help="Author (default: $HYPERSLAB_AUTHOR or the user name).")
-    ] = None,
+    author: AuthorOpt = None,
     upload_sources: Annotated[
         bool, typer.Option(help="Also copy the files into the repository's site.")
     ] = False,
-    inline_threshold: Annotated[
-        int, typer.Option(help="Chunks smaller than this many bytes are copied into the map.")
-    ] = 500,
-    fmt: Annotated[
-        str | None,
-        typer.Option(
-            "--format", help="Refmap encoding: json or parquet (default: Parquet from 100k refs)."
-        ),
-    ] = None,
+    inline_threshold: InlineThresholdOpt = 500,
+    fmt: RefmapFormatOpt = None,
     allow_broken_links: Annotated[
         bool, typer.Option(help="Report dangling links instead of waiting for their targets.")
     ] = False,
