@@ -180,6 +180,13 @@ def cases(d: Path) -> Iterator[tuple[str, list[str]]]:
     yield "replicate: malformed rules", ["replicate", "-r", str(d / "bad.toml")]
     yield "replicate: wrong rules", ["replicate", "-r", str(d / "wrong_rules.toml")]
     yield "replicate: rules are a folder", ["replicate", "-r", str(d / "a_folder")]
+    # serve (each refused before it listens)
+    yield "serve: no repository", ["serve", "--allow-anonymous"]
+    yield "serve: not a repository", ["serve", str(d / "plain_dir"), "--allow-anonymous"]
+    yield "serve: neither keys nor anonymous", ["serve", repo]
+    yield "serve: malformed keys file", ["serve", repo, "--keys", str(d / "bad.toml")]
+    yield "serve: missing keys file", ["serve", repo, "--keys", str(d / "no.toml")]
+    yield "serve: keys file of other tables", ["serve", repo, "--keys", str(d / "wrong_hot.toml")]
     # caches and statistics
     yield "cache info: a file as cache", ["cache", "info", "--dir", notes]
     yield "stats show: not a database", ["stats", "show", "--file", str(d / "stats.sqlite")]

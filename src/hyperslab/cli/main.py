@@ -13,6 +13,7 @@ from hyperslab.cli import access  # noqa: F401
 from hyperslab.cli import repo  # noqa: F401
 from hyperslab.cli import sync  # noqa: F401
 from hyperslab.cli import watch  # noqa: F401
+from hyperslab.cli import serve  # noqa: F401
 
 # isort: on
 from hyperslab.cli.app import app, teach_help

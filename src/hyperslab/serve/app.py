@@ -1,0 +1,352 @@
+"""The ASGI application of ``hyperslab serve``: a repository shared over HTTP.
+
+* ``GET /zarr/<entry>/<zarr key>?ref=`` (or ``/zarr/@<ref>/<entry>/<zarr key>``: zarr
+  clients append keys to the URL, so theirs carries the ref in the path) serves exactly what :class:`HyperslabStore`
+  serves (v2 metadata, consolidated ``.zmetadata``, decoded chunks; 404 for an absent
+  chunk, which zarr reads as the fill value), so that
+  ``zarr.open_group("http://host:8000/zarr/run42/scan_0007", mode="r")`` and
+  ``xr.open_zarr(...)`` read the entry through fsspec's HTTP filesystem. The entry is
+  the longest prefix of the path that names an entry of the snapshot.
+* ``GET /api/branches``, ``/api/tags``, ``/api/log``, ``/api/entries`` (paged),
+  ``/api/entries/<entry>`` and ``/api/search?q=`` answer JSON.
+
+``ref`` (a branch, tag or snapshot id; default ``main``) is resolved once per request,
+so a response is one snapshot's. A response for a snapshot id never changes: it carries
+an ETag and ``Cache-Control: immutable``; one for a branch or tag is revalidated.
+
+Access: API keys (:mod:`.keys`) as ``Authorization: Bearer <key>``; without a valid
+key, and unless anonymous reads are allowed, every data endpoint answers 401; a key
+limited to entry globs gets 403 for any other entry, and searches and listings show it
+only its entries. Errors are JSON ``{"error": {"code", "message"}}``, never a trace.
+
+Why Starlette: a small ASGI toolkit with no build step and few dependencies, enough for
+a handful of routes that stream bytes and JSON; FastAPI would add pydantic and schema
+machinery this API does not need, and aiohttp its own server model instead of ASGI
+(uvicorn, gunicorn, any ASGI host).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import threading
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from hyperslab.access.store import HyperslabStore, open_store
+from hyperslab.errors import (
+    AccessDeniedError,
+    BadInputError,
+    ConflictError,
+    HyperslabError,
+    NotFoundError,
+    TransientError,
+    UnsupportedFeatureError,
+)
+from hyperslab.references.repository import Repository
+from hyperslab.serve.keys import ANONYMOUS, Grant, KeyRing
+
+try:
+    from starlette.applications import Starlette
+    from starlette.concurrency import run_in_threadpool
+    from starlette.exceptions import HTTPException
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse, Response
+    from starlette.routing import Route
+except ImportError as exc:  # pragma: no cover - the extra is installed in tests
+    raise UnsupportedFeatureError(
+        f"hyperslab serve needs starlette and uvicorn ({exc.name} is missing): "
+        "pip install 'hyperslab[serve]'"
+    ) from None
+
+__all__ = ["create_app"]
+
+log = logging.getLogger("hyperslab.serve")
+
+#: entries per page of /api/entries (default and most), snapshots of /api/log, hits of search
+PAGE = 100
+MAX_PAGE = 1000
+#: open stores kept (one per entry and snapshot)
+STORES = 32
+_IMMUTABLE = "max-age=31536000, immutable"
+
+
+class _HttpError(Exception):
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
+
+
+def _error(status: int, code: str, message: str) -> JSONResponse:
+    return JSONResponse({"error": {"code": code, "message": message}}, status_code=status)
+
+
+def _status(exc: HyperslabError) -> int:
+    if isinstance(exc, BadInputError):
+        return 400
+    if isinstance(exc, NotFoundError):
+        return 404
+    if isinstance(exc, ConflictError):
+        return 409
+    if isinstance(exc, TransientError | AccessDeniedError):
+        return 503  # a site this server reads is down, or refuses the server itself
+    return 500
+
+
+def _segments(path: str) -> list[str]:
+    """The ``/``-separated parts of a (percent-decoded) request path; ``..``, ``.``, empty
+    parts (an absolute or doubled path), backslashes and control characters are 400."""
+    parts = path.split("/")
+    for p in parts:
+        if p in ("", ".", "..") or "\\" in p or any(ord(c) < 32 for c in p):
+            raise _HttpError(400, "bad_path", f"path {path!r} is not a clean relative path")
+    return parts
+
+
+def _int(request: Request, name: str, default: int, low: int, high: int) -> int:
+    raw = request.query_params.get(name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise _HttpError(400, "bad_input", f"{name} must be a whole number, not {raw!r}") from None
+    if not low <= value <= high:
+        raise _HttpError(400, "bad_input", f"{name} must be from {low} to {high}, not {value}")
+    return value
+
+
+class _Server:
+    """The state behind the routes: the repository, the keys and the open stores."""
+
+    def __init__(self, repo: Repository, keys: KeyRing | None, allow_anonymous: bool) -> None:
+        self.repo = repo
+        self.keys = keys
+        self.allow_anonymous = allow_anonymous
+        self.stores: OrderedDict[tuple[str, str], HyperslabStore] = OrderedDict()
+        self.lock = threading.Lock()
+
+    # ------------------------------------------------------------ access
+    def grant(self, request: Request) -> Grant:
+        header = request.headers.get("authorization")
+        if header is None:
+            if self.allow_anonymous:
+                return ANONYMOUS
+            raise _HttpError(401, "unauthorized", "an API key is needed: Authorization: Bearer KEY")
+        scheme, _, key = header.partition(" ")
+        grant = self.keys.grant(key.strip()) if self.keys and scheme.lower() == "bearer" else None
+        if grant is None:
+            raise _HttpError(401, "unauthorized", "the API key is not valid")
+        return grant
+
+    @staticmethod
+    def check(grant: Grant, entry: str) -> None:
+        if not grant.allows(entry):
+            raise _HttpError(403, "forbidden", f"key {grant.name!r} may not read entry {entry!r}")
+
+    # ------------------------------------------------------------ snapshots, entries
+    def resolve(self, request: Request, ref: str | None = None) -> tuple[str, bool]:
+        """``(snapshot id, immutable)`` of ``ref``, else the request's ``?ref=`` (or main)."""
+        ref = ref or request.query_params.get("ref") or "main"
+        sid = self.repo.resolve(ref)
+        return sid, ref == sid
+
+    def has_entry(self, sid: str, name: str) -> bool:
+        return self.repo.tree.get(self.repo.snapshot(sid).tree, name) is not None
+
+    def store(self, sid: str, entry: str) -> HyperslabStore:
+        with self.lock:
+            found = self.stores.get((sid, entry))
+            if found is not None:
+                self.stores.move_to_end((sid, entry))
+                return found
+        store = open_store(self.repo, entry, snapshot=sid)
+        with self.lock:
+            self.stores[(sid, entry)] = store
+            while len(self.stores) > STORES:
+                self.stores.popitem(last=False)[1].close()
+        return store
+
+    def split(self, sid: str, parts: list[str], grant: Grant) -> tuple[str, str]:
+        """``(entry, zarr key)``: the longest allowed prefix of ``parts`` naming an entry."""
+        allowed = False
+        for i in range(len(parts) - 1, 0, -1):
+            entry = "/".join(parts[:i])
+            if not grant.allows(entry):
+                continue
+            allowed = True
+            if self.has_entry(sid, entry):
+                return entry, "/".join(parts[i:])
+        if not allowed:
+            raise _HttpError(403, "forbidden", f"key {grant.name!r} may not read this entry")
+        raise NotFoundError(f"no entry of snapshot {sid[:12]} at {'/'.join(parts)!r}")
+
+
+def _cache_headers(server: _Server, sid: str, immutable: bool, *parts: str) -> dict[str, str]:
+    etag = hashlib.sha256("\0".join((sid, *parts)).encode()).hexdigest()[:40]
+    scope = "public" if server.keys is None else "private"
+    control = f"{scope}, {_IMMUTABLE}" if immutable else f"{scope}, no-cache"
+    return {"ETag": f'"{etag}"', "Cache-Control": control}
+
+
+def _not_modified(request: Request, headers: dict[str, str]) -> Response | None:
+    match = request.headers.get("if-none-match")
+    if match is not None and headers["ETag"] in [m.strip() for m in match.split(",")]:
+        return Response(status_code=304, headers=headers)
+    return None
+
+
+# ----------------------------------------------------------------------- routes
+
+Handler = Callable[[_Server, Request], Awaitable[Response]]
+
+
+def _route(server: _Server, handler: Handler) -> Callable[[Request], Awaitable[Response]]:
+    async def endpoint(request: Request) -> Response:
+        try:
+            return await handler(server, request)
+        except _HttpError as exc:
+            return _error(exc.status, exc.code, exc.message)
+        except HyperslabError as exc:
+            status = _status(exc)
+            if status >= 500:
+                log.warning("%s %s: %s (%s)", request.method, request.url.path, exc.code, exc)
+            return _error(status, exc.code, exc.message)
+        except Exception:
+            log.exception("%s %s failed", request.method, request.url.path)
+            return _error(500, "internal", "internal error (see the server's log)")
+
+    return endpoint
+
+
+def _json(doc: Any, headers: dict[str, str] | None = None) -> Response:
+    body = json.dumps(doc, allow_nan=True, default=str).encode()
+    return Response(body, media_type="application/json", headers=headers)
+
+
+async def _zarr(server: _Server, request: Request) -> Response:
+    grant = server.grant(request)
+    parts = _segments(request.path_params["path"])
+    ref = None
+    if parts[0].startswith("@") and len(parts) > 1:
+        ref, parts = parts[0][1:], parts[1:]
+    sid, immutable = await run_in_threadpool(server.resolve, request, ref)
+    entry, key = await run_in_threadpool(server.split, sid, parts, grant)
+    headers = _cache_headers(server, sid, immutable, "zarr", entry, key)
+    cached = _not_modified(request, headers)
+    if cached is not None:
+        return cached
+    store = await run_in_threadpool(server.store, sid, entry)
+    from zarr.core.buffer import default_buffer_prototype
+
+    buf = await store.get(key, default_buffer_prototype())
+    if buf is None:
+        raise _HttpError(404, "not_found", f"{key!r} is not in entry {entry!r}")
+    media = "application/json" if key.rsplit("/", 1)[-1].startswith(".z") else None
+    return Response(buf.to_bytes(), media_type=media or "application/octet-stream", headers=headers)
+
+
+async def _branches(server: _Server, request: Request) -> Response:
+    server.grant(request)
+    return _json({"branches": await run_in_threadpool(server.repo.branches)})
+
+
+async def _tags(server: _Server, request: Request) -> Response:
+    server.grant(request)
+    return _json({"tags": await run_in_threadpool(server.repo.tags)})
+
+
+async def _log(server: _Server, request: Request) -> Response:
+    server.grant(request)
+    limit = _int(request, "limit", PAGE, 1, MAX_PAGE)
+    sid, _ = await run_in_threadpool(server.resolve, request)
+
+    def snaps() -> list[dict[str, Any]]:
+        return [s.to_json() for s in server.repo.log(sid, limit=limit)]
+
+    return _json(
+        {
+            "ref": request.query_params.get("ref") or "main",
+            "snapshots": await run_in_threadpool(snaps),
+        }
+    )
+
+
+async def _entries(server: _Server, request: Request) -> Response:
+    grant = server.grant(request)
+    offset = _int(request, "offset", 0, 0, 2**62)
+    limit = _int(request, "limit", PAGE, 1, MAX_PAGE)
+    sid, _ = await run_in_threadpool(server.resolve, request)
+
+    def page() -> tuple[int, list[dict[str, Any]]]:
+        total, rows = 0, []
+        for name, value in server.repo.entries(sid):
+            if not grant.allows(name):
+                continue
+            if offset <= total < offset + limit:
+                rows.append({"name": name, "catalog": value.get("catalog", {})})
+            total += 1
+        return total, rows
+
+    total, rows = await run_in_threadpool(page)
+    doc = {"snapshot": sid, "total": total, "offset": offset, "limit": limit, "entries": rows}
+    return _json(doc)
+
+
+async def _entry(server: _Server, request: Request) -> Response:
+    grant = server.grant(request)
+    name = "/".join(_segments(request.path_params["path"]))
+    server.check(grant, name)
+    sid, immutable = await run_in_threadpool(server.resolve, request)
+    headers = _cache_headers(server, sid, immutable, "entry", name)
+    cached = _not_modified(request, headers)
+    if cached is not None:
+        return cached
+    rec = await run_in_threadpool(server.repo.entry, sid, name)
+    doc: dict[str, Any] = {
+        "snapshot": sid,
+        "name": name,
+        **{k: rec[k] for k in ("type", "format", "arrays", "catalog", "counts") if k in rec},
+    }
+    return _json(doc, headers)
+
+
+async def _search(server: _Server, request: Request) -> Response:
+    from hyperslab.references.search import search
+
+    grant = server.grant(request)
+    query = request.query_params.get("q")
+    if query is None:
+        raise _HttpError(400, "bad_query", "give a query: /api/search?q=TERMS")
+    limit = _int(request, "limit", PAGE, 1, MAX_PAGE)
+    sid, _ = await run_in_threadpool(server.resolve, request)
+    result = await run_in_threadpool(search, server.repo, sid, query)
+    hits = [{"entry": n, "catalog": c} for n, c in result if grant.allows(n)]
+    return _json({"snapshot": sid, "query": query, "total": len(hits), "hits": hits[:limit]})
+
+
+async def _not_found(request: Request, exc: Exception) -> Response:
+    if isinstance(exc, HTTPException):
+        code = "not_found" if exc.status_code == 404 else "bad_request"
+        return _error(exc.status_code, code, str(exc.detail))
+    return _error(500, "internal", "internal error (see the server's log)")
+
+
+def create_app(
+    repo: Repository, *, keys: KeyRing | None = None, allow_anonymous: bool = False
+) -> Starlette:
+    """The ASGI app sharing ``repo`` (see the module's description)."""
+    repo.store_derived = False  # a server only reads
+    server = _Server(repo, keys, allow_anonymous)
+    routes = [
+        Route("/zarr/{path:path}", _route(server, _zarr), methods=["GET", "HEAD"]),
+        Route("/api/branches", _route(server, _branches)),
+        Route("/api/tags", _route(server, _tags)),
+        Route("/api/log", _route(server, _log)),
+        Route("/api/entries", _route(server, _entries)),
+        Route("/api/entries/{path:path}", _route(server, _entry)),
+        Route("/api/search", _route(server, _search)),
+    ]
+    return Starlette(routes=routes, exception_handlers={HTTPException: _not_found})
