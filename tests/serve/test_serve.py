@@ -7,7 +7,6 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
 import h5py
@@ -21,49 +20,9 @@ from starlette.testclient import TestClient  # noqa: E402
 from typer.testing import CliRunner  # noqa: E402
 
 from hyperslab.cli import app as cli  # noqa: E402
-from hyperslab.convert.ingest import ingest  # noqa: E402
-from hyperslab.references.repository import Repository  # noqa: E402
-from hyperslab.samples import write_samples  # noqa: E402
 from hyperslab.serve.app import create_app  # noqa: E402
 from hyperslab.serve.keys import KeyRing, hash_key  # noqa: E402
-
-ALICE, BOB = "alice-key-0123456789", "bob-key-0123456789"
-ENTRY, OTHER = "run42/scan_0001_gzip", "run43/scan_0002_bslz4"
-
-
-@dataclass
-class Shared:
-    repo: Repository
-    files: dict[str, Path]  # entry name → its NeXus file
-    keys: KeyRing
-
-
-@pytest.fixture(scope="module")
-def shared(tmp_path_factory: pytest.TempPathFactory) -> Shared:
-    d = tmp_path_factory.mktemp("serve")
-    paths = write_samples(d / "samples", frames=4, shape=(24, 32))
-    by_stem = {p.stem: p for p in paths}
-    repo = Repository.init(str(d / "repo"))
-    ingest(repo, [str(by_stem["scan_0001_gzip"])], name=ENTRY, upload_sources=True)
-    ingest(repo, [str(by_stem["scan_0002_bslz4"])], name=OTHER, upload_sources=True)
-    repo.create_tag("v1", "main")
-    keys = d / "keys.toml"
-    keys.write_text(
-        f'[[key]]\nname = "alice"\nhash = "{hash_key(ALICE)}"\nentries = ["run42/*"]\n'
-        f'[[key]]\nname = "bob"\nhash = "{hash_key(BOB)}"\n'
-    )
-    files = {ENTRY: by_stem["scan_0001_gzip"], OTHER: by_stem["scan_0002_bslz4"]}
-    return Shared(Repository.open(str(d / "repo")), files, KeyRing.load(keys))
-
-
-@pytest.fixture(scope="module")
-def client(shared: Shared) -> Iterator[TestClient]:
-    with TestClient(create_app(shared.repo, keys=shared.keys)) as c:
-        yield c
-
-
-def _auth(key: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {key}"}
+from tests.serve.conftest import ALICE, BOB, ENTRY, OTHER, Shared, auth  # noqa: E402
 
 
 def _h5_arrays(path: Path) -> dict[str, np.ndarray]:
@@ -112,7 +71,7 @@ def test_zarr_over_http_with_a_key_in_the_headers(shared: Shared) -> None:
     import zarr
 
     with _running(create_app(shared.repo, keys=shared.keys)) as server:
-        keyed = {"headers": _auth(ALICE)}
+        keyed = {"headers": auth(ALICE)}
         group = zarr.open_group(
             f"{server}/zarr/{ENTRY}", mode="r", zarr_format=2, storage_options=keyed
         )
@@ -147,7 +106,7 @@ def test_zarr_and_xarray_over_http_equal_h5py(shared: Shared, server: str) -> No
 
 
 def test_zarr_responses_and_caching(shared: Shared, client: TestClient) -> None:
-    h = _auth(BOB)
+    h = auth(BOB)
     meta = client.get(f"/zarr/{ENTRY}/.zmetadata", headers=h)
     assert meta.status_code == 200
     assert "entry/data/data/.zarray" in meta.json()["metadata"]
@@ -173,7 +132,7 @@ def test_zarr_responses_and_caching(shared: Shared, client: TestClient) -> None:
 
 
 def test_api(shared: Shared, client: TestClient) -> None:
-    h = _auth(BOB)
+    h = auth(BOB)
     sid = shared.repo.resolve("main")
     assert client.get("/api/branches", headers=h).json() == {"branches": {"main": sid}}
     assert client.get("/api/tags", headers=h).json()["tags"] == {"v1": sid}
@@ -206,7 +165,7 @@ def test_api(shared: Shared, client: TestClient) -> None:
     ],
 )
 def test_errors_are_json(client: TestClient, url: str, status: int, code: str) -> None:
-    res = client.get(url, headers=_auth(BOB))
+    res = client.get(url, headers=auth(BOB))
     assert res.status_code == status, res.text
     err = res.json()["error"]
     assert err["code"] == code and err["message"], err
@@ -236,7 +195,7 @@ def test_no_valid_key_is_401(client: TestClient, url: str, header: str | None) -
 
 
 def test_a_key_reads_only_its_entries(client: TestClient) -> None:
-    h = _auth(ALICE)
+    h = auth(ALICE)
     assert client.get(f"/zarr/{ENTRY}/.zmetadata", headers=h).status_code == 200
     for url in (
         f"/zarr/{OTHER}/.zmetadata",
@@ -265,7 +224,7 @@ def test_a_key_reads_only_its_entries(client: TestClient) -> None:
     ],
 )
 def test_path_traversal_is_refused(client: TestClient, path: str) -> None:
-    res = client.get(path, headers=_auth(BOB))
+    res = client.get(path, headers=auth(BOB))
     assert res.status_code in (400, 404), (path, res.status_code)
     assert res.json()["error"]["code"] in ("bad_path", "not_found")
 
@@ -273,7 +232,7 @@ def test_path_traversal_is_refused(client: TestClient, path: str) -> None:
 def test_anonymous_reads_when_allowed(shared: Shared) -> None:
     with TestClient(create_app(shared.repo, keys=shared.keys, allow_anonymous=True)) as c:
         assert c.get("/api/entries").json()["total"] == 2
-        assert c.get("/api/branches", headers=_auth("wrong")).status_code == 401
+        assert c.get("/api/branches", headers=auth("wrong")).status_code == 401
 
 
 # --------------------------------------------------------------------------- the command

@@ -54,6 +54,14 @@ def serve(
         bool,
         typer.Option("--allow-anonymous", help="Serve every entry to requests without a key."),
     ] = False,
+    max_slice_bytes: Annotated[
+        int,
+        typer.Option(
+            "--max-slice-bytes",
+            min=1,
+            help="Largest selection /api/slice sends (bytes of values); larger is 413.",
+        ),
+    ] = 256 * 2**20,
     hash_key: Annotated[
         bool,
         typer.Option(
@@ -69,6 +77,8 @@ def serve(
     metadata and decoded chunks, for zarr.open_group(URL, mode="r") and
     xr.open_zarr(URL). JSON: /api/branches, /api/tags, /api/log?ref=,
     /api/entries?ref=&offset=&limit=, /api/entries/ENTRY?ref= and /api/search?q=&ref=.
+    Slices: /api/slice/ENTRY/ARRAY?sel=0,10:20,::2&format=npy|raw|json|csv|tiff|png|h5
+    (png: grayscale, the 1st to 99th percentile, or ?vmin=&vmax=, scaled to 0-255).
     REF is a branch, tag or snapshot id (default main); a snapshot id's responses are
     immutable (ETag, Cache-Control). Errors are JSON {"error": {"code", "message"}}.
 
@@ -107,7 +117,9 @@ def serve(
             raise UnsupportedFeatureError(
                 "hyperslab serve needs uvicorn: pip install 'hyperslab[serve]'"
             ) from None
-        application = create_app(r, keys=ring, allow_anonymous=allow_anonymous)
+        application = create_app(
+            r, keys=ring, allow_anonymous=allow_anonymous, max_slice_bytes=max_slice_bytes
+        )
         _check_port(host, port)
         who = f"{len(ring)} key(s)" if ring is not None else "no keys"
         err.print(

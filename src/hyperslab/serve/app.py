@@ -9,6 +9,10 @@
   the longest prefix of the path that names an entry of the snapshot.
 * ``GET /api/branches``, ``/api/tags``, ``/api/log``, ``/api/entries`` (paged),
   ``/api/entries/<entry>`` and ``/api/search?q=`` answer JSON.
+* ``GET /api/slice/<entry>/<array>?sel=&format=&ref=`` sends part of one array (read
+  with :class:`HyperslabArray` from the store the zarr endpoint uses) as npy, raw, json,
+  csv, tiff, png or h5 (:mod:`.slices`: the selection syntax, the formats, PNG scaling);
+  a selection of more than ``max_slice_bytes`` is 413.
 
 ``ref`` (a branch, tag or snapshot id; default ``main``) is resolved once per request,
 so a response is one snapshot's. A response for a snapshot id never changes: it carries
@@ -35,6 +39,9 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import numpy as np
+
+from hyperslab.access.array import HyperslabArray
 from hyperslab.access.store import HyperslabStore, open_store
 from hyperslab.errors import (
     AccessDeniedError,
@@ -47,6 +54,7 @@ from hyperslab.errors import (
 )
 from hyperslab.references.repository import Repository
 from hyperslab.serve.keys import ANONYMOUS, Grant, KeyRing
+from hyperslab.serve.slices import FORMATS, encode, parse_selection
 
 try:
     from starlette.applications import Starlette
@@ -70,6 +78,8 @@ PAGE = 100
 MAX_PAGE = 1000
 #: open stores kept (one per entry and snapshot)
 STORES = 32
+#: the most bytes a slice's selection may hold (``max_slice_bytes``)
+MAX_SLICE_BYTES = 256 * 2**20
 _IMMUTABLE = "max-age=31536000, immutable"
 
 
@@ -121,10 +131,17 @@ def _int(request: Request, name: str, default: int, low: int, high: int) -> int:
 class _Server:
     """The state behind the routes: the repository, the keys and the open stores."""
 
-    def __init__(self, repo: Repository, keys: KeyRing | None, allow_anonymous: bool) -> None:
+    def __init__(
+        self,
+        repo: Repository,
+        keys: KeyRing | None,
+        allow_anonymous: bool,
+        max_slice_bytes: int = MAX_SLICE_BYTES,
+    ) -> None:
         self.repo = repo
         self.keys = keys
         self.allow_anonymous = allow_anonymous
+        self.max_slice_bytes = max_slice_bytes
         self.stores: OrderedDict[tuple[str, str], HyperslabStore] = OrderedDict()
         self.lock = threading.Lock()
 
@@ -327,6 +344,53 @@ async def _search(server: _Server, request: Request) -> Response:
     return _json({"snapshot": sid, "query": query, "total": len(hits), "hits": hits[:limit]})
 
 
+def _float(request: Request, name: str) -> float | None:
+    raw = request.query_params.get(name)
+    if raw is None or raw == "":
+        return None
+    try:
+        value = float(raw)
+    except ValueError:
+        raise _HttpError(400, "bad_input", f"{name} must be a number, not {raw!r}") from None
+    if value != value or value in (float("inf"), float("-inf")):
+        raise _HttpError(400, "bad_input", f"{name} must be finite, not {raw!r}")
+    return value
+
+
+async def _slice(server: _Server, request: Request) -> Response:
+    grant = server.grant(request)
+    parts = _segments(request.path_params["path"])
+    fmt = request.query_params.get("format") or "npy"
+    if fmt not in FORMATS:
+        raise _HttpError(
+            400, "bad_input", f"format must be one of {', '.join(FORMATS)}, not {fmt!r}"
+        )
+    vmin, vmax = _float(request, "vmin"), _float(request, "vmax")
+    sid, immutable = await run_in_threadpool(server.resolve, request)
+    entry, path = await run_in_threadpool(server.split, sid, parts, grant)
+    store = await run_in_threadpool(server.store, sid, entry)
+    array = await run_in_threadpool(HyperslabArray, store, path)
+    sel = parse_selection(request.query_params.get("sel"), array.shape)
+    size = int(np.prod(sel.shape, dtype=np.int64)) * array.dtype.itemsize
+    if size > server.max_slice_bytes:
+        raise _HttpError(
+            413,
+            "too_large",
+            f"the selection is {size} bytes (shape {sel.shape}, {array.dtype}); this server "
+            f"sends at most {server.max_slice_bytes}: select less, or read the entry over /zarr",
+        )
+    extra = (sel.text(), fmt, str(vmin), str(vmax)) if fmt == "png" else (sel.text(), fmt)
+    headers = _cache_headers(server, sid, immutable, "slice", entry, path, *extra)
+    cached = _not_modified(request, headers)
+    if cached is not None:
+        return cached
+    values = await run_in_threadpool(array.__getitem__, sel.items)
+    body, more = await run_in_threadpool(
+        lambda: encode(values, fmt, attrs=array.attrs, vmin=vmin, vmax=vmax)
+    )
+    return Response(body, media_type=FORMATS[fmt], headers={**headers, **more})
+
+
 async def _not_found(request: Request, exc: Exception) -> Response:
     if isinstance(exc, HTTPException):
         code = "not_found" if exc.status_code == 404 else "bad_request"
@@ -335,11 +399,15 @@ async def _not_found(request: Request, exc: Exception) -> Response:
 
 
 def create_app(
-    repo: Repository, *, keys: KeyRing | None = None, allow_anonymous: bool = False
+    repo: Repository,
+    *,
+    keys: KeyRing | None = None,
+    allow_anonymous: bool = False,
+    max_slice_bytes: int = MAX_SLICE_BYTES,
 ) -> Starlette:
     """The ASGI app sharing ``repo`` (see the module's description)."""
     repo.store_derived = False  # a server only reads
-    server = _Server(repo, keys, allow_anonymous)
+    server = _Server(repo, keys, allow_anonymous, max_slice_bytes)
     routes = [
         Route("/zarr/{path:path}", _route(server, _zarr), methods=["GET", "HEAD"]),
         Route("/api/branches", _route(server, _branches)),
@@ -348,5 +416,6 @@ def create_app(
         Route("/api/entries", _route(server, _entries)),
         Route("/api/entries/{path:path}", _route(server, _entry)),
         Route("/api/search", _route(server, _search)),
+        Route("/api/slice/{path:path}", _route(server, _slice)),
     ]
     return Starlette(routes=routes, exception_handlers={HTTPException: _not_found})

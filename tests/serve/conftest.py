@@ -1,0 +1,60 @@
+"""Shared by the serve tests: a repository of two sample entries, a keys file (alice may
+read run42/* only, bob everything) and a TestClient of the app behind those keys."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from hyperslab.convert.ingest import ingest
+from hyperslab.references.repository import Repository
+from hyperslab.samples import write_samples
+from hyperslab.serve.keys import KeyRing, hash_key
+
+ALICE, BOB = "alice-key-0123456789", "bob-key-0123456789"
+ENTRY, OTHER = "run42/scan_0001_gzip", "run43/scan_0002_bslz4"
+
+
+@dataclass
+class Shared:
+    repo: Repository
+    files: dict[str, Path]  # entry name → its NeXus file
+    keys: KeyRing
+
+
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory: pytest.TempPathFactory) -> Shared:
+    d = tmp_path_factory.mktemp("serve")
+    paths = write_samples(d / "samples", frames=4, shape=(24, 32))
+    by_stem = {p.stem: p for p in paths}
+    repo = Repository.init(str(d / "repo"))
+    ingest(repo, [str(by_stem["scan_0001_gzip"])], name=ENTRY, upload_sources=True)
+    ingest(repo, [str(by_stem["scan_0002_bslz4"])], name=OTHER, upload_sources=True)
+    repo.create_tag("v1", "main")
+    keys = d / "keys.toml"
+    keys.write_text(
+        f'[[key]]\nname = "alice"\nhash = "{hash_key(ALICE)}"\nentries = ["run42/*"]\n'
+        f'[[key]]\nname = "bob"\nhash = "{hash_key(BOB)}"\n'
+    )
+    files = {ENTRY: by_stem["scan_0001_gzip"], OTHER: by_stem["scan_0002_bslz4"]}
+    return Shared(Repository.open(str(d / "repo")), files, KeyRing.load(keys))
+
+
+@pytest.fixture(scope="module")
+def client(shared: Shared) -> Iterator[Any]:
+    """A TestClient of the app behind the keys (bob reads everything, alice run42/*)."""
+    pytest.importorskip("starlette")
+    from starlette.testclient import TestClient
+
+    from hyperslab.serve.app import create_app
+
+    with TestClient(create_app(shared.repo, keys=shared.keys)) as c:
+        yield c
+
+
+def auth(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
