@@ -1,9 +1,13 @@
 """Shared by the serve tests: a repository of two sample entries, a keys file (alice may
-read run42/* only, bob everything) and a TestClient of the app behind those keys."""
+read run42/* only, bob everything), a TestClient of the app behind those keys, and
+:func:`running`, an app served by a real uvicorn on loopback."""
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -58,3 +62,23 @@ def client(shared: Shared) -> Iterator[Any]:
 
 def auth(key: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {key}"}
+
+
+@contextmanager
+def running(app: object) -> Iterator[str]:
+    """``app`` served by a real uvicorn on 127.0.0.1 (a free port), for the test's span."""
+    uvicorn = pytest.importorskip("uvicorn")
+    config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning")
+    srv = uvicorn.Server(config)
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not srv.started:
+        assert time.monotonic() < deadline, "the server did not start"
+        time.sleep(0.05)
+    port = srv.servers[0].sockets[0].getsockname()[1]
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        srv.should_exit = True
+        thread.join(timeout=10)

@@ -3,10 +3,7 @@ API; API keys (401, 403, filtered listings), refused paths, errors as JSON."""
 
 from __future__ import annotations
 
-import threading
-import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import h5py
@@ -22,7 +19,7 @@ from typer.testing import CliRunner  # noqa: E402
 from hyperslab.cli import app as cli  # noqa: E402
 from hyperslab.serve.app import create_app  # noqa: E402
 from hyperslab.serve.keys import KeyRing, hash_key  # noqa: E402
-from tests.serve.conftest import ALICE, BOB, ENTRY, OTHER, Shared, auth  # noqa: E402
+from tests.serve.conftest import ALICE, BOB, ENTRY, OTHER, Shared, auth, running  # noqa: E402
 
 
 def _h5_arrays(path: Path) -> dict[str, np.ndarray]:
@@ -40,29 +37,10 @@ def _h5_arrays(path: Path) -> dict[str, np.ndarray]:
 # --------------------------------------------------------------------------- zarr over HTTP
 
 
-@contextmanager
-def _running(app: object) -> Iterator[str]:
-    """``app`` served by a real uvicorn on 127.0.0.1 (a free port), for the test's span."""
-    config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning")
-    srv = uvicorn.Server(config)
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not srv.started:
-        assert time.monotonic() < deadline, "the server did not start"
-        time.sleep(0.05)
-    port = srv.servers[0].sockets[0].getsockname()[1]
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        srv.should_exit = True
-        thread.join(timeout=10)
-
-
 @pytest.fixture(scope="module")
 def server(shared: Shared) -> Iterator[str]:
     """A real server, anonymous reads allowed."""
-    with _running(create_app(shared.repo, allow_anonymous=True)) as url:
+    with running(create_app(shared.repo, allow_anonymous=True)) as url:
         yield url
 
 
@@ -70,7 +48,7 @@ def test_zarr_over_http_with_a_key_in_the_headers(shared: Shared) -> None:
     """What the README shows collaborators: fsspec's HTTP filesystem sends the key."""
     import zarr
 
-    with _running(create_app(shared.repo, keys=shared.keys)) as server:
+    with running(create_app(shared.repo, keys=shared.keys)) as server:
         keyed = {"headers": auth(ALICE)}
         group = zarr.open_group(
             f"{server}/zarr/{ENTRY}", mode="r", zarr_format=2, storage_options=keyed

@@ -62,6 +62,22 @@ def serve(
             help="Largest selection /api/slice sends (bytes of values); larger is 413.",
         ),
     ] = 256 * 2**20,
+    max_requests: Annotated[
+        int,
+        typer.Option(
+            "--max-requests",
+            min=1,
+            help="Most requests served at once; more are 503 with Retry-After, never queued.",
+        ),
+    ] = 64,
+    cors_origin: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--cors-origin",
+            help="An origin (https://host[:port], or * for any) whose web pages may read "
+            "this server (repeatable; none by default).",
+        ),
+    ] = None,
     hash_key: Annotated[
         bool,
         typer.Option(
@@ -81,6 +97,8 @@ def serve(
     (png: grayscale, the 1st to 99th percentile, or ?vmin=&vmax=, scaled to 0-255).
     REF is a branch, tag or snapshot id (default main); a snapshot id's responses are
     immutable (ETag, Cache-Control). Errors are JSON {"error": {"code", "message"}}.
+    More than --max-requests at once are 503 (busy, Retry-After); --cors-origin lets
+    web pages of an origin read the server from a browser.
 
     Keys: a TOML file of [[key]] tables with name, hash ("sha256:HEX", from
     --hash-key; keys are never stored) and optional entries (globs of entry names the
@@ -118,7 +136,12 @@ def serve(
                 "hyperslab serve needs uvicorn: pip install 'hyperslab[serve]'"
             ) from None
         application = create_app(
-            r, keys=ring, allow_anonymous=allow_anonymous, max_slice_bytes=max_slice_bytes
+            r,
+            keys=ring,
+            allow_anonymous=allow_anonymous,
+            max_slice_bytes=max_slice_bytes,
+            max_requests=max_requests,
+            cors_origins=cors_origin or (),
         )
         _check_port(host, port)
         who = f"{len(ring)} key(s)" if ring is not None else "no keys"

@@ -14,6 +14,11 @@
   csv, tiff, png or h5 (:mod:`.slices`: the selection syntax, the formats, PNG scaling);
   a selection of more than ``max_slice_bytes`` is 413.
 
+At most ``max_requests`` requests are served at once: one more is answered at once with
+503 (code ``busy``) and ``Retry-After``, never queued. CORS (none by default): the
+origins in ``cors_origins`` (``*``: any) may GET and HEAD with an ``Authorization``
+header from a browser and read the ``ETag`` (and the slice headers).
+
 ``ref`` (a branch, tag or snapshot id; default ``main``) is resolved once per request,
 so a response is one snapshot's. A response for a snapshot id never changes: it carries
 an ETag and ``Cache-Control: immutable``; one for a branch or tag is revalidated.
@@ -36,7 +41,7 @@ import json
 import logging
 import threading
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -60,9 +65,12 @@ try:
     from starlette.applications import Starlette
     from starlette.concurrency import run_in_threadpool
     from starlette.exceptions import HTTPException
+    from starlette.middleware import Middleware
+    from starlette.middleware.cors import CORSMiddleware
     from starlette.requests import Request
     from starlette.responses import JSONResponse, Response
     from starlette.routing import Route
+    from starlette.types import ASGIApp, Receive, Scope, Send
 except ImportError as exc:  # pragma: no cover - the extra is installed in tests
     raise UnsupportedFeatureError(
         f"hyperslab serve needs starlette and uvicorn ({exc.name} is missing): "
@@ -80,6 +88,10 @@ MAX_PAGE = 1000
 STORES = 32
 #: the most bytes a slice's selection may hold (``max_slice_bytes``)
 MAX_SLICE_BYTES = 256 * 2**20
+#: the most requests served at once (``max_requests``); more are 503
+MAX_REQUESTS = 64
+#: seconds a client told ``busy`` is asked to wait
+RETRY_AFTER = 1
 _IMMUTABLE = "max-age=31536000, immutable"
 
 
@@ -398,14 +410,44 @@ async def _not_found(request: Request, exc: Exception) -> Response:
     return _error(500, "internal", "internal error (see the server's log)")
 
 
+class _Limit:
+    """ASGI middleware: at most ``limit`` HTTP requests in flight; one more is answered at
+    once with 503 ``busy`` and ``Retry-After`` (never queued: a burst cannot pile up
+    threads, open stores and memory). The count is only touched on the event loop."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app, self.limit, self.in_flight = app, limit, 0
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        if self.in_flight >= self.limit:
+            busy = _error(
+                503, "busy", f"this server is answering {self.limit} requests: retry shortly"
+            )
+            busy.headers["Retry-After"] = str(RETRY_AFTER)
+            await busy(scope, receive, send)
+            return
+        self.in_flight += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.in_flight -= 1
+
+
 def create_app(
     repo: Repository,
     *,
     keys: KeyRing | None = None,
     allow_anonymous: bool = False,
     max_slice_bytes: int = MAX_SLICE_BYTES,
+    max_requests: int = MAX_REQUESTS,
+    cors_origins: Sequence[str] = (),
 ) -> Starlette:
     """The ASGI app sharing ``repo`` (see the module's description)."""
+    if max_requests < 1:
+        raise ValueError(f"max_requests must be at least 1, not {max_requests}")
     repo.store_derived = False  # a server only reads
     server = _Server(repo, keys, allow_anonymous, max_slice_bytes)
     routes = [
@@ -418,4 +460,18 @@ def create_app(
         Route("/api/search", _route(server, _search)),
         Route("/api/slice/{path:path}", _route(server, _slice)),
     ]
-    return Starlette(routes=routes, exception_handlers={HTTPException: _not_found})
+    middleware = []
+    if cors_origins:  # outermost: a preflight is answered before the limit, a 503 has CORS
+        middleware.append(
+            Middleware(
+                CORSMiddleware,
+                allow_origins=list(cors_origins),
+                allow_methods=["GET", "HEAD", "OPTIONS"],
+                allow_headers=["Authorization"],
+                expose_headers=["ETag", "Retry-After", "X-Dtype", "X-Shape"],
+            )
+        )
+    middleware.append(Middleware(_Limit, limit=max_requests))
+    return Starlette(
+        routes=routes, middleware=middleware, exception_handlers={HTTPException: _not_found}
+    )
