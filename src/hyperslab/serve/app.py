@@ -13,6 +13,14 @@
   with :class:`HyperslabArray` from the store the zarr endpoint uses) as npy, raw, json,
   csv, tiff, png or h5 (:mod:`.slices`: the selection syntax, the formats, PNG scaling);
   a selection of more than ``max_slice_bytes`` is 413.
+* ``GET /api/download/<entry>?format=h5|nc&group=&sel=&ref=`` sends the whole entry, or
+  the arrays and groups under ``group``, as one file (``Content-Disposition: attachment``):
+  ``h5`` (default) holds every array under its path and every group with its attributes;
+  ``nc`` is the group (default: the entry's NeXus NXdata group) as NetCDF-4, the xarray
+  dataset of :func:`~hyperslab.access.dataset.dataset_from_store`, written with h5netcdf
+  or netCDF4. ``sel`` (h5 only) is one selection applied to every array with at least as
+  many dimensions as it names (``...`` not counted), the others whole; the values sent
+  (counted before reading) are at most ``max_slice_bytes``, else 413.
 
 At most ``max_requests`` requests are served at once: one more is answered at once with
 503 (code ``busy``) and ``Retry-After``, never queued. CORS (none by default): the
@@ -59,7 +67,7 @@ from hyperslab.errors import (
 )
 from hyperslab.references.repository import Repository
 from hyperslab.serve.keys import ANONYMOUS, Grant, KeyRing
-from hyperslab.serve.slices import FORMATS, encode, parse_selection
+from hyperslab.serve.slices import FORMATS, encode, h5_tree, parse_selection
 
 try:
     from starlette.applications import Starlette
@@ -403,6 +411,79 @@ async def _slice(server: _Server, request: Request) -> Response:
     return Response(body, media_type=FORMATS[fmt], headers={**headers, **more})
 
 
+#: download format → media type
+DOWNLOADS = {"h5": FORMATS["h5"], "nc": "application/x-netcdf"}
+
+
+def _netcdf_engine() -> str:
+    import importlib.util
+
+    for engine in ("h5netcdf", "netCDF4"):
+        if importlib.util.find_spec(engine) is not None:
+            return engine
+    raise _HttpError(
+        400,
+        "unsupported",
+        "format=nc needs h5netcdf or netCDF4 on the server: pip install h5netcdf",
+    )
+
+
+def _download_h5(store: HyperslabStore, group: str, sel: str | None, limit: int) -> bytes:
+    refmap = store.view.refmap
+    if group and group not in refmap.groups:
+        raise NotFoundError(f"entry {store.view.entry!r} has no group {group!r}")
+    prefix = f"{group}/" if group else ""
+    arrays = [HyperslabArray(store, p) for p in sorted(refmap.arrays) if p.startswith(prefix)]
+    named = 0 if not sel else len([p for p in sel.split(",") if p.strip() != "..."])
+    picks = [(a, parse_selection(sel if a.ndim >= named else None, a.shape)) for a in arrays]
+    size = sum(int(np.prod(s.shape, dtype=np.int64)) * a.dtype.itemsize for a, s in picks)
+    if size > limit:
+        raise _HttpError(413, "too_large", f"the download is {size} bytes; at most {limit}")
+    groups = {p: a for p, a in refmap.groups.items() if p == group or p.startswith(prefix)}
+    return h5_tree(groups, ((a.path, a[s.items], a.attrs) for a, s in picks))
+
+
+def _download_nc(store: HyperslabStore, group: str, limit: int) -> bytes:
+    from hyperslab.access.dataset import dataset_from_store
+
+    engine = _netcdf_engine()
+    ds = dataset_from_store(store, group or None, chunks=None)
+    size = int(ds.nbytes)
+    if size > limit:
+        raise _HttpError(413, "too_large", f"the download is {size} bytes; at most {limit}")
+    out = ds.load().to_netcdf(None, engine=engine)  # type: ignore[call-overload]
+    return bytes(out)
+
+
+async def _download(server: _Server, request: Request) -> Response:
+    grant = server.grant(request)
+    entry = "/".join(_segments(request.path_params["path"]))
+    server.check(grant, entry)
+    fmt = request.query_params.get("format") or "h5"
+    if fmt not in DOWNLOADS:
+        raise _HttpError(400, "bad_input", f"format must be h5 or nc, not {fmt!r}")
+    group = (request.query_params.get("group") or "").strip("/")
+    sel = request.query_params.get("sel") or None
+    if sel is not None and fmt == "nc":
+        raise _HttpError(400, "bad_input", "sel= is for format=h5 only")
+    sid, immutable = await run_in_threadpool(server.resolve, request)
+    if not await run_in_threadpool(server.has_entry, sid, entry):
+        raise NotFoundError(f"no entry {entry!r} in snapshot {sid[:12]}")
+    headers = _cache_headers(server, sid, immutable, "download", entry, fmt, group, sel or "")
+    cached = _not_modified(request, headers)
+    if cached is not None:
+        return cached
+    store = await run_in_threadpool(server.store, sid, entry)
+    limit = server.max_slice_bytes
+    if fmt == "h5":
+        body = await run_in_threadpool(_download_h5, store, group, sel, limit)
+    else:
+        body = await run_in_threadpool(_download_nc, store, group, limit)
+    name = entry.rsplit("/", 1)[-1].replace('"', "_")
+    headers["Content-Disposition"] = f'attachment; filename="{name}.{fmt}"'
+    return Response(body, media_type=DOWNLOADS[fmt], headers=headers)
+
+
 async def _not_found(request: Request, exc: Exception) -> Response:
     if isinstance(exc, HTTPException):
         code = "not_found" if exc.status_code == 404 else "bad_request"
@@ -459,6 +540,7 @@ def create_app(
         Route("/api/entries/{path:path}", _route(server, _entry)),
         Route("/api/search", _route(server, _search)),
         Route("/api/slice/{path:path}", _route(server, _slice)),
+        Route("/api/download/{path:path}", _route(server, _download)),
     ]
     middleware = []
     if cors_origins:  # outermost: a preflight is answered before the limit, a 503 has CORS

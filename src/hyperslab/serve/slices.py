@@ -21,6 +21,9 @@ Formats (``format``, default ``npy``):
   percentiles of the finite values unless given; NaN is 0; with ``vmax <= vmin`` a value
   above ``vmin`` is 255 and any other 0.
 * ``h5``: an HDF5 file holding the slice as dataset ``data`` with the array's attributes.
+
+:func:`h5_tree` writes many arrays and groups, under their paths, as one HDF5 file (the
+``/api/download`` endpoint).
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,6 +43,7 @@ __all__ = [
     "FORMATS",
     "Selection",
     "encode",
+    "h5_tree",
     "parse_selection",
     "png_scale",
 ]
@@ -209,20 +214,54 @@ def _h5_attr(value: Any) -> Any:
     return value
 
 
+#: attributes of the store that describe its encoding, not the data: never written to HDF5
+_INTERNAL = ("_ARRAY_DIMENSIONS", "hyperslab:")
+
+
+def _set_attrs(obj: Any, attrs: dict[str, Any]) -> None:
+    for name, value in attrs.items():
+        if name.startswith(_INTERNAL):
+            continue
+        try:
+            obj.attrs[name] = _h5_attr(value)
+        except (TypeError, ValueError):
+            obj.attrs[name] = json.dumps(value, default=str)
+
+
+def _dataset(parent: Any, name: str, arr: np.ndarray, attrs: dict[str, Any]) -> None:
+    import h5py
+
+    arr = np.asarray(arr)
+    if arr.dtype.kind in "OTU":  # text: HDF5 variable-length UTF-8 strings
+        ds = parent.create_dataset(name, data=arr.astype(object), dtype=h5py.string_dtype())
+    else:
+        ds = parent.create_dataset(name, data=arr)
+    _set_attrs(ds, attrs)
+
+
 def _h5(arr: np.ndarray, attrs: dict[str, Any]) -> bytes:
     import h5py
 
     buf = io.BytesIO()
     with h5py.File(buf, "w") as f:
-        if arr.dtype.kind == "O":
-            ds = f.create_dataset("data", data=arr, dtype=h5py.string_dtype())
-        else:
-            ds = f.create_dataset("data", data=arr)
-        for name, value in attrs.items():
-            try:
-                ds.attrs[name] = _h5_attr(value)
-            except (TypeError, ValueError):
-                ds.attrs[name] = json.dumps(value, default=str)
+        _dataset(f, "data", arr, attrs)
+    return buf.getvalue()
+
+
+def h5_tree(
+    groups: dict[str, dict[str, Any]],
+    arrays: Iterable[tuple[str, np.ndarray, dict[str, Any]]],
+) -> bytes:
+    """An HDF5 file of ``groups`` (path → attributes; ``""`` is the root) and ``arrays``
+    (``(path, values, attributes)``), each under its path."""
+    import h5py
+
+    buf = io.BytesIO()
+    with h5py.File(buf, "w") as f:
+        for path in sorted(groups):
+            _set_attrs(f.require_group(path) if path else f, groups[path])
+        for path, values, attrs in arrays:
+            _dataset(f, path, values, attrs)
     return buf.getvalue()
 
 
