@@ -19,6 +19,7 @@ on that.
 
 from __future__ import annotations
 
+import random
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -36,6 +37,7 @@ __all__ = [
     "GAP_VALUE",
     "PIXEL_MASK_DEAD",
     "PIXEL_MASK_GAP",
+    "catalog_record",
     "detector_frames",
     "write_big_detector_file",
     "write_frame_series",
@@ -842,3 +844,42 @@ def write_many_chunks_file(
                 write_chunk((index * chunk,), rows[start : start + step])
             advance(min(batch, len(todo) - first))
     return path
+
+
+# ------------------------------------------------------------ catalog records
+CATALOG_SAMPLES = ["Si", "LaB6 standard", "insulin crystal 7", "lysozyme crystal 3", "CeO2", "Ge"]
+
+
+def catalog_record(i: int, rng: random.Random) -> dict[str, Any]:
+    """Entry ``i``'s catalog record as ingest makes it for a NeXus scan (~30 keys, ~1 kB),
+    for repositories of many synthetic entries (benchmarks, commit-cost tests)."""
+    run, scan = divmod(i, 1000)
+    return {
+        "name": f"run{run:03d}/scan_{scan:04d}",
+        "files": [f"scan_{scan:04d}.nxs"],
+        "arrays": 40 + i % 25,
+        "materialised": 16,
+        "entry": "entry",
+        "title": f"rotation scan {scan}, 0.1 deg/frame" if i % 3 else f"dark series {scan}",
+        "start_time": f"2026-{1 + i % 12:02d}-{1 + i % 28:02d}T{i % 24:02d}:00:00Z",
+        "end_time": f"2026-{1 + i % 12:02d}-{1 + i % 28:02d}T{i % 24:02d}:05:00Z",
+        "definition": "NXmx",
+        "sample": rng.choice(CATALOG_SAMPLES),
+        "sample_temperature": round(rng.uniform(80, 300), 2),
+        "sample_temperature_units": "K",
+        "instrument": "HYPERSLAB BL-1 protein crystallography",
+        "beamline": "BL-1",
+        "source": "Synthetic Light Source",
+        "detector": "Pilatus 100K-like hybrid pixel detector",
+        "energy": round(rng.uniform(6, 20), 4),
+        "energy_units": "keV",
+        "wavelength": round(rng.uniform(0.6, 2), 4),
+        "wavelength_units": "angstrom",
+        "signal": "data",
+        "signal_shape": [100, 195, 487],
+        "signal_dtype": "uint32",
+        "axes": ["frame_number", "y_pixel_offset", "x_pixel_offset"],
+        "@NX_class": "NXroot",
+        "@creator": "beamline DAQ 4.2",
+        "@file_name": f"scan_{scan:04d}.nxs",
+    }

@@ -25,38 +25,8 @@ from hyperslab.references.reachability import walk
 from hyperslab.references.repository import Repository
 from hyperslab.references.search import search
 from hyperslab.references.tree import DEFAULT_LEAF_MAX, INDEX_SPAN, LEAF_MAX, name_hash
+from hyperslab.samples import catalog_record
 from hyperslab.storage import FileSite, MemorySite, Site, forget_memory_site
-
-SAMPLES = ["Si", "LaB6 standard", "insulin crystal 7", "lysozyme crystal 3", "CeO2"]
-
-
-def _record(i: int, rng: random.Random) -> dict[str, Any]:
-    """A catalog record the size ingest makes (~30 keys, ~0.9 kB)."""
-    run, scan = divmod(i, 1000)
-    return {
-        "name": f"run{run:03d}/scan_{scan:04d}",
-        "files": [f"scan_{scan:04d}.nxs"],
-        "arrays": 40 + i % 25,
-        "materialised": 16,
-        "title": f"rotation scan {scan}, 0.1 deg/frame" if i % 3 else f"dark series {scan}",
-        "start_time": f"2026-{1 + i % 12:02d}-{1 + i % 28:02d}T{i % 24:02d}:00:00Z",
-        "definition": "NXmx",
-        "sample": rng.choice(SAMPLES),
-        "sample_temperature": round(rng.uniform(80, 300), 2),
-        "sample_temperature_units": "K",
-        "instrument": "HYPERSLAB BL-1 protein crystallography",
-        "beamline": "BL-1",
-        "source": "Synthetic Light Source",
-        "detector": "Pilatus 100K-like hybrid pixel detector",
-        "energy": round(rng.uniform(6, 20), 4),
-        "energy_units": "keV",
-        "wavelength": round(rng.uniform(0.6, 2), 4),
-        "signal": "data",
-        "signal_shape": [100, 195, 487],
-        "axes": ["frame_number", "y_pixel_offset", "x_pixel_offset"],
-        "@creator": "beamline DAQ 4.2",
-        "@file_name": f"scan_{scan:04d}.nxs",
-    }
 
 
 class Counting:
@@ -110,7 +80,7 @@ def _filled(site: Site, n: int, leaf_max: int | None = None) -> tuple[Repository
     rng = random.Random(7)
     values = {}
     for i in range(n):
-        cat = _record(i, rng)
+        cat = catalog_record(i, rng)
         values[cat["name"]] = {"id": f"{i:064x}", "catalog": cat}
     root = repo.tree.build(values)
     head, etag = repo.branch_head("main")
@@ -123,7 +93,7 @@ def _filled(site: Site, n: int, leaf_max: int | None = None) -> tuple[Repository
 
 def _change(repo: Repository, name: str, tag: str, **kw: Any) -> Any:
     rec = hashlib.sha256(f"{name} {tag}".encode()).hexdigest()  # a new entry record's id
-    cat = _record(3, random.Random(1)) | {"name": name, "tag": tag}
+    cat = catalog_record(3, random.Random(1)) | {"name": name, "tag": tag}
     return repo.commit({name: {"id": rec, "catalog": cat}}, message=f"change {name}", **kw)
 
 

@@ -366,8 +366,8 @@ def ingest(
         from hyperslab.convert.cluster import ingest_on_cluster
 
         outcomes = ingest_on_cluster(client, repo, plans, entry_outcome, work)
-    order = {plan.name: i for i, plan in enumerate(plans)}
-    order.update({", ".join(plan.files): i for i, plan in enumerate(plans)})
+    by_name = {plan.name: i for i, plan in enumerate(plans)}
+    by_files = {", ".join(plan.files): i for i, plan in enumerate(plans)}
     try:
         for plan, outcome in outcomes:
             if isinstance(outcome, HyperslabError):
@@ -385,8 +385,8 @@ def ingest(
     finally:
         outcomes.close()  # a cluster's tasks still queued are cancelled
     # the report in the order of the sources, however the tasks finished
-    out.entries.sort(key=lambda e: order[e["name"]])
-    out.failed.sort(key=lambda f: order[f[0]])
+    out.entries.sort(key=lambda e: by_name[e["name"]])
+    out.failed.sort(key=lambda f: by_files[f[0]])
     if not changes:
         raise out.failed[0][1]
     names = sorted(changes)

@@ -49,15 +49,7 @@ def _nx_class(obj: h5py.HLObject) -> str | None:
 
 
 def _children_of_class(group: h5py.Group, cls: str) -> list[h5py.Group]:
-    out = []
-    for name in group:
-        try:
-            obj = group[name]
-        except (KeyError, OSError, RuntimeError):
-            continue
-        if isinstance(obj, h5py.Group) and _nx_class(obj) == cls:
-            out.append(obj)
-    return out
+    return _ClassIndex().children(group, cls)
 
 
 def _scalar(ds: h5py.Dataset) -> Any:

@@ -42,6 +42,7 @@ __all__ = [
     "ArrayCheck",
     "VerifyReport",
     "combined_record",
+    "map_record",
     "open_refs_store",
     "verify",
     "verify_combined",
@@ -237,8 +238,9 @@ def _verify_on_cluster(
     return first
 
 
-def combined_record(store: Any) -> dict[str, Any] | None:
-    """The ``combined`` record of a map's root ``hyperslab`` attribute, or None."""
+def map_record(store: Any, key: str) -> dict[str, Any] | None:
+    """The record ``key`` of a map's root ``hyperslab`` attribute (``combined`` for a
+    combined map, ``frames`` for a frame series), or None."""
     import zarr
 
     try:
@@ -246,8 +248,13 @@ def combined_record(store: Any) -> dict[str, Any] | None:
     except Exception:
         return None
     meta = attrs.get("hyperslab")
-    record = meta.get("combined") if isinstance(meta, dict) else None
+    record = meta.get(key) if isinstance(meta, dict) else None
     return record if isinstance(record, dict) else None
+
+
+def combined_record(store: Any) -> dict[str, Any] | None:
+    """The ``combined`` record of a map's root ``hyperslab`` attribute, or None."""
+    return map_record(store, "combined")
 
 
 class _Slab:

@@ -39,7 +39,13 @@ from typing import Any
 import numpy as np
 
 from hyperslab.convert.frames import SIGNAL, frame_format, is_glob, scan_frames
-from hyperslab.convert.verify import ArrayCheck, VerifyReport, open_refs_store, value_bytes
+from hyperslab.convert.verify import (
+    ArrayCheck,
+    VerifyReport,
+    map_record,
+    open_refs_store,
+    value_bytes,
+)
 from hyperslab.errors import BadInputError
 from hyperslab.references.refmap import RefMap
 
@@ -49,15 +55,7 @@ __all__ = ["frames_check", "frames_record", "verify_frames"]
 def frames_record(store: Any) -> dict[str, Any] | None:
     """The ``frames`` record of a map's root ``hyperslab`` attribute (a frame-series
     map), or None."""
-    import zarr
-
-    try:
-        attrs = zarr.open_group(store, mode="r", zarr_format=2).attrs.asdict()
-    except Exception:
-        return None
-    meta = attrs.get("hyperslab")
-    record = meta.get("frames") if isinstance(meta, dict) else None
-    return record if isinstance(record, dict) else None
+    return map_record(store, "frames")
 
 
 def recorded_sources(store: Any) -> list[str]:

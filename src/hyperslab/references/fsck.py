@@ -9,7 +9,9 @@ a fresh build from the leaf.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from google_crc32c import value as crc32c
@@ -186,49 +188,18 @@ def fsck(
 def _check_catalogs(
     repo: Repository, r: Reachable, report: FsckReport, progress: Progress | None
 ) -> None:
-    """Each leaf's catalog index must equal a fresh build from the leaf (or be absent)."""
-    missing = 0
-    for leaf in sorted(r.leaves):
-        try:
-            data = repo.site.get(catalog_key(leaf))
-        except NotFoundError:
-            missing += 1
-            continue
-        except HyperslabError as exc:
-            report.add("catalog", leaf, "unreadable", error=exc.message)
-            continue
-        report.bytes_checked += len(data)
-        try:
-            stored = LeafCatalog.from_bytes(data, leaf)
-            fresh = LeafCatalog.from_leaf(leaf, repo.read_node(leaf))
-        except HyperslabError as exc:
-            report.add("catalog", leaf, "corrupt", error=exc.message)
-            continue
-        if not stored.same_as(fresh):
-            report.add("catalog", leaf, "corrupt", error="index differs from its leaf's records")
-        if progress:
-            progress("catalogs", 1)
-    present = 0
-    for node in sorted(r.indexed_inner):  # format 2's combined indexes: optional (a cache)
-        try:
-            data = repo.site.get(catalog_key(node))
-        except NotFoundError:
-            continue
-        except HyperslabError as exc:
-            report.add("catalog", node, "unreadable", error=exc.message)
-            continue
-        present += 1
-        report.bytes_checked += len(data)
-        try:
-            stored = LeafCatalog.from_bytes(data, node)
-            fresh = _fresh_combined(repo, node)
-        except HyperslabError as exc:
-            report.add("catalog", node, "corrupt", error=exc.message)
-            continue
-        if not stored.same_as(fresh):
-            report.add("catalog", node, "corrupt", error="index differs from its leaves' records")
-        if progress:
-            progress("catalogs", 1)
+    """Each leaf's catalog index must equal a fresh build from the leaf (or be absent);
+    so must each combined index of an inner node that exists (format 2: a cache)."""
+    outcomes = [
+        _check_index(repo, report, leaf, partial(_fresh_leaf, repo, leaf), "leaf's", progress)
+        for leaf in sorted(r.leaves)
+    ]
+    missing = outcomes.count("missing")
+    present = sum(
+        _check_index(repo, report, node, partial(_fresh_combined, repo, node), "leaves'", progress)
+        == "read"
+        for node in sorted(r.indexed_inner)
+    )
     report.checked["catalogs"] = len(r.leaves) - missing + present
     if missing:
         report.warnings.append(
@@ -240,6 +211,42 @@ def _check_catalogs(
                 "older hyperslab): search reads those leaves instead, which is slower",
             }
         )
+
+
+def _check_index(
+    repo: Repository,
+    report: FsckReport,
+    node: str,
+    fresh: Callable[[], LeafCatalog],
+    whose: str,
+    progress: Progress | None,
+) -> str:
+    """Compare ``node``'s stored catalog index with ``fresh()``, a build from the
+    records (``whose`` records, for the message); "missing", "unreadable" or "read"."""
+    try:
+        data = repo.site.get(catalog_key(node))
+    except NotFoundError:
+        return "missing"
+    except HyperslabError as exc:
+        report.add("catalog", node, "unreadable", error=exc.message)
+        return "unreadable"
+    report.bytes_checked += len(data)
+    try:
+        stored = LeafCatalog.from_bytes(data, node)
+        built = fresh()
+    except HyperslabError as exc:
+        report.add("catalog", node, "corrupt", error=exc.message)
+        return "read"
+    if not stored.same_as(built):
+        report.add("catalog", node, "corrupt", error=f"index differs from its {whose} records")
+    if progress:
+        progress("catalogs", 1)
+    return "read"
+
+
+def _fresh_leaf(repo: Repository, leaf: str) -> LeafCatalog:
+    """A leaf's index built from its records."""
+    return LeafCatalog.from_leaf(leaf, repo.read_node(leaf))
 
 
 def _fresh_combined(repo: Repository, node: str) -> LeafCatalog:
