@@ -20,7 +20,7 @@ on that.
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -702,51 +702,58 @@ def write_frame_series(
     frames: int = 10,
     shape: tuple[int, int] = (195, 487),
     seed: int = 0,
+    tiff_compression: Sequence[str | None] = ("zlib",),
 ) -> list[Path]:
-    """Pilatus-like frame series, one file per frame, in two subfolders of ``directory``:
+    """Pilatus-like frame series, one file per frame, in subfolders of ``directory``:
 
     - ``pilatus_cbf/frame_NNNNN.cbf``: CBF, byte-offset compression, Pilatus mini-header
       (exposure time, wavelength, detector distance rising 0.5 mm a frame, beam centre,
       pixel size, timestamp, start angle).
     - ``pilatus_tiff/frame_NNNNN.tif``: deflate-compressed TIFF, the same mini-header as
-      ImageDescription, plus DateTime, resolution (pixel size) and Software tags.
+      ImageDescription, plus DateTime, resolution (pixel size) and Software tags. Each
+      other ``tiff_compression`` (tifffile's name; None: uncompressed) writes the same
+      TIFFs into ``pilatus_tiff_<name>/`` (``pilatus_tiff_none/``).
 
-    Signed 32-bit counts with -1 in the module gap (Pilatus convention), from
-    ``detector_frames(frames, shape, seed=seed, scan=4)``.
+    Signed 32-bit counts with -1 in the module gap (Pilatus convention): frame ``i`` is
+    ``detector_frames(frames, shape, seed=seed, scan=4)[i]``, drawn one at a time.
     """
     import tifffile
 
     directory = Path(directory)
-    stack = detector_frames(frames, shape, seed=seed, scan=4).view(np.int32)
-    beam = _DetectorModel(shape, seed, 4).beam_centre
-    cbf_dir, tif_dir = directory / "pilatus_cbf", directory / "pilatus_tiff"
-    cbf_dir.mkdir(parents=True, exist_ok=True)
-    tif_dir.mkdir(parents=True, exist_ok=True)
-    paths: list[Path] = []
+    model = _DetectorModel(shape, seed, 4)
+    beam = model.beam_centre
+    dirs = {"cbf": directory / "pilatus_cbf"}
+    for c in tiff_compression:
+        dirs[c or "none"] = directory / (
+            "pilatus_tiff" if c == "zlib" else f"pilatus_tiff_{c or 'none'}"
+        )
+    for d in dirs.values():
+        d.mkdir(parents=True, exist_ok=True)
+    written: dict[str, list[Path]] = {k: [] for k in dirs}
     per_cm = 0.01 / _PIXEL_SIZE_M
     for i in range(frames):
+        image = model.frame(i).view(np.int32)
         t = _BASE_TIME.replace(tzinfo=None) + timedelta(seconds=_COUNT_TIME_S * i)
         header = _mini_header(i, t, shape, beam)
         name = f"frame_{i + 1:05d}"
-        path = cbf_dir / f"{name}.cbf"
-        path.write_bytes(_cbf_bytes(name, stack[i], header))
-        paths.append(path)
-    for i in range(frames):
-        t = _BASE_TIME.replace(tzinfo=None) + timedelta(seconds=_COUNT_TIME_S * i)
-        path = tif_dir / f"frame_{i + 1:05d}.tif"
-        tifffile.imwrite(
-            path,
-            stack[i],
-            compression="zlib",
-            description=_mini_header(i, t, shape, beam),
-            datetime=t.strftime("%Y:%m:%d %H:%M:%S"),
-            resolution=(per_cm, per_cm),
-            resolutionunit="CENTIMETER",
-            software="hyperslab sample",
-            metadata=None,
-        )
-        paths.append(path)
-    return paths
+        path = dirs["cbf"] / f"{name}.cbf"
+        path.write_bytes(_cbf_bytes(name, image, header))
+        written["cbf"].append(path)
+        for c in tiff_compression:
+            path = dirs[c or "none"] / f"{name}.tif"
+            tifffile.imwrite(
+                path,
+                image,
+                compression=c,
+                description=header,
+                datetime=t.strftime("%Y:%m:%d %H:%M:%S"),
+                resolution=(per_cm, per_cm),
+                resolutionunit="CENTIMETER",
+                software="hyperslab sample",
+                metadata=None,
+            )
+            written[c or "none"].append(path)
+    return [p for paths in written.values() for p in paths]
 
 
 def write_big_detector_file(

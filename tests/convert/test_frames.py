@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,7 @@ from hyperslab.access.array import open_array
 from hyperslab.access.dataset import open_dataset
 from hyperslab.cli import app
 from hyperslab.convert.api import build_frames_refmap
-from hyperslab.convert.cbf import byte_offset_decode, byte_offset_encode
+from hyperslab.convert.cbf import byte_offset_decode, byte_offset_encode, parse_mini_header
 from hyperslab.references.checksums import compute_checksums
 from hyperslab.samples import write_frame_series
 
@@ -131,6 +132,20 @@ def test_sample_cbf_series_reads_like_fabio_with_metadata(sample: Path, tmp_path
     assert "pilatus" in res.output
 
 
+def test_sample_writes_each_tiff_compression_asked_for(tmp_path: Path) -> None:
+    paths = write_frame_series(tmp_path, frames=2, shape=(8, 12), tiff_compression=("zlib", None))
+    assert [p.parent.name for p in paths] == ["pilatus_cbf"] * 2 + ["pilatus_tiff"] * 2 + [
+        "pilatus_tiff_none"
+    ] * 2
+    for i in range(2):
+        cbf = fabio.open(str(paths[i])).data
+        assert cbf.min() == -1 and cbf.dtype == np.int32  # the module gap
+        with tifffile.TiffFile(paths[4 + i]) as tif:
+            assert tif.pages[0].compression == 1
+            np.testing.assert_array_equal(tif.asarray(), cbf)
+        np.testing.assert_array_equal(tifffile.imread(paths[2 + i]), cbf)
+
+
 def test_sample_tiff_series_carries_its_tags(sample: Path, tmp_path: Path) -> None:
     files = sorted((sample / "pilatus_tiff").glob("*.tif"))
     expect = np.stack([tifffile.imread(p) for p in files])
@@ -181,6 +196,46 @@ def test_byte_offset_round_trips_every_escape() -> None:
     for values in (v, rng.integers(-(2**31) + 1, 2**31 - 1, 500), rng.poisson(3, 1000)):
         got = byte_offset_decode(byte_offset_encode(values), "<i4")
         np.testing.assert_array_equal(got, values.astype("<i4"))
+
+
+MINI_HEADER = """# Detector: PILATUS 100K, S/N 1-0000
+# 2026-01-15T09:07:00.250
+# Pixel_size 172e-6 m x 172e-6 m
+# Exposure_time 0.0990000 s
+# Exposure_time 5 s
+#\tExposure_period\t0.1 s
+# Threshold_setting: 6000 eV
+# Wavelength: 1.5 A
+# Detector_distance 0.25 m
+# Beam_xy (243.50, 97.25) pixels
+# Start_angle -.5 deg.
+# Angle_increment 1e-1 deg.
+# Count_cutoff abc counts
+# Tau = 124.0e-09 s
+# 2026-01-16T00:00:00
+"""
+
+
+def test_mini_header_fields_first_value_wins_and_malformed_lines_are_skipped() -> None:
+    got = parse_mini_header(MINI_HEADER)
+    t0 = (datetime(2026, 1, 15, 9, 7, 0, 250000) - datetime(1970, 1, 1)).total_seconds()
+    assert got == {
+        "detector": "PILATUS 100K, S/N 1-0000",
+        "timestamp": t0,
+        "timestamp_text": "2026-01-15T09:07:00.250",
+        "x_pixel_size": 172e-6,
+        "y_pixel_size": 172e-6,
+        "exposure_time": 0.099,
+        "exposure_period": 0.1,
+        "threshold_energy": 6000.0,
+        "detector_distance": 0.25,
+        "beam_center_x": 243.5,
+        "beam_center_y": 97.25,
+        "start_angle": -0.5,
+        "angle_increment": 0.1,
+    }
+    # "Wavelength:" and a count that is no number match no field
+    assert parse_mini_header("# Threshold_setting 5000 eV\n\n#\n")["threshold_energy"] == 5000.0
 
 
 def test_bad_series_are_named_errors(sample: Path, tmp_path: Path) -> None:

@@ -163,6 +163,14 @@ MINI_UNITS: dict[str, str] = {
     "timestamp": "seconds since 1970-01-01 00:00:00",
 }
 _TIME_FORMATS = ("%Y-%m-%dT%H:%M:%S.%f", "%Y-%m-%dT%H:%M:%S", "%Y/%b/%d %H:%M:%S.%f")
+#: a line's first word (without a trailing colon) → its _MINI entry, compiled once
+_MINI_BY_WORD: dict[str, tuple[str, re.Pattern[str]]] = {
+    pattern[1:].split("\\", 1)[0].rstrip(":?"): (name, re.compile(pattern))
+    for name, pattern, _ in _MINI
+}
+_BEAM_XY = re.compile(rf"^Beam_xy\s*\(\s*{_FLOAT}\s*,\s*{_FLOAT}\s*\)")
+_PIXEL_SIZE = re.compile(rf"^Pixel_size\s+{_FLOAT}\s*m\s*x\s*{_FLOAT}\s*m")
+_DATE_START = re.compile(r"^\d{4}[-/]")
 
 
 def parse_mini_header(text: str) -> dict[str, Any]:
@@ -173,19 +181,22 @@ def parse_mini_header(text: str) -> dict[str, Any]:
         line = raw.strip().lstrip("#").strip()
         if not line:
             continue
-        for name, pattern, _ in _MINI:
-            m = re.match(pattern, line)
-            if m and name not in out:
-                out[name] = float(m.group(1))
-        if line.startswith("Detector:"):
+        # one dictionary look-up per line: a regex per known key and line cost more than
+        # the rest of scanning a frame
+        known = _MINI_BY_WORD.get(line.split(None, 1)[0].rstrip(":"))
+        if known is not None and known[0] not in out:
+            m = known[1].match(line)
+            if m:
+                out[known[0]] = float(m.group(1))
+        elif line.startswith("Detector:"):
             out.setdefault("detector", line.split(":", 1)[1].strip())
-        m = re.match(rf"^Beam_xy\s*\(\s*{_FLOAT}\s*,\s*{_FLOAT}\s*\)", line)
-        if m:
-            out["beam_center_x"], out["beam_center_y"] = float(m.group(1)), float(m.group(2))
-        m = re.match(rf"^Pixel_size\s+{_FLOAT}\s*m\s*x\s*{_FLOAT}\s*m", line)
-        if m:
-            out["x_pixel_size"], out["y_pixel_size"] = float(m.group(1)), float(m.group(2))
-        if "timestamp" not in out and re.match(r"^\d{4}[-/]", line):
+        elif line.startswith("Beam_xy"):
+            if m := _BEAM_XY.match(line):
+                out["beam_center_x"], out["beam_center_y"] = float(m.group(1)), float(m.group(2))
+        elif line.startswith("Pixel_size"):
+            if m := _PIXEL_SIZE.match(line):
+                out["x_pixel_size"], out["y_pixel_size"] = float(m.group(1)), float(m.group(2))
+        elif "timestamp" not in out and _DATE_START.match(line):
             for fmt in _TIME_FORMATS:
                 try:
                     t = datetime.strptime(line, fmt)

@@ -105,11 +105,6 @@ class TiffPageRefs:
     meta: dict[str, Any] = field(default_factory=dict)
 
 
-def _tag(page: Any, name: str) -> Any:
-    tag = page.tags.get(name)
-    return None if tag is None else tag.value
-
-
 def _rational(v: Any) -> float | None:
     if isinstance(v, tuple) and len(v) == 2 and v[1]:
         return float(v[0]) / float(v[1])
@@ -118,11 +113,16 @@ def _rational(v: Any) -> float | None:
 
 def _page_meta(page: Any) -> dict[str, Any]:
     meta: dict[str, Any] = {}
-    desc = _tag(page, "ImageDescription")
+    # one pass over the page's tags (tifffile's tags.get(name) walks them all each
+    # time); the first of a repeated tag wins, as there
+    tags: dict[str, Any] = {}
+    for t in page.tags.values():
+        tags.setdefault(t.name, t.value)
+    desc = tags.get("ImageDescription")
     if isinstance(desc, str) and desc:
         meta["description"] = desc
         meta.update(parse_mini_header(desc))  # Pilatus TIFFs carry their mini-header here
-    when = _tag(page, "DateTime")
+    when = tags.get("DateTime")
     if isinstance(when, str) and "timestamp" not in meta:
         try:
             t = datetime.strptime(when.strip(), "%Y:%m:%d %H:%M:%S")
@@ -130,13 +130,13 @@ def _page_meta(page: Any) -> dict[str, Any]:
             meta["timestamp_text"] = when.strip()
         except ValueError:
             pass
-    unit = {2: 0.0254, 3: 0.01}.get(int(_tag(page, "ResolutionUnit") or 2))
+    unit = {2: 0.0254, 3: 0.01}.get(int(tags.get("ResolutionUnit") or 2))
     for axis in ("x", "y"):
-        res = _rational(_tag(page, f"{axis.upper()}Resolution"))
+        res = _rational(tags.get(f"{axis.upper()}Resolution"))
         if res and unit and f"{axis}_pixel_size" not in meta:
             meta[f"{axis}_pixel_size"] = unit / res  # metres per pixel
     for name, key in (("Software", "software"), ("Model", "detector"), ("Artist", "artist")):
-        v = _tag(page, name)
+        v = tags.get(name)
         if isinstance(v, str) and v and key not in meta:
             meta[key] = v
     return meta
