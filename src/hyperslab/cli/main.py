@@ -11,6 +11,7 @@ import sys
 from hyperslab.cli import convert  # noqa: F401
 from hyperslab.cli import access  # noqa: F401
 from hyperslab.cli import repo  # noqa: F401
+from hyperslab.cli import compress  # noqa: F401
 from hyperslab.cli import sync  # noqa: F401
 from hyperslab.cli import watch  # noqa: F401
 from hyperslab.cli import serve  # noqa: F401

@@ -135,6 +135,16 @@ def ingest(
         bool, typer.Option(help="Stop at the first bad file; commit nothing.")
     ] = False,
     dask: DaskOpt = None,
+    compress: Annotated[
+        str | None,
+        typer.Option(
+            "--compress",
+            metavar="CODEC",
+            help="Then compress the new entries (bitshuffle-lz4, zstd or blosc2) in a second "
+            "commit: see `hyperslab compress`.",
+            show_default=False,
+        ),
+    ] = None,
     as_json: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
@@ -167,6 +177,9 @@ def ingest(
     from hyperslab.convert.ingest import plan_entries
 
     with handle_errors(as_json):
+        from hyperslab.convert.compress import CompressOptions
+
+        squeeze = CompressOptions(compress).checked() if compress is not None else None
         if new_dim is not None and concat_dim is not None:
             raise BadInputError("give at most one of --combine-new-dim and --combine-dim")
         if fmt not in (None, "json", "parquet"):
@@ -202,8 +215,26 @@ def ingest(
                 client=client,
             )
         c = result.commit
+        squeezed = None
+        if squeeze is not None and result.entries:
+            from hyperslab.cli.compress import run_compress
+
+            squeezed = run_compress(
+                r,
+                [e["name"] for e in result.entries],
+                squeeze,
+                branch=branch,
+                message=None,
+                author=author,
+                dask=dask,
+                as_json=as_json,
+                quiet=quiet,
+            )
         if as_json:
-            print(json.dumps({"ok": not result.failed, **result.to_json()}, default=str))
+            doc = {"ok": not result.failed, **result.to_json()}
+            if squeezed is not None:
+                doc["compressed"] = squeezed.to_json()
+            print(json.dumps(doc, default=str))
         else:
             for e in result.entries:
                 up = f", uploaded {len(e['uploaded'])} source(s)" if e["uploaded"] else ""
@@ -226,6 +257,10 @@ def ingest(
                 )
             elif c is not None:
                 out.print(f"nothing changed: {branch} already holds these entries")
+            if squeezed is not None:
+                from hyperslab.cli.compress import report
+
+                report(squeezed, branch)
             if result.failed:
                 err.print(f"[red]{len(result.failed)} entr(y/ies) failed[/]")
         if result.failed:
@@ -491,6 +526,16 @@ def fsck(
                         highlight=False,
                     )
                 err.print(f"[red]{len(report.problems)} problem(s)[/] ({counts})")
+            if report.archivable:
+                done = report.archivable
+                size = sum(int(s.get("size", 0)) for s in done)
+                names = ", ".join(s["name"] for s in done[:3]) + (" …" if len(done) > 3 else "")
+                out.print(
+                    f"{plural(len(done), 'source file')} ({size / 1e6:,.1f} MB: {names}) "
+                    "are read only by snapshots from before `compress`: no branch or tag "
+                    "needs them, archive them when you choose",
+                    highlight=False,
+                )
         if not report.clean:
             raise typer.Exit(CorruptError.exit_status)
 

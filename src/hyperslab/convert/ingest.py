@@ -54,6 +54,7 @@ __all__ = [
     "IngestResult",
     "Outcome",
     "SourceChangedError",
+    "array_summary",
     "entry_outcome",
     "hash_file",
     "ingest",
@@ -196,7 +197,9 @@ class _Sources:
         return out
 
 
-def _array_summary(refmap: RefMap) -> dict[str, Any]:
+def array_summary(refmap: RefMap) -> dict[str, Any]:
+    """Per array of ``refmap``: shape, chunks, dtype, codecs, status, references and
+    bytes (what an entry record lists under ``arrays``)."""
     out = {}
     for path, arr in sorted(refmap.arrays.items()):
         z = arr.zarray
@@ -265,7 +268,7 @@ def ingest_entry(
     checksums_id = repo.put_object("checksums", pack_checksums(refmap, sums), ".parquet")
     sources = srcs.records(refmap)
     uploaded = [s["name"] for s in sources if upload_sources and _upload(repo, s)]
-    arrays = _array_summary(refmap)
+    arrays = array_summary(refmap)
     counts = res.counts
     catalog = entry_catalog(
         plan.name,

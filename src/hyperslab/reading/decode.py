@@ -40,15 +40,21 @@ import numpy as np
 
 from hyperslab.errors import CorruptError
 
-__all__ = ["ChunkDecoder", "DecodedCache", "decode_pool", "shared_decoded_cache"]
+__all__ = [
+    "ChunkDecoder",
+    "DecodedCache",
+    "decode_pool",
+    "shared_decoded_cache",
+    "v2_dtype",
+]
 
 Step = Callable[[Any], Any]
 
 _SHUFFLE_DTYPES = {2: np.uint16, 4: np.uint32, 8: np.uint64}
 
 
-def _v2_dtype(spec: Any) -> np.dtype[Any]:
-    """numpy dtype of a v2 ``dtype`` field (a string, or a list of structured fields)."""
+def v2_dtype(spec: Any) -> np.dtype[Any]:
+    """numpy dtype of a Zarr v2 ``dtype`` field (a string, or a list of structured fields)."""
     if isinstance(spec, str):
         return np.dtype(spec)
     return np.dtype([tuple(_v2_field(f)) for f in spec])
@@ -56,7 +62,7 @@ def _v2_dtype(spec: Any) -> np.dtype[Any]:
 
 def _v2_field(field: list[Any]) -> list[Any]:
     name, dt, *shape = field
-    return [name, _v2_dtype(dt), *([tuple(shape[0])] if shape else [])]
+    return [name, v2_dtype(dt), *([tuple(shape[0])] if shape else [])]
 
 
 def _inflate(expected: int | None, fallback: Step) -> Step:
@@ -110,7 +116,7 @@ class ChunkDecoder:
         """A decoder for the array described by v2 ``.zarray`` ``doc``, or None when the
         store should leave decoding to zarr (object dtype, or a codec numcodecs lacks)."""
         try:
-            dtype = _v2_dtype(doc["dtype"])
+            dtype = v2_dtype(doc["dtype"])
         except (KeyError, TypeError, ValueError):
             return None
         if dtype.hasobject:

@@ -26,7 +26,7 @@ from hyperslab.references.reachability import Progress, Reachable, walk
 from hyperslab.references.refmap_objects import decode_refmap
 from hyperslab.references.repository import Repository
 
-__all__ = ["FsckReport", "fsck"]
+__all__ = ["FsckReport", "archivable_sources", "fsck"]
 
 
 @dataclass
@@ -38,6 +38,9 @@ class FsckReport:
     #: not damage, but worth knowing (e.g. a missing catalog index: search is slower)
     warnings: list[dict[str, Any]] = field(default_factory=list)
     bytes_checked: int = 0
+    #: source files that entries read before ``compress`` and that no branch head or tag
+    #: reads any more (only older snapshots do): ``{id, name, size, entries}``
+    archivable: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def clean(self) -> bool:
@@ -76,6 +79,7 @@ class FsckReport:
             "bytes_checked": self.bytes_checked,
             "problems": self.problems,
             "warnings": self.warnings,
+            "archivable": self.archivable,
         }
 
 
@@ -182,7 +186,31 @@ def fsck(
     report.checked["locators"] = len(r.locators)
     report.checked["packs"] = len(r.packs)
     _check_catalogs(repo, r, report, progress)
+    report.archivable = archivable_sources(repo)
     return report
+
+
+def archivable_sources(repo: Repository) -> list[dict[str, Any]]:
+    """Sources that compressed entries were made from and that no entry at a branch head
+    or tag reads any more: only older snapshots need them, so an operator may archive
+    them (reading those snapshots then needs them back). Sorted by name."""
+    used: set[str] = set()
+    before: dict[str, dict[str, Any]] = {}
+    heads = set(repo.branches().values()) | set(repo.tags().values())
+    for head in heads:
+        for name, value in repo.entries(head):
+            rec = repo.read_json("entry", value["id"])
+            used.update(s["id"] for s in rec.get("sources", []))
+            made = rec.get("compressed")
+            if not isinstance(made, dict):
+                continue
+            earlier = (made.get("from") or {}).get("sources", []) + made.get("originals", [])
+            for s in earlier:
+                item = before.setdefault(s["id"], {**s, "entries": []})
+                if name not in item["entries"]:
+                    item["entries"].append(name)
+    out = [item for sid, item in before.items() if sid not in used]
+    return sorted(out, key=lambda s: (s.get("name", ""), s["id"]))
 
 
 def _check_catalogs(

@@ -17,6 +17,7 @@ from hyperslab.errors import BadInputError, NotFoundError
 from hyperslab.references.keys import (
     CATALOG_PREFIX,
     CHUNK_PREFIX,
+    JOB_PREFIX,
     LOCATOR_PREFIX,
     PACK_PREFIX,
     REPLICA_PREFIX,
@@ -78,6 +79,7 @@ _GC_PREFIXES = (
     SOURCE_PREFIX,
     REPLICA_PREFIX,  # before chunks/: an index goes before the pack it names
     CHUNK_PREFIX,
+    JOB_PREFIX,  # records of jobs killed and never resumed (compress)
 )
 
 
@@ -110,7 +112,9 @@ def gc(
             if key in reachable:
                 continue
             name = key.rsplit("/", 1)[-1]
-            if prefix != SOURCE_PREFIX and not is_object_id(name.split(".", 1)[0]):
+            if prefix not in (SOURCE_PREFIX, JOB_PREFIX) and not is_object_id(
+                name.split(".", 1)[0]
+            ):
                 continue  # not ours
             try:
                 info = repo.site.head(key)

@@ -18,6 +18,8 @@ Layout (format version 1)::
     chunks/<sha256>                 hot-chunk packs written by sync (chunk_replicas.py)
     replicas/<source>/<sha256>.parquet   which source ranges each chunk pack holds
     replicas/done/<sha256>.json     a hot-chunk selection sync completed
+    jobs/compress/<job>/<n>.json    a compress job's finished packs (deleted once it
+                                    commits; gc removes those of abandoned jobs)
 
 Every object but the branch pointers is immutable and named by the sha256 of its
 bytes (sources: of the file), so readers verify what they get and copies are
@@ -38,6 +40,7 @@ __all__ = [
     "CATALOG_PREFIX",
     "CHUNK_PREFIX",
     "HOT_MARKER_PREFIX",
+    "JOB_PREFIX",
     "KIND_OF_DIR",
     "LOCATOR_PREFIX",
     "PACK_PREFIX",
@@ -50,6 +53,8 @@ __all__ = [
     "Kind",
     "catalog_key",
     "chunk_pack_key",
+    "compress_job_key",
+    "compress_job_prefix",
     "is_object_id",
     "kind_dir",
     "locator_key",
@@ -180,3 +185,20 @@ def replica_prefix(source: str) -> str:
 def replica_index_key(source: str, index_id: str) -> str:
     """Key of a replica index of ``source`` (named by its own sha256)."""
     return f"{replica_prefix(source)}{index_id}.parquet"
+
+
+# ------------------------------------------------------------------ jobs in progress
+
+#: records of long jobs in progress (compress), so that a killed job resumes where it
+#: stopped; not objects of any snapshot
+JOB_PREFIX = "jobs/"
+
+
+def compress_job_prefix(job: str) -> str:
+    """Prefix of the records of compress job ``job`` (a sha256 of what it does)."""
+    return f"{JOB_PREFIX}compress/{job}/"
+
+
+def compress_job_key(job: str, number: int) -> str:
+    """Key of the record of pack ``number`` of compress job ``job``."""
+    return f"{compress_job_prefix(job)}{number:06d}.json"
