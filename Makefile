@@ -7,7 +7,7 @@ HS := $(VENV)/bin/hyperslab
 STAMP := $(VENV)/.installed-stamp
 DEMO := demo-data
 
-.PHONY: install demo test lint readme bench bench-ingest bench-access bench-sync bench-ml bench-chunk clean
+.PHONY: install demo test lint readme bench bench-ingest bench-access bench-sync bench-ml bench-chunk bench-serve clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -67,6 +67,7 @@ bench: install
 	$(MAKE) --no-print-directory bench-sync
 	$(MAKE) --no-print-directory bench-chunk
 	$(MAKE) --no-print-directory bench-ml
+	$(MAKE) --no-print-directory bench-serve
 
 # Ingest throughput: serial, --dask local:1 and local:2 against kerchunk's dask.bag
 # recipe, on 1,000 small NeXus files and 4 large stacks written once into bench-data/ingest/.
@@ -104,6 +105,14 @@ bench-ml: install
 bench-chunk: install
 	$(PY) benchmarks/loopback_s3.py install
 	$(PY) benchmarks/chunk.py $(CHUNK_ARGS)
+
+# hyperslab serve against Tiled 0.2.20 (`tiled serve directory`) on loopback, the same
+# 78 MB NeXus stack: single reads, first response from a cold server and a 16-client load
+# test. Tiled is installed once into its own git-ignored venv, bench-data/tiled-venv
+# (or give one: TILED=/path/to/tiled). Extra options: make bench-serve SERVE_ARGS="--repeats 9"
+bench-serve: install
+	$(PY) benchmarks/serve.py install
+	$(PY) benchmarks/serve.py $(SERVE_ARGS)
 
 clean:
 	rm -rf $(VENV) $(DEMO) bench-data .pytest_cache .mypy_cache .ruff_cache
