@@ -180,6 +180,16 @@ def cases(d: Path) -> Iterator[tuple[str, list[str]]]:
     yield "replicate: malformed rules", ["replicate", "-r", str(d / "bad.toml")]
     yield "replicate: wrong rules", ["replicate", "-r", str(d / "wrong_rules.toml")]
     yield "replicate: rules are a folder", ["replicate", "-r", str(d / "a_folder")]
+    # compress
+    yield "compress: not a repository", ["compress", str(d / "plain_dir"), "run/a"]
+    yield "compress: unknown entry", ["compress", repo, "run/nope"]
+    yield "compress: a glob of nothing", ["compress", repo, "other/*"]
+    yield "compress: unknown branch", ["compress", repo, "run/a", "-b", "nobranch"]
+    yield "compress: unknown codec", ["compress", repo, "run/a", "--codec", "gzip"]
+    yield "compress: level out of range", ["compress", repo, "run/a", "-c", "zstd", "--level", "99"]
+    yield "compress: a level lz4 lacks", ["compress", repo, "run/a", "--level", "3"]
+    yield "compress: unreadable pack size", ["compress", repo, "run/a", "--pack-size", "lots"]
+    yield "ingest: unknown --compress codec", ["ingest", good, "-r", repo, "--compress", "rar"]
     # serve (each refused before it listens)
     yield "serve: no repository", ["serve", "--allow-anonymous"]
     yield "serve: not a repository", ["serve", str(d / "plain_dir"), "--allow-anonymous"]

@@ -101,8 +101,9 @@ def report(result: Any, branch: str) -> None:
     c = result.commit
     if c is not None and c.snapshot is not None:
         out.print(
-            f"committed {c.snapshot.short} to {branch}: {plural(len(c.modified), 'entry')} "
-            "now read compressed chunks; the snapshot before still reads the originals"
+            f"committed {c.snapshot.short} to {branch}: {len(c.modified)} "
+            f"{'entry now reads' if len(c.modified) == 1 else 'entries now read'} compressed "
+            "chunks; the snapshot before still reads the originals"
         )
     else:
         out.print(f"nothing changed: {branch} already holds these entries compressed")

@@ -249,48 +249,55 @@ def _tasks(
     options: CompressOptions,
     pack_bytes: int,
 ) -> list[PackTask]:
-    """Chunks in array order, then index order, cut into packs of about ``pack_bytes``."""
+    """Chunks in array order, then index order, cut into packs of about ``pack_bytes``
+    (counted as whole chunks; a task's ``raw_bytes`` counts the values inside the array)."""
     tasks: list[PackTask] = []
     parts: list[tuple[str, list[int]]] = []
-    size = count = 0
+    size = count = raw = 0
 
     def cut() -> None:
-        nonlocal parts, size, count
+        nonlocal parts, size, count, raw
         if count:
             number = len(tasks)
+            chunks = tuple((p, tuple(ix)) for p, ix in parts)
             tasks.append(
-                PackTask(
-                    f"{entry}#{number}",
-                    job,
-                    number,
-                    entry,
-                    snapshot,
-                    options,
-                    tuple((p, tuple(ix)) for p, ix in parts),
-                    size,
-                )
+                PackTask(f"{entry}#{number}", job, number, entry, snapshot, options, chunks, raw)
             )
-        parts, size, count = [], 0, 0
+        parts, size, count, raw = [], 0, 0, 0
 
     for path in sorted(plans):
         plan, arr = plans[path], refmap.arrays[path]
+        lins = _present(arr, plan)
         if plan.mode == "encode":
-            nbytes = math.prod(plan.new_chunks) * v2_dtype(plan.zarray["dtype"]).itemsize
-            sizes = None
+            sizes = np.full(lins.size, math.prod(plan.new_chunks))
+            values = _values_inside(plan, lins) * v2_dtype(plan.zarray["dtype"]).itemsize
+            sizes *= v2_dtype(plan.zarray["dtype"]).itemsize
         else:
-            nbytes = 0
-            sizes = dict(zip(arr.index.tolist(), arr.length.tolist(), strict=True))
-        for lin in _present(arr, plan).tolist():
-            n = nbytes if sizes is None else int(sizes[lin])
+            stored = dict(zip(arr.index.tolist(), arr.length.tolist(), strict=True))
+            sizes = values = np.array([stored[lin] for lin in lins.tolist()], np.int64)
+        for lin, n, v in zip(lins.tolist(), sizes.tolist(), values.tolist(), strict=True):
             if count and (size + n > pack_bytes or count >= MAX_PACK_CHUNKS):
                 cut()
             if not parts or parts[-1][0] != path:
                 parts.append((path, []))
             parts[-1][1].append(lin)
             size += n
+            raw += v
             count += 1
     cut()
     return tasks
+
+
+def _values_inside(plan: ArrayPlan, lins: np.ndarray) -> np.ndarray:
+    """How many array elements each new chunk ``lins`` covers (edge chunks: fewer)."""
+    shape, chunks = plan.zarray["shape"], plan.new_chunks
+    if not shape:
+        return np.ones(lins.size, np.int64)
+    coords = np.unravel_index(lins, plan.grid)
+    out = np.ones(lins.size, np.int64)
+    for c, s, k in zip(coords, shape, chunks, strict=True):
+        out *= np.minimum(k, int(s) - c * k)
+    return out
 
 
 def job_id(entry_value: str, options: CompressOptions, pack_bytes: int) -> str:
