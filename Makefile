@@ -7,7 +7,7 @@ HS := $(VENV)/bin/hyperslab
 STAMP := $(VENV)/.installed-stamp
 DEMO := demo-data
 
-.PHONY: install demo test lint readme bench bench-ingest bench-access bench-sync bench-ml bench-chunk bench-serve clean
+.PHONY: install demo test lint readme bench bench-ingest bench-frames bench-access bench-sync bench-ml bench-chunk bench-serve clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -63,6 +63,7 @@ bench: install
 	$(PY) benchmarks/repo.py
 	$(PY) benchmarks/commit.py
 	$(MAKE) --no-print-directory bench-ingest
+	$(MAKE) --no-print-directory bench-frames
 	$(MAKE) --no-print-directory bench-access
 	$(MAKE) --no-print-directory bench-sync
 	$(MAKE) --no-print-directory bench-chunk
@@ -74,6 +75,13 @@ bench: install
 # Extra options: make bench-ingest INGEST_ARGS="--small 200 --repeats 5"
 bench-ingest: install
 	$(PY) benchmarks/ingest.py $(INGEST_ARGS)
+
+# Frame-series ingest rate (frames/s): hyperslab refs and ingest of 2,000 Pilatus-like
+# frames as CBF, deflate TIFF and uncompressed TIFF, against tifffile's own fsspec
+# references and a fabio/tifffile + h5py "stack into NeXus" script. The first run writes
+# the frames into bench-data/frames/. Extra options: make bench-frames FRAMES_ARGS="--repeats 5"
+bench-frames: install
+	$(PY) benchmarks/frames.py $(FRAMES_ARGS)
 
 # Range reads on loopback S3 (s3rver, an npm package installed once into the
 # git-ignored benchmarks/.node; needs Node.js and npm). The first run writes a
