@@ -15,7 +15,7 @@ import pytest
 pytest.importorskip("starlette")
 
 from hyperslab.serve.app import create_app
-from hyperslab.serve.slices import encode, parse_selection, png_scale
+from hyperslab.serve.slices import colormap, encode, parse_selection, png_scale
 from tests.serve.conftest import ALICE, BOB, ENTRY, OTHER, Shared, auth
 
 DATA = "entry/data/data"
@@ -88,7 +88,8 @@ def test_csv_tiff_png_equal_h5py(client: Any, frames: np.ndarray, sel: str, inde
     if want.ndim == 2:
         png = imagecodecs.png_decode(_get(client, sel, "png").content)
         values = want.astype(np.float64)
-        lo, hi = np.percentile(values, 1), np.percentile(values, 99)
+        counted = values[want != np.iinfo(want.dtype).max]  # the gap marker left out
+        lo, hi = np.percentile(counted, 1), np.percentile(counted, 99)
         scaled = np.rint(np.clip((values - lo) / (hi - lo), 0, 1) * 255).astype(np.uint8)
         np.testing.assert_array_equal(png, scaled)
         png = imagecodecs.png_decode(_get(client, sel, "png", vmin=0, vmax=1000).content)
@@ -214,6 +215,93 @@ def test_png_scaling() -> None:
     lo, hi = np.percentile([0.0, 50.0, 100.0], [1, 99])
     want = np.rint(np.clip((np.array([0.0, 50.0, 100.0]) - lo) / (hi - lo), 0, 1) * 255)
     np.testing.assert_array_equal(png_scale(arr, None, None)[[0, 1, 1], [1, 0, 1]], want)
+
+
+def _hot(x: np.ndarray) -> np.ndarray:
+    """matplotlib's ``hot`` as documented: black, red, yellow, white."""
+    return np.stack(
+        [
+            np.clip(x / 0.365, 0, 1),
+            np.clip((x - 0.365) / 0.381, 0, 1),
+            np.clip((x - 0.746) / 0.254, 0, 1),
+        ],
+        axis=-1,
+    )
+
+
+def test_png_log_scale_colour_maps_and_percentiles(client: Any, frames: np.ndarray) -> None:
+    import imagecodecs
+
+    frame = frames[2]
+    values = frame.astype(np.float64)
+    counted = values[frame != np.iinfo(frame.dtype).max]
+    lo, hi = np.percentile(counted, 5), np.percentile(counted, 95)
+    t = np.clip((values - lo) / (hi - lo), 0, 1)
+    log = np.log(1 + 1000 * t) / np.log(1001)
+    level = np.rint(log * 255).astype(np.uint8)
+    res = _get(client, "2", "png", scale="log", pmin=5, pmax=95)
+    np.testing.assert_array_equal(imagecodecs.png_decode(res.content), level)
+    res = _get(client, "2", "png", scale="log", pmin=5, pmax=95, cmap="hot")
+    rgb = imagecodecs.png_decode(res.content)
+    assert rgb.shape == (*frame.shape, 3)
+    np.testing.assert_array_equal(rgb, np.rint(_hot(level / 255.0) * 255).astype(np.uint8))
+    inverted = imagecodecs.png_decode(_get(client, "2", "png", cmap="gray_r").content)
+    straight = imagecodecs.png_decode(_get(client, "2", "png").content)
+    np.testing.assert_array_equal(inverted[..., 0], 255 - straight)
+    # the gap row (the uint32 maximum) is white, the rest spread over the levels
+    assert (straight[12] == 255).all() and len(np.unique(straight)) > 5
+    # each option is part of the ETag
+    tags = {
+        _get(client, "2", "png", **extra).headers["etag"]
+        for extra in ({}, {"cmap": "hot"}, {"scale": "log"}, {"pmin": 2}, {"pmax": 98})
+    }
+    assert len(tags) == 5
+
+
+def test_colour_maps() -> None:
+    x = np.arange(256) / 255.0
+    np.testing.assert_array_equal(colormap("gray"), np.rint(np.stack([x] * 3, 1) * 255))
+    np.testing.assert_array_equal(colormap("hot"), np.rint(_hot(x) * 255))
+    helix = colormap("cubehelix").astype(np.float64)
+    assert helix[0].tolist() == [0, 0, 0] and helix[-1].tolist() == [255, 255, 255]
+    luminance = helix @ [0.30, 0.59, 0.11]
+    assert (np.diff(luminance) > 0).all()  # cubehelix's promise: brighter at every level
+    assert len({tuple(c) for c in helix.astype(int).tolist()}) == 256
+    assert (np.ptp(helix, axis=1)[20:236] > 10).all()  # coloured, not gray, between the ends
+
+
+def test_png_log_scale_and_gap_marker() -> None:
+    arr = np.array([[0.0, 1.0], [10.0, 100.0]])
+    want = np.rint(np.log1p(1000 * arr / 100) / np.log1p(1000) * 255)
+    np.testing.assert_array_equal(png_scale(arr, 0, 100, scale="log"), want)
+    gaps = np.array([[0, 100], [50, 2**16 - 1]], dtype=np.uint16)
+    np.testing.assert_array_equal(
+        png_scale(gaps, None, None, pmin=0, pmax=100), [[0, 255], [128, 255]]
+    )
+    small = np.array([[0, 255]], dtype=np.uint8)  # 8-bit: 255 is a value, not a marker
+    np.testing.assert_array_equal(png_scale(small, None, None, pmin=0, pmax=100), [[0, 255]])
+
+
+@pytest.mark.parametrize(
+    ("params", "named"),
+    [
+        ({"scale": "sqrt"}, "scale"),
+        ({"cmap": "jet"}, "cmap"),
+        ({"pmin": 60, "pmax": 40}, "pmin"),
+        ({"pmin": -1}, "pmin"),
+        ({"pmax": 101}, "pmax"),
+        ({"pmax": "x"}, "pmax"),
+    ],
+)
+def test_bad_png_options_are_400(client: Any, params: dict[str, Any], named: str) -> None:
+    res = client.get(
+        f"/api/slice/{ENTRY}/{DATA}",
+        params={"sel": "0", "format": "png", **params},
+        headers=auth(BOB),
+    )
+    assert res.status_code == 400, res.text
+    err = res.json()["error"]
+    assert err["code"] == "bad_input" and named in err["message"], err
 
 
 def test_selection_text_is_canonical() -> None:

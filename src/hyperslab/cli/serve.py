@@ -87,14 +87,20 @@ def serve(
     ] = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Share a repository over HTTP: Zarr for zarr and xarray, and a JSON API.
+    """Share a repository over HTTP: Zarr for zarr and xarray, a JSON API, a browser UI.
+
+    Browser UI: http://HOST:PORT/ (pick a ref, search, walk an entry, preview frames
+    with contrast controls and a line profile, download slices; a key typed into the
+    page stays in the browser tab).
 
     Zarr: /zarr/ENTRY/KEY?ref=REF (or /zarr/@REF/ENTRY/KEY, for zarr clients) serves an entry as zarr_format=2 with consolidated
     metadata and decoded chunks, for zarr.open_group(URL, mode="r") and
     xr.open_zarr(URL). JSON: /api/branches, /api/tags, /api/log?ref=,
-    /api/entries?ref=&offset=&limit=, /api/entries/ENTRY?ref= and /api/search?q=&ref=.
+    /api/entries?ref=&offset=&limit=, /api/entries/ENTRY?ref=, /api/tree/ENTRY?ref=
+    and /api/search?q=&ref=.
     Slices: /api/slice/ENTRY/ARRAY?sel=0,10:20,::2&format=npy|raw|json|csv|tiff|png|h5
-    (png: grayscale, the 1st to 99th percentile, or ?vmin=&vmax=, scaled to 0-255).
+    (png: the pmin-th to pmax-th percentile (1, 99) or vmin to vmax, scaled to 0-255;
+    scale=linear|log; cmap=gray|gray_r|hot|cubehelix).
     REF is a branch, tag or snapshot id (default main); a snapshot id's responses are
     immutable (ETag, Cache-Control). Errors are JSON {"error": {"code", "message"}}.
     More than --max-requests at once are 503 (busy, Retry-After); --cors-origin lets

@@ -8,11 +8,14 @@
   ``xr.open_zarr(...)`` read the entry through fsspec's HTTP filesystem. The entry is
   the longest prefix of the path that names an entry of the snapshot.
 * ``GET /api/branches``, ``/api/tags``, ``/api/log``, ``/api/entries`` (paged),
-  ``/api/entries/<entry>`` and ``/api/search?q=`` answer JSON.
+  ``/api/entries/<entry>``, ``/api/tree/<entry>`` (its groups and arrays with shapes,
+  dtypes, chunks, codecs and attributes: :mod:`.tree`) and ``/api/search?q=`` answer
+  JSON (strict: non-finite floats are the strings ``"NaN"``, ``"Infinity"``).
 * ``GET /api/slice/<entry>/<array>?sel=&format=&ref=`` sends part of one array (read
   with :class:`HyperslabArray` from the store the zarr endpoint uses) as npy, raw, json,
-  csv, tiff, png or h5 (:mod:`.slices`: the selection syntax, the formats, PNG scaling);
-  a selection of more than ``max_slice_bytes`` is 413.
+  csv, tiff, png or h5 (:mod:`.slices`: the selection syntax, the formats, PNG scaling
+  with ``vmin``, ``vmax``, ``pmin``, ``pmax``, ``scale`` and ``cmap``); a selection of
+  more than ``max_slice_bytes`` is 413.
 * ``GET /api/download/<entry>?format=h5|nc&group=&sel=&ref=`` sends the whole entry, or
   the arrays and groups under ``group``, as one file (``Content-Disposition: attachment``):
   ``h5`` (default) holds every array under its path and every group with its attributes;
@@ -21,6 +24,9 @@
   or netCDF4. ``sel`` (h5 only) is one selection applied to every array with at least as
   many dimensions as it names (``...`` not counted), the others whole; the values sent
   (counted before reading) are at most ``max_slice_bytes``, else 413.
+
+* ``GET /`` (a redirect) and ``/ui/``: the browser UI (:mod:`.ui`), served without a key
+  (it holds no data; its requests send the key the user types in).
 
 At most ``max_requests`` requests are served at once: one more is answered at once with
 503 (code ``busy``) and ``Retry-After``, never queued. CORS (none by default): the
@@ -67,7 +73,9 @@ from hyperslab.errors import (
 )
 from hyperslab.references.repository import Repository
 from hyperslab.serve.keys import ANONYMOUS, Grant, KeyRing
-from hyperslab.serve.slices import FORMATS, encode, h5_tree, parse_selection
+from hyperslab.serve.slices import FORMATS, check_png, encode, h5_tree, parse_selection
+from hyperslab.serve.tree import entry_tree, json_safe
+from hyperslab.serve.ui import ui_routes
 
 try:
     from starlette.applications import Starlette
@@ -259,7 +267,11 @@ def _route(server: _Server, handler: Handler) -> Callable[[Request], Awaitable[R
 
 
 def _json(doc: Any, headers: dict[str, str] | None = None) -> Response:
-    body = json.dumps(doc, allow_nan=True, default=str).encode()
+    try:
+        text = json.dumps(doc, allow_nan=False, default=str)
+    except ValueError:  # a non-finite float somewhere: strict JSON all the same
+        text = json.dumps(json_safe(doc), allow_nan=False, default=str)
+    body = text.encode()
     return Response(body, media_type="application/json", headers=headers)
 
 
@@ -350,6 +362,22 @@ async def _entry(server: _Server, request: Request) -> Response:
     return _json(doc, headers)
 
 
+async def _tree(server: _Server, request: Request) -> Response:
+    grant = server.grant(request)
+    name = "/".join(_segments(request.path_params["path"]))
+    server.check(grant, name)
+    sid, immutable = await run_in_threadpool(server.resolve, request)
+    headers = _cache_headers(server, sid, immutable, "tree", name)
+    cached = _not_modified(request, headers)
+    if cached is not None:
+        return cached
+    rec = await run_in_threadpool(server.repo.entry, sid, name)
+    store = await run_in_threadpool(server.store, sid, name)
+    tree = await run_in_threadpool(entry_tree, store.view.refmap)
+    doc = {"snapshot": sid, "name": name, "catalog": rec.get("catalog", {}), **tree}
+    return _json(doc, headers)
+
+
 async def _search(server: _Server, request: Request) -> Response:
     from hyperslab.references.search import search
 
@@ -386,6 +414,12 @@ async def _slice(server: _Server, request: Request) -> Response:
             400, "bad_input", f"format must be one of {', '.join(FORMATS)}, not {fmt!r}"
         )
     vmin, vmax = _float(request, "vmin"), _float(request, "vmax")
+    pmin, pmax = _float(request, "pmin"), _float(request, "pmax")
+    pmin, pmax = 1.0 if pmin is None else pmin, 99.0 if pmax is None else pmax
+    scale = request.query_params.get("scale") or "linear"
+    cmap = request.query_params.get("cmap") or "gray"
+    if fmt == "png":
+        check_png(scale=scale, cmap=cmap, pmin=pmin, pmax=pmax)
     sid, immutable = await run_in_threadpool(server.resolve, request)
     entry, path = await run_in_threadpool(server.split, sid, parts, grant)
     store = await run_in_threadpool(server.store, sid, entry)
@@ -399,14 +433,26 @@ async def _slice(server: _Server, request: Request) -> Response:
             f"the selection is {size} bytes (shape {sel.shape}, {array.dtype}); this server "
             f"sends at most {server.max_slice_bytes}: select less, or read the entry over /zarr",
         )
-    extra = (sel.text(), fmt, str(vmin), str(vmax)) if fmt == "png" else (sel.text(), fmt)
+    extra: tuple[str, ...] = (sel.text(), fmt)
+    if fmt == "png":
+        extra += (str(vmin), str(vmax), str(pmin), str(pmax), scale, cmap)
     headers = _cache_headers(server, sid, immutable, "slice", entry, path, *extra)
     cached = _not_modified(request, headers)
     if cached is not None:
         return cached
     values = await run_in_threadpool(array.__getitem__, sel.items)
     body, more = await run_in_threadpool(
-        lambda: encode(values, fmt, attrs=array.attrs, vmin=vmin, vmax=vmax)
+        lambda: encode(
+            values,
+            fmt,
+            attrs=array.attrs,
+            vmin=vmin,
+            vmax=vmax,
+            scale=scale,
+            cmap=cmap,
+            pmin=pmin,
+            pmax=pmax,
+        )
     )
     return Response(body, media_type=FORMATS[fmt], headers={**headers, **more})
 
@@ -538,9 +584,11 @@ def create_app(
         Route("/api/log", _route(server, _log)),
         Route("/api/entries", _route(server, _entries)),
         Route("/api/entries/{path:path}", _route(server, _entry)),
+        Route("/api/tree/{path:path}", _route(server, _tree)),
         Route("/api/search", _route(server, _search)),
         Route("/api/slice/{path:path}", _route(server, _slice)),
         Route("/api/download/{path:path}", _route(server, _download)),
+        *ui_routes(),
     ]
     middleware = []
     if cors_origins:  # outermost: a preflight is answered before the limit, a 503 has CORS

@@ -16,10 +16,16 @@ Formats (``format``, default ``npy``):
   are the strings ``"NaN"``, ``"Infinity"`` and ``"-Infinity"`` (which ``float()`` reads).
 * ``csv``: 1-D (one value a line) or 2-D (a row a line) only.
 * ``tiff``: 2-D or 3-D only, via tifffile.
-* ``png``: 2-D only, 8-bit grayscale: ``(value - vmin) / (vmax - vmin)`` clipped to 0..1,
-  times 255, rounded to the nearest integer; ``vmin`` and ``vmax`` are the 1st and 99th
-  percentiles of the finite values unless given; NaN is 0; with ``vmax <= vmin`` a value
-  above ``vmin`` is 255 and any other 0.
+* ``png``: 2-D only. Each value becomes a fraction ``t``: ``(value - vmin) / (vmax - vmin)``
+  clipped to 0..1; ``vmin`` and ``vmax`` are the ``pmin``-th and ``pmax``-th percentiles
+  (default 1 and 99) of the finite values unless given (for unsigned integers of 16 bits
+  or more, of those below the dtype's largest value, which hybrid-pixel detectors write
+  into module gaps and bad pixels); NaN is 0; with ``vmax <= vmin``
+  a value above ``vmin`` is 1 and any other 0. ``scale=log`` (default ``linear``) then
+  takes ``t = log(1 + 1000 t) / log(1001)`` (DS9's log scale: faint pixels spread out,
+  0 and 1 kept). The level is ``t`` times 255 rounded to the nearest integer.
+  ``cmap=gray`` (default) sends it as 8-bit grayscale; any other colour map
+  (:data:`COLORMAPS`, :func:`colormap`) sends RGB, the map's colour of the level.
 * ``h5``: an HDF5 file holding the slice as dataset ``data`` with the array's attributes.
 
 :func:`h5_tree` writes many arrays and groups, under their paths, as one HDF5 file (the
@@ -40,12 +46,18 @@ import numpy as np
 from hyperslab.errors import BadInputError
 
 __all__ = [
+    "COLORMAPS",
     "FORMATS",
+    "INTERNAL_ATTRS",
+    "SCALES",
     "Selection",
+    "check_png",
+    "colormap",
     "encode",
     "h5_tree",
     "parse_selection",
     "png_scale",
+    "public_attrs",
 ]
 
 #: format → media type
@@ -182,28 +194,112 @@ def _tiff(arr: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def png_scale(arr: np.ndarray, vmin: float | None, vmax: float | None) -> np.ndarray:
-    """``arr`` scaled to uint8 as the module's description says."""
+#: PNG level scales (``scale``)
+SCALES = ("linear", "log")
+#: PNG colour maps (``cmap``); see :func:`colormap`
+COLORMAPS = ("gray", "gray_r", "hot", "cubehelix")
+#: the ``a`` of the log scale ``log(1 + a t) / log(1 + a)``
+LOG_A = 1000.0
+
+
+def check_png(
+    *, scale: str = "linear", cmap: str = "gray", pmin: float = 1.0, pmax: float = 99.0
+) -> None:
+    """A :class:`BadInputError` naming the fault unless these PNG options are valid."""
+    if scale not in SCALES:
+        raise BadInputError(f"scale must be one of {', '.join(SCALES)}, not {scale!r}")
+    if cmap not in COLORMAPS:
+        raise BadInputError(f"cmap must be one of {', '.join(COLORMAPS)}, not {cmap!r}")
+    if not 0.0 <= pmin < pmax <= 100.0:
+        raise BadInputError(f"need 0 <= pmin < pmax <= 100, not pmin={pmin}, pmax={pmax}")
+
+
+def png_scale(
+    arr: np.ndarray,
+    vmin: float | None,
+    vmax: float | None,
+    *,
+    scale: str = "linear",
+    pmin: float = 1.0,
+    pmax: float = 99.0,
+) -> np.ndarray:
+    """``arr`` scaled to uint8 levels as the module's description says."""
+    check_png(scale=scale, pmin=pmin, pmax=pmax)
     values = arr.astype(np.float64)
-    finite = values[np.isfinite(values)]
+    counted = np.isfinite(values)
+    if arr.dtype.kind == "u" and arr.dtype.itemsize >= 2:  # detectors' gap marker
+        counted &= arr != np.iinfo(arr.dtype).max
+    finite = values[counted]
     if vmin is None:
-        vmin = float(np.percentile(finite, 1)) if finite.size else 0.0
+        vmin = float(np.percentile(finite, pmin)) if finite.size else 0.0
     if vmax is None:
-        vmax = float(np.percentile(finite, 99)) if finite.size else 0.0
+        vmax = float(np.percentile(finite, pmax)) if finite.size else 0.0
     with np.errstate(invalid="ignore", divide="ignore"):
         if vmax > vmin:
-            scaled = np.clip((values - vmin) / (vmax - vmin), 0.0, 1.0) * 255.0
+            t = np.clip((values - vmin) / (vmax - vmin), 0.0, 1.0)
         else:
-            scaled = np.where(values > vmin, 255.0, 0.0)
-    return np.rint(np.nan_to_num(scaled, nan=0.0)).astype(np.uint8)
+            t = np.where(values > vmin, 1.0, 0.0)
+    t = np.nan_to_num(t, nan=0.0)
+    if scale == "log":
+        t = np.log1p(LOG_A * t) / np.log1p(LOG_A)
+    return np.rint(t * 255.0).astype(np.uint8)
 
 
-def _png(arr: np.ndarray, vmin: float | None, vmax: float | None) -> bytes:
+def colormap(name: str) -> np.ndarray:
+    """The ``(256, 3)`` uint8 RGB colour of each level ``k`` (``x = k / 255``) in map ``name``:
+
+    * ``gray``: ``(x, x, x)``; ``gray_r``: ``(1 - x, 1 - x, 1 - x)`` (dark spots on white).
+    * ``hot``: black, red, yellow, white: ``r = x / 0.365``, ``g = (x - 0.365) / 0.381``,
+      ``b = (x - 0.746) / 0.254``, each clipped to 0..1.
+    * ``cubehelix``: D. A. Green's (2011, Bull. Astr. Soc. India 39, 289), start 0.5,
+      rotations -1.5, hue 1, gamma 1: ``phi = 2 pi (start / 3 + rotations x)``,
+      ``a = hue x (1 - x) / 2``, ``r = x + a (-0.14861 cos phi + 1.78277 sin phi)``,
+      ``g = x + a (-0.29227 cos phi - 0.90649 sin phi)``, ``b = x + a 1.97294 cos phi``:
+      a colour helix whose luminance rises steadily from black to white.
+
+    Each channel is times 255, rounded to the nearest integer."""
+    x = np.arange(256, dtype=np.float64) / 255.0
+    if name == "gray":
+        rgb = np.stack([x, x, x], axis=1)
+    elif name == "gray_r":
+        rgb = np.stack([1 - x, 1 - x, 1 - x], axis=1)
+    elif name == "hot":
+        rgb = np.stack([x / 0.365, (x - 0.365) / 0.381, (x - 0.746) / 0.254], axis=1)
+    elif name == "cubehelix":
+        start, rotations, hue = 0.5, -1.5, 1.0
+        phi = 2.0 * np.pi * (start / 3.0 + rotations * x)
+        amp = hue * x * (1.0 - x) / 2.0
+        cos, sin = np.cos(phi), np.sin(phi)
+        rgb = np.stack(
+            [
+                x + amp * (-0.14861 * cos + 1.78277 * sin),
+                x + amp * (-0.29227 * cos - 0.90649 * sin),
+                x + amp * (1.97294 * cos),
+            ],
+            axis=1,
+        )
+    else:
+        raise BadInputError(f"cmap must be one of {', '.join(COLORMAPS)}, not {name!r}")
+    return np.rint(np.clip(rgb, 0.0, 1.0) * 255.0).astype(np.uint8)
+
+
+def _png(
+    arr: np.ndarray,
+    vmin: float | None,
+    vmax: float | None,
+    scale: str,
+    cmap: str,
+    pmin: float,
+    pmax: float,
+) -> bytes:
     import imagecodecs
 
     if arr.ndim != 2 or arr.dtype.kind not in "biuf":
         raise BadInputError(f"png needs a 2-D numeric selection, not shape {arr.shape}")
-    return bytes(imagecodecs.png_encode(png_scale(arr, vmin, vmax)))
+    lut = colormap(cmap)  # an unknown map is refused before any scaling
+    levels = png_scale(arr, vmin, vmax, scale=scale, pmin=pmin, pmax=pmax)
+    image = levels if cmap == "gray" else lut[levels]
+    return bytes(imagecodecs.png_encode(image))
 
 
 def _h5_attr(value: Any) -> Any:
@@ -215,13 +311,16 @@ def _h5_attr(value: Any) -> Any:
 
 
 #: attributes of the store that describe its encoding, not the data: never written to HDF5
-_INTERNAL = ("_ARRAY_DIMENSIONS", "hyperslab:")
+INTERNAL_ATTRS = ("_ARRAY_DIMENSIONS", "hyperslab:")
+
+
+def public_attrs(attrs: dict[str, Any]) -> dict[str, Any]:
+    """``attrs`` without the store's encoding attributes (:data:`INTERNAL_ATTRS` prefixes)."""
+    return {k: v for k, v in attrs.items() if not k.startswith(INTERNAL_ATTRS)}
 
 
 def _set_attrs(obj: Any, attrs: dict[str, Any]) -> None:
-    for name, value in attrs.items():
-        if name.startswith(_INTERNAL):
-            continue
+    for name, value in public_attrs(attrs).items():
         try:
             obj.attrs[name] = _h5_attr(value)
         except (TypeError, ValueError):
@@ -272,8 +371,12 @@ def encode(
     attrs: dict[str, Any] | None = None,
     vmin: float | None = None,
     vmax: float | None = None,
+    scale: str = "linear",
+    cmap: str = "gray",
+    pmin: float = 1.0,
+    pmax: float = 99.0,
 ) -> tuple[bytes, dict[str, str]]:
-    """``(body, extra headers)`` of ``arr`` in format ``fmt``."""
+    """``(body, extra headers)`` of ``arr`` in format ``fmt`` (``vmin`` to ``pmax``: png's)."""
     arr = np.asarray(arr)
     if fmt == "npy":
         return _npy(arr), {}
@@ -292,7 +395,7 @@ def encode(
     if fmt == "tiff":
         return _tiff(arr), {}
     if fmt == "png":
-        return _png(arr, vmin, vmax), {}
+        return _png(arr, vmin, vmax, scale, cmap, pmin, pmax), {}
     if fmt == "h5":
         return _h5(arr, attrs or {}), {}
     raise BadInputError(f"format must be one of {', '.join(FORMATS)}, not {fmt!r}")
