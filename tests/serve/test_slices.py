@@ -282,6 +282,53 @@ def test_png_log_scale_and_gap_marker() -> None:
     np.testing.assert_array_equal(png_scale(small, None, None, pmin=0, pmax=100), [[0, 255]])
 
 
+def _png_levels(arr: np.ndarray, vmin: Any, vmax: Any, scale: str, p: tuple[float, float]) -> Any:
+    """The module's PNG scaling written out step by step, as documented."""
+    values = arr.astype(np.float64)
+    counted = np.isfinite(values)
+    if arr.dtype.kind == "u" and arr.dtype.itemsize >= 2:
+        counted &= arr != np.iinfo(arr.dtype).max
+    finite = values[counted]
+    if vmin is None:
+        vmin = float(np.percentile(finite, p[0])) if finite.size else 0.0
+    if vmax is None:
+        vmax = float(np.percentile(finite, p[1])) if finite.size else 0.0
+    with np.errstate(invalid="ignore", divide="ignore"):
+        if vmax > vmin:
+            t = np.clip((values - vmin) / (vmax - vmin), 0.0, 1.0)
+        else:
+            t = np.where(values > vmin, 1.0, 0.0)
+    t = np.nan_to_num(t, nan=0.0)
+    if scale == "log":
+        t = np.log1p(1000.0 * t) / np.log1p(1000.0)
+    return np.rint(t * 255.0).astype(np.uint8)
+
+
+def test_png_scale_equals_the_documented_formulas() -> None:
+    rng = np.random.default_rng(18)
+    floats = rng.normal(size=(40, 50)) * 300.0
+    floats[rng.random(floats.shape) < 0.05] = np.nan
+    floats[0, :3] = [np.inf, -np.inf, np.nan]
+    gaps = rng.integers(0, 2**32 - 1, (30, 30), dtype=np.uint32)
+    gaps[rng.random(gaps.shape) < 0.1] = 2**32 - 1
+    arrays = [
+        floats,
+        floats.astype(np.float32),
+        gaps,
+        rng.integers(-100, 100, (30, 30)).astype(np.int16),
+        np.full((3, 3), np.nan),
+    ]
+    for arr in arrays:
+        before = arr.copy()
+        for scale in ("linear", "log"):
+            for p in ((1.0, 99.0), (5.0, 50.0), (0.0, 100.0)):
+                for vmin, vmax in ((None, None), (0, 100), (-1, None), (None, 5), (3, 3)):
+                    got = png_scale(arr, vmin, vmax, scale=scale, pmin=p[0], pmax=p[1])
+                    want = _png_levels(arr, vmin, vmax, scale, p)
+                    np.testing.assert_array_equal(got, want)
+        np.testing.assert_array_equal(arr, before)  # the caller's array is left as it was
+
+
 @pytest.mark.parametrize(
     ("params", "named"),
     [

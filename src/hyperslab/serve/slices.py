@@ -200,6 +200,9 @@ SCALES = ("linear", "log")
 COLORMAPS = ("gray", "gray_r", "hot", "cubehelix")
 #: the ``a`` of the log scale ``log(1 + a t) / log(1 + a)``
 LOG_A = 1000.0
+#: zlib level of PNGs: 1 encodes a 1024 x 1024 detector frame in a third of the time of
+#: zlib's default (6) for 3 % more bytes; a preview is wanted soon more than small
+PNG_LEVEL = 1
 
 
 def check_png(
@@ -225,24 +228,34 @@ def png_scale(
 ) -> np.ndarray:
     """``arr`` scaled to uint8 levels as the module's description says."""
     check_png(scale=scale, pmin=pmin, pmax=pmax)
-    values = arr.astype(np.float64)
-    counted = np.isfinite(values)
-    if arr.dtype.kind == "u" and arr.dtype.itemsize >= 2:  # detectors' gap marker
-        counted &= arr != np.iinfo(arr.dtype).max
-    finite = values[counted]
-    if vmin is None:
-        vmin = float(np.percentile(finite, pmin)) if finite.size else 0.0
-    if vmax is None:
-        vmax = float(np.percentile(finite, pmax)) if finite.size else 0.0
+    values = arr.astype(np.float64)  # a copy: the steps below work in place on it
+    if vmin is None or vmax is None:
+        if arr.dtype.kind == "u" and arr.dtype.itemsize >= 2:  # detectors' gap marker
+            finite = values[arr != np.iinfo(arr.dtype).max]
+        elif arr.dtype.kind in "biu":  # integers are all finite
+            finite = values
+        else:
+            finite = values[np.isfinite(values)]
+        # both percentiles from one partition of the values (the same numbers as two calls)
+        low, high = np.percentile(finite, [pmin, pmax]) if finite.size else (0.0, 0.0)
+        vmin = float(low) if vmin is None else vmin
+        vmax = float(high) if vmax is None else vmax
+    # the formulas of the module's description, each step in place (a frame is 8 MB of
+    # float64; fresh arrays for every step took 3x as long)
     with np.errstate(invalid="ignore", divide="ignore"):
         if vmax > vmin:
-            t = np.clip((values - vmin) / (vmax - vmin), 0.0, 1.0)
+            t = np.subtract(values, vmin, out=values)
+            np.divide(t, vmax - vmin, out=t)
+            np.clip(t, 0.0, 1.0, out=t)
         else:
             t = np.where(values > vmin, 1.0, 0.0)
-    t = np.nan_to_num(t, nan=0.0)
+    np.nan_to_num(t, copy=False, nan=0.0)
     if scale == "log":
-        t = np.log1p(LOG_A * t) / np.log1p(LOG_A)
-    return np.rint(t * 255.0).astype(np.uint8)
+        np.multiply(t, LOG_A, out=t)
+        np.log1p(t, out=t)
+        np.divide(t, np.log1p(LOG_A), out=t)
+    np.multiply(t, 255.0, out=t)
+    return np.rint(t, out=t).astype(np.uint8)
 
 
 def colormap(name: str) -> np.ndarray:
@@ -299,7 +312,7 @@ def _png(
     lut = colormap(cmap)  # an unknown map is refused before any scaling
     levels = png_scale(arr, vmin, vmax, scale=scale, pmin=pmin, pmax=pmax)
     image = levels if cmap == "gray" else lut[levels]
-    return bytes(imagecodecs.png_encode(image))
+    return bytes(imagecodecs.png_encode(image, level=PNG_LEVEL))
 
 
 def _h5_attr(value: Any) -> Any:
