@@ -198,8 +198,15 @@ def archivable_sources(repo: Repository) -> list[dict[str, Any]]:
     before: dict[str, dict[str, Any]] = {}
     heads = set(repo.branches().values()) | set(repo.tags().values())
     for head in heads:
-        for name, value in repo.entries(head):
-            rec = repo.read_json("entry", value["id"])
+        try:
+            items = list(repo.entries(head))
+        except HyperslabError:
+            continue  # the walk reported it
+        for name, value in items:
+            try:
+                rec = repo.read_json("entry", value["id"])
+            except HyperslabError:
+                continue  # the walk reported it
             used.update(s["id"] for s in rec.get("sources", []))
             made = rec.get("compressed")
             if not isinstance(made, dict):
