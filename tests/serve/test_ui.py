@@ -168,6 +168,11 @@ def test_ui_with_keys(shared: Shared, browser: Any, shots: Path, frames: np.ndar
         assert "needs an API key" in ui.status()
         page.screenshot(path=str(shots / "1-no-key.png"))
 
+        page.fill("#key", "not-a-key")
+        page.click("#key-use")
+        ui.wait_js("() => document.getElementById('status').textContent.includes('refused')")
+        assert page.locator("#entries button").count() == 0
+
         # the key: kept in the tab's sessionStorage, sent as a bearer token
         page.fill("#key", ALICE)
         page.click("#key-use")

@@ -66,9 +66,8 @@ function setStatus(text, isError) {
 function fail(err) {
   if (err && err.name === "AbortError") return;
   if (err instanceof ApiError && err.status === 401) {
-    setStatus(
-      (apiKey() ? "The API key was refused: " : "This server needs an API key: enter it above. ")
-        + err.message, true);
+    setStatus(apiKey() ? "The API key was refused: " + err.message
+      : "This server needs an API key: enter it above.", true);
   } else {
     setStatus(err && err.message ? err.message : String(err), true);
   }
