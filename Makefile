@@ -7,7 +7,7 @@ HS := $(VENV)/bin/hyperslab
 STAMP := $(VENV)/.installed-stamp
 DEMO := demo-data
 
-.PHONY: install demo test lint readme bench bench-ingest bench-frames bench-access bench-sync bench-ml bench-chunk bench-serve clean
+.PHONY: install demo test lint readme bench bench-ingest bench-frames bench-compress bench-access bench-sync bench-ml bench-chunk bench-serve clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -64,6 +64,7 @@ bench: install
 	$(PY) benchmarks/commit.py
 	$(MAKE) --no-print-directory bench-ingest
 	$(MAKE) --no-print-directory bench-frames
+	$(MAKE) --no-print-directory bench-compress
 	$(MAKE) --no-print-directory bench-access
 	$(MAKE) --no-print-directory bench-sync
 	$(MAKE) --no-print-directory bench-chunk
@@ -82,6 +83,13 @@ bench-ingest: install
 # the frames into bench-data/frames/. Extra options: make bench-frames FRAMES_ARGS="--repeats 5"
 bench-frames: install
 	$(PY) benchmarks/frames.py $(FRAMES_ARGS)
+
+# hyperslab compress (bitshuffle-LZ4, zstd, Blosc2) against h5py + hdf5plugin writing the
+# same codec, on photon-counting Pilatus 2M frames (written once into bench-data/compress/),
+# and cold reads of a frame and a pixel series before and after on loopback S3 (s3rver,
+# like bench-access). Extra options: make bench-compress COMPRESS_ARGS="--frames 100"
+bench-compress: install
+	$(PY) benchmarks/compress.py $(COMPRESS_ARGS)
 
 # Range reads on loopback S3 (s3rver, an npm package installed once into the
 # git-ignored benchmarks/.node; needs Node.js and npm). The first run writes a

@@ -597,11 +597,13 @@ def compress(
     pack_bytes: int = PACK_RAW_BYTES,
     on_pack: Callable[[PackTask], None] | None = None,
     on_plan: Callable[[list[PackTask]], None] | None = None,
+    threads: int | None = None,
 ) -> CompressResult:
     """Compress ``entries`` of ``branch``'s head and commit them in one new snapshot.
 
     ``on_plan`` hears every pack to make (done ones included), ``on_pack`` each as it
-    finishes. An entry already compressed with these options is left as it is.
+    finishes. Without a client, chunks are encoded on ``threads`` threads (default:
+    one a core); with one, each worker encodes its pack on its own thread. An entry already compressed with these options is left as it is.
     Named errors: an unknown entry (NotFoundError), bad options (BadInputError), an
     entry changed on the branch meanwhile (EntryConflictError, at the commit)."""
     started = time.perf_counter()
@@ -649,9 +651,10 @@ def compress(
             else:
                 todo.append(t)
     if client is None:
-        threads = os.cpu_count() or 1
         for t in todo:
-            records[(t.job, t.number)] = compress_task(repo, t, threads=threads)
+            records[(t.job, t.number)] = compress_task(
+                repo, t, threads=threads or os.cpu_count() or 1
+            )
             if on_pack is not None:
                 on_pack(t)
     else:
