@@ -114,6 +114,10 @@ def test_limits_keys_and_errors(shared: Shared, client: Any) -> None:
             headers=auth(BOB),
         )
         assert res.status_code == 200, res.text
+        res = small.get(  # a NetCDF selection is counted after it cuts, before reading
+            f"/api/download/{ENTRY}", params={"format": "nc", "sel": "0,0:1,0:1"}, headers=auth(BOB)
+        )
+        assert res.status_code == 200, res.text
     assert client.get(f"/api/download/{ENTRY}").status_code == 401
     assert client.get(f"/api/download/{ENTRY}", headers=auth("wrong")).status_code == 401
     assert client.get(f"/api/download/{OTHER}", headers=auth(ALICE)).status_code == 403
@@ -138,3 +142,39 @@ def test_etag_immutable_for_snapshot(client: Any, shared: Shared) -> None:
     )
     assert again.status_code == 304
     assert "immutable" not in _download(client, group="entry/data").headers["cache-control"]
+
+
+@pytest.mark.parametrize(
+    ("sel", "isel"),
+    [
+        ("1:3,::2", {"frame_number": slice(1, 3), "phony_dim_0": slice(None, None, 2)}),
+        ("-1,5,:", {"frame_number": -1, "phony_dim_0": 5}),
+        ("...,3:9:3", {"phony_dim_1": slice(3, 9, 3)}),
+    ],
+)
+def test_netcdf_selection_equals_xarray_isel(
+    client: Any, shared: Shared, sel: str, isel: dict[str, Any]
+) -> None:
+    """``sel=`` of a NetCDF download cuts the signal's dimensions by name (coordinates
+    too): the file equals xarray's ``isel`` of the same group."""
+    xr = pytest.importorskip("xarray")
+    store = open_store(shared.repo, ENTRY)
+    want = dataset_from_store(store, chunks=None).isel(isel).load()
+    assert want["data"].size < 4 * 24 * 32  # the selection cut something
+    res = _download(client, format="nc", sel=sel)
+    with xr.open_dataset(io.BytesIO(res.content)) as got:
+        xr.testing.assert_identical(got.load(), want)
+    # a 1-D group: its one data variable's dimension
+    want = dataset_from_store(store, "entry/monitor", chunks=None).isel(phony_dim_0=slice(1, 3))
+    res = _download(client, format="nc", group="entry/monitor", sel="1:3")
+    with xr.open_dataset(io.BytesIO(res.content)) as got:
+        np.testing.assert_array_equal(got["data"].values, want["data"].values)
+        assert got["data"].values.tolist() == _source(shared)["entry/monitor/data"][1:3].tolist()
+
+
+@pytest.mark.parametrize("sel", ["0,0,0,0", "x", "99,:,:", "::-1"])
+def test_netcdf_bad_selection_is_400(client: Any, sel: str) -> None:
+    res = client.get(
+        f"/api/download/{ENTRY}", params={"format": "nc", "sel": sel}, headers=auth(BOB)
+    )
+    assert res.status_code == 400 and res.json()["error"]["message"], res.text

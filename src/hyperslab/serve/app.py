@@ -21,9 +21,11 @@
   ``h5`` (default) holds every array under its path and every group with its attributes;
   ``nc`` is the group (default: the entry's NeXus NXdata group) as NetCDF-4, the xarray
   dataset of :func:`~hyperslab.access.dataset.dataset_from_store`, written with h5netcdf
-  or netCDF4. ``sel`` (h5 only) is one selection applied to every array with at least as
-  many dimensions as it names (``...`` not counted), the others whole; the values sent
-  (counted before reading) are at most ``max_slice_bytes``, else 413.
+  or netCDF4. ``sel``: for ``h5``, one selection applied to every array with at least as
+  many dimensions as it names (``...`` not counted), the others whole; for ``nc``, a
+  selection of the signal's dimensions applied by name with xarray's ``isel`` to every
+  variable having them (:func:`nc_selection`). The values sent (counted before
+  reading) are at most ``max_slice_bytes``, else 413.
 
 * ``GET /`` (a redirect) and ``/ui/``: the browser UI (:mod:`.ui`), served without a key
   (it holds no data; its requests send the key the user types in).
@@ -93,7 +95,7 @@ except ImportError as exc:  # pragma: no cover - the extra is installed in tests
         "pip install 'hyperslab[serve]'"
     ) from None
 
-__all__ = ["create_app"]
+__all__ = ["create_app", "nc_selection"]
 
 log = logging.getLogger("hyperslab.serve")
 
@@ -489,11 +491,33 @@ def _download_h5(store: HyperslabStore, group: str, sel: str | None, limit: int)
     return h5_tree(groups, ((a.path, a[s.items], a.attrs) for a, s in picks))
 
 
-def _download_nc(store: HyperslabStore, group: str, limit: int) -> bytes:
+def nc_selection(ds: Any, sel: str | None) -> dict[str, int | slice]:
+    """The ``isel`` indexers ``sel`` means for the NetCDF download of ``ds``: one
+    selection over the dimensions of the dataset's signal (its NeXus ``signal``, else
+    the data variable of most dimensions, the first by name of those), by name, so that
+    every variable with those dimensions (coordinates too) is cut alike."""
+    if not sel:
+        return {}
+    names = sorted(str(n) for n in ds.data_vars)
+    signal = ds.attrs.get("signal")
+    if signal not in names:
+        ranked = sorted(names, key=lambda n: -ds[n].ndim)
+        signal = ranked[0] if ranked else None
+    if signal is None or ds[signal].ndim == 0:
+        raise _HttpError(
+            400, "bad_input", "sel= needs a group with a data variable of 1 or more dimensions"
+        )
+    var = ds[signal]
+    picked = parse_selection(sel, tuple(var.shape))
+    return {str(d): i for d, i in zip(var.dims, picked.items, strict=True)}
+
+
+def _download_nc(store: HyperslabStore, group: str, sel: str | None, limit: int) -> bytes:
     from hyperslab.access.dataset import dataset_from_store
 
     engine = _netcdf_engine()
     ds = dataset_from_store(store, group or None, chunks=None)
+    ds = ds.isel(nc_selection(ds, sel))
     size = int(ds.nbytes)
     if size > limit:
         raise _HttpError(413, "too_large", f"the download is {size} bytes; at most {limit}")
@@ -510,8 +534,6 @@ async def _download(server: _Server, request: Request) -> Response:
         raise _HttpError(400, "bad_input", f"format must be h5 or nc, not {fmt!r}")
     group = (request.query_params.get("group") or "").strip("/")
     sel = request.query_params.get("sel") or None
-    if sel is not None and fmt == "nc":
-        raise _HttpError(400, "bad_input", "sel= is for format=h5 only")
     sid, immutable = await run_in_threadpool(server.resolve, request)
     if not await run_in_threadpool(server.has_entry, sid, entry):
         raise NotFoundError(f"no entry {entry!r} in snapshot {sid[:12]}")
@@ -524,7 +546,7 @@ async def _download(server: _Server, request: Request) -> Response:
     if fmt == "h5":
         body = await run_in_threadpool(_download_h5, store, group, sel, limit)
     else:
-        body = await run_in_threadpool(_download_nc, store, group, limit)
+        body = await run_in_threadpool(_download_nc, store, group, sel, limit)
     name = entry.rsplit("/", 1)[-1].replace('"', "_")
     headers["Content-Disposition"] = f'attachment; filename="{name}.{fmt}"'
     return Response(body, media_type=DOWNLOADS[fmt], headers=headers)
