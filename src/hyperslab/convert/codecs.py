@@ -115,27 +115,29 @@ class BitshuffleH5(Codec):
             )
         block = self._block()
         nelem = data.nbytes // esize
-        shuffled = np.frombuffer(
-            imagecodecs.bitshuffle_encode(data.tobytes(), itemsize=esize, blocksize=block),
-            np.uint8,
-        )
+        shuffled = memoryview(
+            imagecodecs.bitshuffle_encode(data.tobytes(), itemsize=esize, blocksize=block)
+        ).cast("B")
         parts = [struct.pack(">QI", data.nbytes, block * esize)]
-        sizes = [block] * (nelem // block)
+        nfull = nelem // block
         last = nelem % block
         last -= last % _BSHUF_BLOCKED_MULT
+        step = block * esize
+        bounds = [(i * step, (i + 1) * step) for i in range(nfull)]
         if last:
-            sizes.append(last)
-        pos = 0
-        for nblock in sizes:
-            raw = shuffled[pos : pos + nblock * esize].tobytes()
-            pos += nblock * esize
-            if self.compression == _BSHUF_LZ4:
-                comp = imagecodecs.lz4_encode(raw, header=False)
-            else:
-                comp = imagecodecs.zstd_encode(raw, level=self.level or None)
-            parts.append(struct.pack(">I", len(comp)))
-            parts.append(bytes(comp))
-        parts.append(shuffled[pos:].tobytes())
+            bounds.append((nfull * step, nfull * step + last * esize))
+        if self.compression == _BSHUF_LZ4:
+            lz4 = imagecodecs.lz4_encode
+            comps = [lz4(shuffled[a:b], header=False) for a, b in bounds]
+        else:
+            level = self.level or None
+            comps = [imagecodecs.zstd_encode(shuffled[a:b], level=level) for a, b in bounds]
+        pack = struct.Struct(">I").pack
+        for comp in comps:
+            parts.append(pack(len(comp)))
+            parts.append(comp)
+        end = bounds[-1][1] if bounds else 0
+        parts.append(bytes(shuffled[end:]))
         return b"".join(parts)
 
     def decode(self, buf: BufferLike, out: BufferLike | None = None) -> BufferLike:
