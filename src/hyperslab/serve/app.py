@@ -1,4 +1,12 @@
-"""The ASGI application of ``hyperslab serve``: a repository shared over HTTP.
+"""The ASGI application of ``hyperslab serve``: repositories shared over HTTP.
+
+One repository: the URLs below. Several (``create_app({name: repo, ...})``): each URL
+carries the repository's name after ``/api`` or ``/zarr`` (``/api/<name>/entries``,
+``/zarr/<name>/<entry>/...``); a path segment rather than ``?repo=``, because zarr
+clients append keys to the URL they are given, and the name then sits where the entry's
+path begins, as a directory would. ``GET /api/repositories`` lists the repositories a
+key may read, with the base of their URLs; an unprefixed data URL on a server of several
+is 404 saying so.
 
 * ``GET /zarr/<entry>/<zarr key>?ref=`` (or ``/zarr/@<ref>/<entry>/<zarr key>``: zarr
   clients append keys to the URL, so theirs carries the ref in the path) serves exactly what :class:`HyperslabStore`
@@ -41,8 +49,10 @@ an ETag and ``Cache-Control: immutable``; one for a branch or tag is revalidated
 
 Access: API keys (:mod:`.keys`) as ``Authorization: Bearer <key>``; without a valid
 key, and unless anonymous reads are allowed, every data endpoint answers 401; a key
-limited to entry globs gets 403 for any other entry, and searches and listings show it
-only its entries. Errors are JSON ``{"error": {"code", "message"}}``, never a trace.
+limited by repository or entry globs gets 403 for any other (whether it exists or not).
+A key limited to some entries is *restricted*: entries and search show it only its
+entries, and the log, branches, tags and error messages nothing of the others
+(:mod:`.history`). Errors are JSON ``{"error": {"code", "message"}}``, never a trace.
 
 Why Starlette: a small ASGI toolkit with no build step and few dependencies, enough for
 a handful of routes that stream bytes and JSON; FastAPI would add pydantic and schema
@@ -55,9 +65,11 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
 import threading
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -74,6 +86,7 @@ from hyperslab.errors import (
     UnsupportedFeatureError,
 )
 from hyperslab.references.repository import Repository
+from hyperslab.serve.history import check_ref, quiet, visible_log, visible_refs
 from hyperslab.serve.keys import ANONYMOUS, Grant, KeyRing
 from hyperslab.serve.slices import FORMATS, check_png, encode, h5_tree, parse_selection
 from hyperslab.serve.tree import entry_tree, json_safe
@@ -95,7 +108,7 @@ except ImportError as exc:  # pragma: no cover - the extra is installed in tests
         "pip install 'hyperslab[serve]'"
     ) from None
 
-__all__ = ["create_app", "nc_selection"]
+__all__ = ["REPO_NAME", "create_app", "nc_selection", "repository_name"]
 
 log = logging.getLogger("hyperslab.serve")
 
@@ -158,21 +171,35 @@ def _int(request: Request, name: str, default: int, low: int, high: int) -> int:
     return value
 
 
+#: what a repository's name on a server may be (one clean URL segment)
+REPO_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+
+
+@dataclass(frozen=True)
+class _Ctx:
+    """One request's key and the repository it reads."""
+
+    grant: Grant
+    name: str
+    repo: Repository
+
+
 class _Server:
-    """The state behind the routes: the repository, the keys and the open stores."""
+    """The state behind the routes: the repositories, the keys and the open stores."""
 
     def __init__(
         self,
-        repo: Repository,
+        repos: dict[str, Repository],
         keys: KeyRing | None,
         allow_anonymous: bool,
         max_slice_bytes: int = MAX_SLICE_BYTES,
     ) -> None:
-        self.repo = repo
+        self.repos = repos
+        self.prefixed = len(repos) > 1  # several: /api/<name>/..., /zarr/<name>/...
         self.keys = keys
         self.allow_anonymous = allow_anonymous
         self.max_slice_bytes = max_slice_bytes
-        self.stores: OrderedDict[tuple[str, str], HyperslabStore] = OrderedDict()
+        self.stores: OrderedDict[tuple[str, str, str], HyperslabStore] = OrderedDict()
         self.lock = threading.Lock()
 
     # ------------------------------------------------------------ access
@@ -186,53 +213,92 @@ class _Server:
         grant = self.keys.grant(key.strip()) if self.keys and scheme.lower() == "bearer" else None
         if grant is None:
             raise _HttpError(401, "unauthorized", "the API key is not valid")
+        request.state.grant = grant  # errors of a restricted key are quieted (_route)
         return grant
 
+    def context(self, request: Request) -> _Ctx:
+        """The request's key and repository (its name in the path when there are several):
+        401 without a valid key, 403 for a repository the key may not read (named or not),
+        404 for one it may but that is not here."""
+        grant = self.grant(request)
+        name = request.path_params["repo"] if self.prefixed else next(iter(self.repos))
+        if not grant.allows_repository(name):
+            raise _HttpError(
+                403, "forbidden", f"key {grant.name!r} may not read repository {name!r}"
+            )
+        repo = self.repos.get(name)
+        if repo is None:
+            raise _HttpError(
+                404, "not_found", f"no repository {name!r} on this server (see /api/repositories)"
+            )
+        return _Ctx(grant, name, repo)
+
     @staticmethod
-    def check(grant: Grant, entry: str) -> None:
-        if not grant.allows(entry):
-            raise _HttpError(403, "forbidden", f"key {grant.name!r} may not read entry {entry!r}")
+    def check(ctx: _Ctx, entry: str) -> None:
+        if not ctx.grant.allows(entry):
+            raise _HttpError(
+                403, "forbidden", f"key {ctx.grant.name!r} may not read entry {entry!r}"
+            )
 
     # ------------------------------------------------------------ snapshots, entries
-    def resolve(self, request: Request, ref: str | None = None) -> tuple[str, bool]:
-        """``(snapshot id, immutable)`` of ``ref``, else the request's ``?ref=`` (or main)."""
+    def resolve(self, ctx: _Ctx, request: Request, ref: str | None = None) -> tuple[str, bool]:
+        """``(snapshot id, immutable)`` of ``ref``, else the request's ``?ref=`` (or main);
+        a ref the key may not see is reported as one that does not exist."""
         ref = ref or request.query_params.get("ref") or "main"
-        sid = self.repo.resolve(ref)
+        check_ref(ref, ctx.grant)
+        try:
+            sid = ctx.repo.resolve(ref)
+        except NotFoundError:
+            if not ctx.grant.restricted:
+                raise
+            raise NotFoundError(
+                f"{ref!r} is not a branch, tag or snapshot this key may read"
+            ) from None
         return sid, ref == sid
 
-    def has_entry(self, sid: str, name: str) -> bool:
-        return self.repo.tree.get(self.repo.snapshot(sid).tree, name) is not None
+    @staticmethod
+    def has_entry(ctx: _Ctx, sid: str, name: str) -> bool:
+        return ctx.repo.tree.get(ctx.repo.snapshot(sid).tree, name) is not None
 
-    def store(self, sid: str, entry: str) -> HyperslabStore:
+    def record(self, ctx: _Ctx, sid: str, name: str) -> dict[str, Any]:
+        """The entry record of ``name`` (an entry the key may read) in snapshot ``sid``."""
+        if not self.has_entry(ctx, sid, name):
+            raise NotFoundError(f"no entry {name!r} in snapshot {sid[:12]}")
+        return ctx.repo.entry(sid, name)
+
+    def store(self, ctx: _Ctx, sid: str, entry: str) -> HyperslabStore:
+        key = (ctx.name, sid, entry)
         with self.lock:
-            found = self.stores.get((sid, entry))
+            found = self.stores.get(key)
             if found is not None:
-                self.stores.move_to_end((sid, entry))
+                self.stores.move_to_end(key)
                 return found
-        store = open_store(self.repo, entry, snapshot=sid)
+        store = open_store(ctx.repo, entry, snapshot=sid)
         with self.lock:
-            self.stores[(sid, entry)] = store
+            self.stores[key] = store
             while len(self.stores) > STORES:
                 self.stores.popitem(last=False)[1].close()
         return store
 
-    def split(self, sid: str, parts: list[str], grant: Grant) -> tuple[str, str]:
+    def split(self, ctx: _Ctx, sid: str, parts: list[str]) -> tuple[str, str]:
         """``(entry, zarr key)``: the longest allowed prefix of ``parts`` naming an entry."""
         allowed = False
         for i in range(len(parts) - 1, 0, -1):
             entry = "/".join(parts[:i])
-            if not grant.allows(entry):
+            if not ctx.grant.allows(entry):
                 continue
             allowed = True
-            if self.has_entry(sid, entry):
+            if self.has_entry(ctx, sid, entry):
                 return entry, "/".join(parts[i:])
         if not allowed:
-            raise _HttpError(403, "forbidden", f"key {grant.name!r} may not read this entry")
+            raise _HttpError(403, "forbidden", f"key {ctx.grant.name!r} may not read this entry")
         raise NotFoundError(f"no entry of snapshot {sid[:12]} at {'/'.join(parts)!r}")
 
 
-def _cache_headers(server: _Server, sid: str, immutable: bool, *parts: str) -> dict[str, str]:
-    etag = hashlib.sha256("\0".join((sid, *parts)).encode()).hexdigest()[:40]
+def _cache_headers(
+    server: _Server, ctx: _Ctx, sid: str, immutable: bool, *parts: str
+) -> dict[str, str]:
+    etag = hashlib.sha256("\0".join((ctx.name, sid, *parts)).encode()).hexdigest()[:40]
     scope = "public" if server.keys is None else "private"
     control = f"{scope}, {_IMMUTABLE}" if immutable else f"{scope}, no-cache"
     return {"ETag": f'"{etag}"', "Cache-Control": control}
@@ -260,7 +326,9 @@ def _route(server: _Server, handler: Handler) -> Callable[[Request], Awaitable[R
             status = _status(exc)
             if status >= 500:
                 log.warning("%s %s: %s (%s)", request.method, request.url.path, exc.code, exc)
-            return _error(status, exc.code, exc.message)
+            grant = getattr(request.state, "grant", None)
+            restricted = grant is not None and grant.restricted
+            return _error(status, exc.code, quiet(exc.message) if restricted else exc.message)
         except Exception:
             log.exception("%s %s failed", request.method, request.url.path)
             return _error(500, "internal", "internal error (see the server's log)")
@@ -278,18 +346,18 @@ def _json(doc: Any, headers: dict[str, str] | None = None) -> Response:
 
 
 async def _zarr(server: _Server, request: Request) -> Response:
-    grant = server.grant(request)
+    ctx = server.context(request)
     parts = _segments(request.path_params["path"])
     ref = None
     if parts[0].startswith("@") and len(parts) > 1:
         ref, parts = parts[0][1:], parts[1:]
-    sid, immutable = await run_in_threadpool(server.resolve, request, ref)
-    entry, key = await run_in_threadpool(server.split, sid, parts, grant)
-    headers = _cache_headers(server, sid, immutable, "zarr", entry, key)
+    sid, immutable = await run_in_threadpool(server.resolve, ctx, request, ref)
+    entry, key = await run_in_threadpool(server.split, ctx, sid, parts)
+    headers = _cache_headers(server, ctx, sid, immutable, "zarr", entry, key)
     cached = _not_modified(request, headers)
     if cached is not None:
         return cached
-    store = await run_in_threadpool(server.store, sid, entry)
+    store = await run_in_threadpool(server.store, ctx, sid, entry)
     from zarr.core.buffer import default_buffer_prototype
 
     buf = await store.get(key, default_buffer_prototype())
@@ -299,42 +367,59 @@ async def _zarr(server: _Server, request: Request) -> Response:
     return Response(buf.to_bytes(), media_type=media or "application/octet-stream", headers=headers)
 
 
+async def _repositories(server: _Server, request: Request) -> Response:
+    grant = server.grant(request)
+    names = [n for n in server.repos if grant.allows_repository(n)]
+    rows = [
+        {
+            "name": n,
+            **(
+                {"api": f"api/{n}/", "zarr": f"zarr/{n}/"}
+                if server.prefixed
+                else {"api": "api/", "zarr": "zarr/"}
+            ),
+        }
+        for n in names
+    ]
+    return _json({"prefixed": server.prefixed, "repositories": rows})
+
+
 async def _branches(server: _Server, request: Request) -> Response:
-    server.grant(request)
-    return _json({"branches": await run_in_threadpool(server.repo.branches)})
+    ctx = server.context(request)
+    refs = await run_in_threadpool(ctx.repo.branches)
+    return _json({"branches": visible_refs(refs, ctx.grant)})
 
 
 async def _tags(server: _Server, request: Request) -> Response:
-    server.grant(request)
-    return _json({"tags": await run_in_threadpool(server.repo.tags)})
+    ctx = server.context(request)
+    refs = await run_in_threadpool(ctx.repo.tags)
+    return _json({"tags": visible_refs(refs, ctx.grant)})
 
 
 async def _log(server: _Server, request: Request) -> Response:
-    server.grant(request)
+    ctx = server.context(request)
     limit = _int(request, "limit", PAGE, 1, MAX_PAGE)
-    sid, _ = await run_in_threadpool(server.resolve, request)
-
-    def snaps() -> list[dict[str, Any]]:
-        return [s.to_json() for s in server.repo.log(sid, limit=limit)]
-
-    return _json(
-        {
-            "ref": request.query_params.get("ref") or "main",
-            "snapshots": await run_in_threadpool(snaps),
-        }
-    )
+    sid, _ = await run_in_threadpool(server.resolve, ctx, request)
+    snaps, complete = await run_in_threadpool(visible_log, ctx.repo, sid, ctx.grant, limit)
+    doc = {
+        "ref": request.query_params.get("ref") or "main",
+        "filtered": ctx.grant.restricted,
+        "complete": complete,
+        "snapshots": snaps,
+    }
+    return _json(doc)
 
 
 async def _entries(server: _Server, request: Request) -> Response:
-    grant = server.grant(request)
+    ctx = server.context(request)
     offset = _int(request, "offset", 0, 0, 2**62)
     limit = _int(request, "limit", PAGE, 1, MAX_PAGE)
-    sid, _ = await run_in_threadpool(server.resolve, request)
+    sid, _ = await run_in_threadpool(server.resolve, ctx, request)
 
     def page() -> tuple[int, list[dict[str, Any]]]:
         total, rows = 0, []
-        for name, value in server.repo.entries(sid):
-            if not grant.allows(name):
+        for name, value in ctx.repo.entries(sid):
+            if not ctx.grant.allows(name):
                 continue
             if offset <= total < offset + limit:
                 rows.append({"name": name, "catalog": value.get("catalog", {})})
@@ -347,15 +432,15 @@ async def _entries(server: _Server, request: Request) -> Response:
 
 
 async def _entry(server: _Server, request: Request) -> Response:
-    grant = server.grant(request)
+    ctx = server.context(request)
     name = "/".join(_segments(request.path_params["path"]))
-    server.check(grant, name)
-    sid, immutable = await run_in_threadpool(server.resolve, request)
-    headers = _cache_headers(server, sid, immutable, "entry", name)
+    server.check(ctx, name)
+    sid, immutable = await run_in_threadpool(server.resolve, ctx, request)
+    headers = _cache_headers(server, ctx, sid, immutable, "entry", name)
     cached = _not_modified(request, headers)
     if cached is not None:
         return cached
-    rec = await run_in_threadpool(server.repo.entry, sid, name)
+    rec = await run_in_threadpool(server.record, ctx, sid, name)
     doc: dict[str, Any] = {
         "snapshot": sid,
         "name": name,
@@ -365,16 +450,16 @@ async def _entry(server: _Server, request: Request) -> Response:
 
 
 async def _tree(server: _Server, request: Request) -> Response:
-    grant = server.grant(request)
+    ctx = server.context(request)
     name = "/".join(_segments(request.path_params["path"]))
-    server.check(grant, name)
-    sid, immutable = await run_in_threadpool(server.resolve, request)
-    headers = _cache_headers(server, sid, immutable, "tree", name)
+    server.check(ctx, name)
+    sid, immutable = await run_in_threadpool(server.resolve, ctx, request)
+    headers = _cache_headers(server, ctx, sid, immutable, "tree", name)
     cached = _not_modified(request, headers)
     if cached is not None:
         return cached
-    rec = await run_in_threadpool(server.repo.entry, sid, name)
-    store = await run_in_threadpool(server.store, sid, name)
+    rec = await run_in_threadpool(server.record, ctx, sid, name)
+    store = await run_in_threadpool(server.store, ctx, sid, name)
     tree = await run_in_threadpool(entry_tree, store.view.refmap)
     doc = {"snapshot": sid, "name": name, "catalog": rec.get("catalog", {}), **tree}
     return _json(doc, headers)
@@ -383,14 +468,14 @@ async def _tree(server: _Server, request: Request) -> Response:
 async def _search(server: _Server, request: Request) -> Response:
     from hyperslab.references.search import search
 
-    grant = server.grant(request)
+    ctx = server.context(request)
     query = request.query_params.get("q")
     if query is None:
         raise _HttpError(400, "bad_query", "give a query: /api/search?q=TERMS")
     limit = _int(request, "limit", PAGE, 1, MAX_PAGE)
-    sid, _ = await run_in_threadpool(server.resolve, request)
-    result = await run_in_threadpool(search, server.repo, sid, query)
-    hits = [{"entry": n, "catalog": c} for n, c in result if grant.allows(n)]
+    sid, _ = await run_in_threadpool(server.resolve, ctx, request)
+    result = await run_in_threadpool(search, ctx.repo, sid, query)
+    hits = [{"entry": n, "catalog": c} for n, c in result if ctx.grant.allows(n)]
     return _json({"snapshot": sid, "query": query, "total": len(hits), "hits": hits[:limit]})
 
 
@@ -408,7 +493,7 @@ def _float(request: Request, name: str) -> float | None:
 
 
 async def _slice(server: _Server, request: Request) -> Response:
-    grant = server.grant(request)
+    ctx = server.context(request)
     parts = _segments(request.path_params["path"])
     fmt = request.query_params.get("format") or "npy"
     if fmt not in FORMATS:
@@ -422,9 +507,9 @@ async def _slice(server: _Server, request: Request) -> Response:
     cmap = request.query_params.get("cmap") or "gray"
     if fmt == "png":
         check_png(scale=scale, cmap=cmap, pmin=pmin, pmax=pmax)
-    sid, immutable = await run_in_threadpool(server.resolve, request)
-    entry, path = await run_in_threadpool(server.split, sid, parts, grant)
-    store = await run_in_threadpool(server.store, sid, entry)
+    sid, immutable = await run_in_threadpool(server.resolve, ctx, request)
+    entry, path = await run_in_threadpool(server.split, ctx, sid, parts)
+    store = await run_in_threadpool(server.store, ctx, sid, entry)
     array = await run_in_threadpool(HyperslabArray, store, path)
     sel = parse_selection(request.query_params.get("sel"), array.shape)
     size = int(np.prod(sel.shape, dtype=np.int64)) * array.dtype.itemsize
@@ -438,7 +523,7 @@ async def _slice(server: _Server, request: Request) -> Response:
     extra: tuple[str, ...] = (sel.text(), fmt)
     if fmt == "png":
         extra += (str(vmin), str(vmax), str(pmin), str(pmax), scale, cmap)
-    headers = _cache_headers(server, sid, immutable, "slice", entry, path, *extra)
+    headers = _cache_headers(server, ctx, sid, immutable, "slice", entry, path, *extra)
     cached = _not_modified(request, headers)
     if cached is not None:
         return cached
@@ -526,22 +611,22 @@ def _download_nc(store: HyperslabStore, group: str, sel: str | None, limit: int)
 
 
 async def _download(server: _Server, request: Request) -> Response:
-    grant = server.grant(request)
+    ctx = server.context(request)
     entry = "/".join(_segments(request.path_params["path"]))
-    server.check(grant, entry)
+    server.check(ctx, entry)
     fmt = request.query_params.get("format") or "h5"
     if fmt not in DOWNLOADS:
         raise _HttpError(400, "bad_input", f"format must be h5 or nc, not {fmt!r}")
     group = (request.query_params.get("group") or "").strip("/")
     sel = request.query_params.get("sel") or None
-    sid, immutable = await run_in_threadpool(server.resolve, request)
-    if not await run_in_threadpool(server.has_entry, sid, entry):
+    sid, immutable = await run_in_threadpool(server.resolve, ctx, request)
+    if not await run_in_threadpool(server.has_entry, ctx, sid, entry):
         raise NotFoundError(f"no entry {entry!r} in snapshot {sid[:12]}")
-    headers = _cache_headers(server, sid, immutable, "download", entry, fmt, group, sel or "")
+    headers = _cache_headers(server, ctx, sid, immutable, "download", entry, fmt, group, sel or "")
     cached = _not_modified(request, headers)
     if cached is not None:
         return cached
-    store = await run_in_threadpool(server.store, sid, entry)
+    store = await run_in_threadpool(server.store, ctx, sid, entry)
     limit = server.max_slice_bytes
     if fmt == "h5":
         body = await run_in_threadpool(_download_h5, store, group, sel, limit)
@@ -585,8 +670,52 @@ class _Limit:
             self.in_flight -= 1
 
 
+def repository_name(display: str) -> str:
+    """A name for a repository on a server from its URL or path: the last part, with
+    characters other than letters, digits, ``.``, ``_`` and ``-`` made ``_``."""
+    last = re.split(r"[/:\\]", display.rstrip("/\\"))[-1]
+    name = re.sub(r"[^A-Za-z0-9._-]", "_", last).lstrip("._-")[:64]
+    return name or "repository"
+
+
+def _repositories_of(repo: Repository | Mapping[str, Repository]) -> dict[str, Repository]:
+    repos = {repository_name(repo.display): repo} if isinstance(repo, Repository) else dict(repo)
+    if not repos:
+        raise BadInputError("give at least one repository to serve")
+    for name in repos:
+        if not REPO_NAME.fullmatch(name):
+            raise BadInputError(
+                f"repository name {name!r} must be 1-64 letters, digits, '.', '_' or '-', "
+                "starting with a letter or digit"
+            )
+    return repos
+
+
+#: the data routes: (path after /api, or /zarr, handler)
+_DATA_ROUTES: tuple[tuple[str, Handler], ...] = (
+    ("/branches", _branches),
+    ("/tags", _tags),
+    ("/log", _log),
+    ("/entries", _entries),
+    ("/entries/{path:path}", _entry),
+    ("/tree/{path:path}", _tree),
+    ("/search", _search),
+    ("/slice/{path:path}", _slice),
+    ("/download/{path:path}", _download),
+)
+
+
+async def _unprefixed(server: _Server, request: Request) -> Response:
+    raise _HttpError(
+        404,
+        "not_found",
+        "this server shares several repositories: put one's name in front "
+        "(/api/NAME/entries, /zarr/NAME/ENTRY); /api/repositories lists them",
+    )
+
+
 def create_app(
-    repo: Repository,
+    repo: Repository | Mapping[str, Repository],
     *,
     keys: KeyRing | None = None,
     allow_anonymous: bool = False,
@@ -594,24 +723,23 @@ def create_app(
     max_requests: int = MAX_REQUESTS,
     cors_origins: Sequence[str] = (),
 ) -> Starlette:
-    """The ASGI app sharing ``repo`` (see the module's description)."""
+    """The ASGI app sharing ``repo``, or the repositories of a mapping name → repository
+    (see the module's description; with one, the URLs carry no name)."""
     if max_requests < 1:
         raise ValueError(f"max_requests must be at least 1, not {max_requests}")
-    repo.store_derived = False  # a server only reads
-    server = _Server(repo, keys, allow_anonymous, max_slice_bytes)
+    repos = _repositories_of(repo)
+    for r in repos.values():
+        r.store_derived = False  # a server only reads
+    server = _Server(repos, keys, allow_anonymous, max_slice_bytes)
+    at = "/{repo}" if server.prefixed else ""
     routes = [
-        Route("/zarr/{path:path}", _route(server, _zarr), methods=["GET", "HEAD"]),
-        Route("/api/branches", _route(server, _branches)),
-        Route("/api/tags", _route(server, _tags)),
-        Route("/api/log", _route(server, _log)),
-        Route("/api/entries", _route(server, _entries)),
-        Route("/api/entries/{path:path}", _route(server, _entry)),
-        Route("/api/tree/{path:path}", _route(server, _tree)),
-        Route("/api/search", _route(server, _search)),
-        Route("/api/slice/{path:path}", _route(server, _slice)),
-        Route("/api/download/{path:path}", _route(server, _download)),
-        *ui_routes(),
+        Route("/api/repositories", _route(server, _repositories)),
+        Route(f"/zarr{at}/{{path:path}}", _route(server, _zarr), methods=["GET", "HEAD"]),
+        *(Route(f"/api{at}{path}", _route(server, handler)) for path, handler in _DATA_ROUTES),
     ]
+    if server.prefixed:  # an unprefixed URL: say how they are spelled here
+        routes.append(Route("/api/{rest:path}", _route(server, _unprefixed)))
+    routes.extend(ui_routes())
     middleware = []
     if cors_origins:  # outermost: a preflight is answered before the limit, a 503 has CORS
         middleware.append(

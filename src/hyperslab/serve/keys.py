@@ -1,12 +1,24 @@
 """API keys of ``hyperslab serve``: a TOML file of named, hashed keys, each limited to
-entry globs (or not at all).
+repository, entry and ref globs (or not at all).
 
 ::
 
     [[key]]
     name = "alice"
     hash = "sha256:3f0c..."        # hyperslab serve --hash-key  (the key is never stored)
-    entries = ["run42/*"]          # optional: shell globs of entry names; absent = all
+    repositories = ["beamline"]    # optional: globs of repository names; absent = all
+    entries = ["run42/*"]          # optional: globs of entry names; absent = all
+    refs = ["main", "v*"]          # optional: globs of branch and tag names; absent = all,
+                                   # or only "main" for a key limited by entries
+
+Globs are shell globs (``*`` also matches ``/``) and apply together: alice reads the
+entries ``run42/*`` of the repository ``beamline`` only, at the branch ``main`` (or any
+snapshot id). A key limited by ``entries`` is *restricted*: the listings it gets (log,
+branches, tags, entries, search) say nothing of other entries; see
+:mod:`hyperslab.serve.history`. Branch and tag names are free text that may name
+entries, so such a key sees only the refs its ``refs`` globs name (``main`` unless
+given). To give one collaborator different entries in two repositories, give them two
+keys.
 
 A client sends ``Authorization: Bearer <key>``. Keys are random tokens of 256 bits
 (:func:`new_key`), so one SHA-256 is enough to store them safely; the presented key is
@@ -26,7 +38,7 @@ from pathlib import Path
 
 from hyperslab.errors import ConfigError, local_path_error
 
-__all__ = ["ANONYMOUS", "Grant", "KeyRing", "hash_key", "new_key"]
+__all__ = ["ANONYMOUS", "RESTRICTED_REFS", "Grant", "KeyRing", "hash_key", "new_key"]
 
 _PREFIX = "sha256:"
 
@@ -41,17 +53,40 @@ def hash_key(key: str) -> str:
     return _PREFIX + hashlib.sha256(key.encode()).hexdigest()
 
 
+#: the refs a key limited by entries sees when its ``refs`` are not given
+RESTRICTED_REFS = ("main",)
+
+
+def _matches(name: str, globs: tuple[str, ...] | None) -> bool:
+    return globs is None or any(fnmatchcase(name, g) for g in globs)
+
+
 @dataclass(frozen=True)
 class Grant:
-    """Who a request is (a key's name, or ``anonymous``) and which entries it may read
-    (``entries`` None: all; else entry names matching one of these shell globs, where
-    ``*`` also matches ``/``)."""
+    """Who a request is (a key's name, or ``anonymous``) and what it may read: each of
+    ``repositories``, ``entries`` and ``refs`` is None (all) or shell globs of the names
+    allowed (``*`` also matches ``/``)."""
 
     name: str
     entries: tuple[str, ...] | None = None
+    repositories: tuple[str, ...] | None = None
+    refs: tuple[str, ...] | None = None
 
     def allows(self, entry: str) -> bool:
-        return self.entries is None or any(fnmatchcase(entry, g) for g in self.entries)
+        """Whether the entry named ``entry`` may be read."""
+        return _matches(entry, self.entries)
+
+    def allows_repository(self, name: str) -> bool:
+        return _matches(name, self.repositories)
+
+    def allows_ref(self, name: str) -> bool:
+        """Whether the branch or tag ``name`` may be listed and read through."""
+        return _matches(name, self.refs)
+
+    @property
+    def restricted(self) -> bool:
+        """Limited to some entries: listings and errors must not name the others."""
+        return self.entries is not None
 
 
 ANONYMOUS = Grant("anonymous")
@@ -113,10 +148,11 @@ def _parse(path: Path, i: int, item: object) -> _Key:
     where = f"keys file {path}, key {i + 1}"
     if not isinstance(item, dict):
         raise ConfigError(f"{where}: not a table")
-    unknown = set(item) - {"name", "hash", "entries"}
+    fields = ("name", "hash", "repositories", "entries", "refs")
+    unknown = set(item) - set(fields)
     if unknown:
-        raise ConfigError(f"{where}: unknown field(s) {sorted(unknown)} (name, hash, entries)")
-    name, digest, entries = item.get("name"), item.get("hash"), item.get("entries")
+        raise ConfigError(f"{where}: unknown field(s) {sorted(unknown)} ({', '.join(fields)})")
+    name, digest = item.get("name"), item.get("hash")
     if not isinstance(name, str) or not name:
         raise ConfigError(f"{where}: needs a name")
     where = f"keys file {path}, key {name!r}"
@@ -128,8 +164,14 @@ def _parse(path: Path, i: int, item: object) -> _Key:
         raw = b""
     if len(raw) != 32:
         raise ConfigError(f"{where}: hash must be 'sha256:' and 64 hex digits")
-    if entries is not None and (
-        not isinstance(entries, list) or not all(isinstance(g, str) and g for g in entries)
-    ):
-        raise ConfigError(f"{where}: entries must be a list of entry-name globs")
-    return _Key(raw, Grant(name, tuple(entries) if entries is not None else None))
+    globs: dict[str, tuple[str, ...] | None] = {}
+    for field in ("repositories", "entries", "refs"):
+        value = item.get(field)
+        if value is not None and (
+            not isinstance(value, list) or not all(isinstance(g, str) and g for g in value)
+        ):
+            raise ConfigError(f"{where}: {field} must be a list of name globs")
+        globs[field] = tuple(value) if value is not None else None
+    if globs["entries"] is not None and globs["refs"] is None:
+        globs["refs"] = RESTRICTED_REFS
+    return _Key(raw, Grant(name, **globs))
