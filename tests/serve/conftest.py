@@ -1,6 +1,8 @@
 """Shared by the serve tests: a repository of two sample entries, a keys file (alice may
-read run42/* only, bob everything), a TestClient of the app behind those keys, and
-:func:`running`, an app served by a real uvicorn on loopback."""
+read run42/* only, bob everything), a TestClient of the app behind those keys,
+:func:`running`, an app served by a real uvicorn on loopback, and ``two``: that
+repository as ``alpha`` and another of one entry as ``beta``, with keys (alice: alpha's
+run42/*, bob: all, dave: beta)."""
 
 from __future__ import annotations
 
@@ -46,6 +48,34 @@ def shared(tmp_path_factory: pytest.TempPathFactory) -> Shared:
     )
     files = {ENTRY: by_stem["scan_0001_gzip"], OTHER: by_stem["scan_0002_bslz4"]}
     return Shared(Repository.open(str(d / "repo")), files, KeyRing.load(keys))
+
+
+DAVE = "dave-key-0123456789"  # beta only
+BETA_ENTRY = "beam/scan_0003"
+
+
+@dataclass
+class Two:
+    repos: dict[str, Repository]
+    keys: KeyRing
+    beta_file: Path
+
+
+@pytest.fixture(scope="module")
+def two(shared: Shared, tmp_path_factory: pytest.TempPathFactory) -> Two:
+    d = tmp_path_factory.mktemp("beta")
+    files = {p.stem: p for p in write_samples(d / "samples", frames=3, shape=(16, 20))}
+    beta = Repository.init(str(d / "beta"))
+    ingest(beta, [str(files["scan_0002_bslz4"])], name=BETA_ENTRY, upload_sources=True)
+    keys = d / "keys.toml"
+    keys.write_text(
+        f'[[key]]\nname = "alice"\nhash = "{hash_key(ALICE)}"\nentries = ["run42/*"]\n'
+        'repositories = ["alpha"]\n'
+        f'[[key]]\nname = "bob"\nhash = "{hash_key(BOB)}"\n'
+        f'[[key]]\nname = "dave"\nhash = "{hash_key(DAVE)}"\nrepositories = ["b*"]\n'
+    )
+    repos = {"alpha": shared.repo, "beta": Repository.open(str(d / "beta"))}
+    return Two(repos, KeyRing.load(keys), files["scan_0002_bslz4"])
 
 
 @pytest.fixture(scope="module")

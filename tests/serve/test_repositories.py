@@ -5,7 +5,6 @@ and /zarr, keys' ``repositories`` globs decide which a key may read (and list in
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,40 +19,21 @@ from typer.testing import CliRunner
 
 from hyperslab.cli import app as cli
 from hyperslab.cli.serve import parse_repositories
-from hyperslab.convert.ingest import ingest
 from hyperslab.errors import BadInputError
 from hyperslab.references.repository import Repository
-from hyperslab.samples import write_samples
 from hyperslab.serve.app import create_app, repository_name
-from hyperslab.serve.keys import KeyRing, hash_key
-from tests.serve.conftest import ALICE, BOB, ENTRY, OTHER, Shared, auth, running
-
-DAVE = "dave-key-0123456789"  # beta only
-BETA_ENTRY = "beam/scan_0003"
-
-
-@dataclass
-class Two:
-    repos: dict[str, Repository]
-    keys: KeyRing
-    beta_file: Path
-
-
-@pytest.fixture(scope="module")
-def two(shared: Shared, tmp_path_factory: pytest.TempPathFactory) -> Two:
-    d = tmp_path_factory.mktemp("beta")
-    files = {p.stem: p for p in write_samples(d / "samples", frames=3, shape=(16, 20))}
-    beta = Repository.init(str(d / "beta"))
-    ingest(beta, [str(files["scan_0002_bslz4"])], name=BETA_ENTRY, upload_sources=True)
-    keys = d / "keys.toml"
-    keys.write_text(
-        f'[[key]]\nname = "alice"\nhash = "{hash_key(ALICE)}"\nentries = ["run42/*"]\n'
-        'repositories = ["alpha"]\n'
-        f'[[key]]\nname = "bob"\nhash = "{hash_key(BOB)}"\n'
-        f'[[key]]\nname = "dave"\nhash = "{hash_key(DAVE)}"\nrepositories = ["b*"]\n'
-    )
-    repos = {"alpha": shared.repo, "beta": Repository.open(str(d / "beta"))}
-    return Two(repos, KeyRing.load(keys), files["scan_0002_bslz4"])
+from tests.serve.conftest import (
+    ALICE,
+    BETA_ENTRY,
+    BOB,
+    DAVE,
+    ENTRY,
+    OTHER,
+    Shared,
+    Two,
+    auth,
+    running,
+)
 
 
 @pytest.fixture(scope="module")

@@ -31,7 +31,7 @@ pytest.importorskip("starlette")
 from hyperslab.serve.app import create_app
 from hyperslab.serve.slices import colormap, png_scale
 from hyperslab.serve.ui import FILES
-from tests.serve.conftest import ALICE, ENTRY, OTHER, Shared, running
+from tests.serve.conftest import ALICE, BETA_ENTRY, ENTRY, OTHER, Shared, Two, running
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARGS = [
@@ -290,6 +290,7 @@ def test_ui_anonymous(shared: Shared, browser: Any, shots: Path) -> None:
         ui.frame_shown("0,:,:")
         refs = page.eval_on_selector_all("#ref option", "os => os.map(o => o.value)")
         assert refs == ["main", "v1"]
+        assert not page.is_visible("#repo")  # one repository: no picker
         page.select_option("#ref", "v1")
         ui.wait_js("() => document.getElementById('snapshot').options.length > 1")
         sid = shared.repo.resolve("v1")
@@ -298,6 +299,39 @@ def test_ui_anonymous(shared: Shared, browser: Any, shots: Path) -> None:
         assert sid[:12] in ui.status()
         assert page.get_attribute("#status", "class") != "error"
         page.screenshot(path=str(shots / "5-anonymous.png"))
+        ui.only_this_server()
+        page.close()
+
+
+def test_ui_repository_picker(two: Two, browser: Any, shots: Path) -> None:
+    """A server of several repositories: a picker, and each one's entries, tree and
+    frames read under its name."""
+    with h5py.File(two.beta_file) as f:
+        frame = np.asarray(f[DATA][0])
+    with running(create_app(two.repos, allow_anonymous=True)) as server:
+        ui = Page(browser, server)
+        page = ui.page
+        page.goto(f"{server}/ui/")
+        page.wait_for_selector(f"#entries button[data-entry='{ENTRY}']")
+        assert page.is_visible("#repo")
+        names = page.eval_on_selector_all("#repo option", "os => os.map(o => o.value)")
+        assert names == ["alpha", "beta"]
+        page.click(f"#entries button[data-entry='{ENTRY}']")
+        ui.frame_shown("0,:,:")
+        page.select_option("#repo", "beta")
+        page.wait_for_selector(f"#entries button[data-entry='{BETA_ENTRY}']")
+        listed = page.eval_on_selector_all("#entries button", "bs => bs.map(b => b.dataset.entry)")
+        assert listed == [BETA_ENTRY]
+        assert page.is_visible("#entry-hint")  # alpha's entry was closed
+        page.click(f"#entries button[data-entry='{BETA_ENTRY}']")
+        ui.frame_shown("0,:,:")
+        np.testing.assert_array_equal(
+            ui.shown(), np.stack([png_scale(frame, None, None)] * 3, axis=-1)
+        )
+        pngs = [u for u in ui.requests if "format=png" in u]
+        assert pngs[-1].startswith(f"{server}/api/beta/slice/{BETA_ENTRY}/{DATA}?")
+        assert any(u.startswith(f"{server}/api/alpha/slice/{ENTRY}/") for u in pngs)
+        page.screenshot(path=str(shots / "6-repositories.png"))
         ui.only_this_server()
         page.close()
 

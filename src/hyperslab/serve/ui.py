@@ -2,7 +2,9 @@
 package (``hyperslab/serve/ui/``), served at ``/ui/`` (``/`` redirects there), with no
 build step and nothing fetched from elsewhere.
 
-The page reads the JSON API of the same server (:mod:`.app`) with ``fetch``: refs,
+The page reads the JSON API of the same server (:mod:`.app`) with ``fetch``: the
+repositories the key may read (``/api/repositories``; a picker when there are several,
+whose names then prefix the API's URLs), refs,
 entries and search, an entry's tree (``/api/tree``), and of an array only what is on
 screen: one 2-D frame as PNG (``/api/slice?format=png``, strided to at most
 :data:`MAX_SIDE` pixels a side for larger frames), one row as JSON for the line profile,

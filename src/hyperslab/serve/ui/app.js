@@ -9,6 +9,7 @@ const VALUES_MAX = 1000; // arrays with at most this many values show them as te
 
 const $ = (id) => document.getElementById(id);
 const state = {
+  repos: [], repo: "", base: "api/", // the repositories this key may read; the one shown
   ref: "main", snapshot: "", query: "", offset: 0, limit: 50,
   entry: null, tree: null, path: null, array: null,
   lead: [], stride: 1, frameCtrl: null, profileCtrl: null, timer: null,
@@ -29,17 +30,17 @@ const refParam = () => state.snapshot || state.ref;
 const encPath = (p) => p.split("/").map(encodeURIComponent).join("/");
 
 function apiUrl(path, params) {
-  const url = new URL("../api/" + path, location.href);
+  const url = new URL("../" + state.base + path, location.href);
   for (const [k, v] of Object.entries(params || {})) {
     if (v !== undefined && v !== null && v !== "") url.searchParams.set(k, String(v));
   }
   return url;
 }
 
-async function api(path, params, signal) {
+async function api(path, params, signal, url) {
   const headers = {};
   if (apiKey()) headers.Authorization = "Bearer " + apiKey();
-  const res = await fetch(apiUrl(path, params), { headers, signal });
+  const res = await fetch(url || apiUrl(path, params), { headers, signal });
   if (!res.ok) {
     let code = "http_" + res.status;
     let message = res.statusText || code;
@@ -109,6 +110,39 @@ function download(blob, filename) {
 
 const safeName = (s) => s.replace(/[^A-Za-z0-9._-]+/g, "_").replace(/^_+|_+$/g, "");
 const base = (p) => p.slice(p.lastIndexOf("/") + 1);
+
+// ------------------------------------------------------------------ repositories
+
+async function loadRepos() {
+  const res = await api("", null, null, new URL("../api/repositories", location.href));
+  const doc = await res.json();
+  state.repos = doc.repositories;
+  const names = state.repos.map((r) => r.name);
+  if (!names.includes(state.repo)) state.repo = names[0] || "";
+  const current = state.repos.find((r) => r.name === state.repo);
+  state.base = current ? current.api : "api/";
+  $("repo").replaceChildren(...names.map((n) => el("option", { value: n, textContent: n })));
+  $("repo").value = state.repo;
+  show("repo-box", doc.prefixed); // a picker only when the server shares several
+}
+
+function closeEntry() {
+  for (const c of [state.frameCtrl, state.profileCtrl]) if (c) c.abort();
+  state.entry = null;
+  state.tree = null;
+  state.path = null;
+  state.array = null;
+  $("entry-name").textContent = "Entry";
+  $("tree").replaceChildren();
+  $("node-name").textContent = "Array";
+  $("node-meta").replaceChildren();
+  const img = $("frame");
+  if (img.src.startsWith("blob:")) URL.revokeObjectURL(img.src);
+  img.removeAttribute("src");
+  delete img.dataset.sel; // what is on screen: nothing
+  show("entry-hint", true);
+  for (const id of ["entry-meta-box", "entry-download", "preview", "download", "values"]) show(id, false);
+}
 
 // ------------------------------------------------------------------ refs and entries
 
@@ -434,6 +468,7 @@ async function downloadEntry(fmt) {
 // ------------------------------------------------------------------ wiring
 
 async function reload() {
+  await loadRepos();
   await loadRefs();
   await loadEntries();
   if (state.entry) await openEntry(state.entry);
@@ -452,6 +487,14 @@ function wire() {
     $("key").value = "";
     setStatus("Key forgotten");
     reload().catch(fail);
+  });
+  $("repo").addEventListener("change", () => {
+    state.repo = $("repo").value;
+    state.base = state.repos.find((r) => r.name === state.repo).api;
+    Object.assign(state, { ref: "main", snapshot: "", query: "", offset: 0 });
+    $("query").value = "";
+    closeEntry();
+    loadRefs().then(loadEntries).then(() => setStatus(`Repository ${state.repo}`)).catch(fail);
   });
   $("ref").addEventListener("change", () => {
     state.ref = $("ref").value;
