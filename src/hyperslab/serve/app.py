@@ -37,6 +37,8 @@ is 404 saying so.
 
 * ``GET /`` (a redirect) and ``/ui/``: the browser UI (:mod:`.ui`), served without a key
   (it holds no data; its requests send the key the user types in).
+* ``GET /api/openapi.json`` and ``/api/docs``: the OpenAPI 3.1 description of all of
+  these and a page rendering it (:mod:`.openapi`), without a key.
 
 At most ``max_requests`` requests are served at once: one more is answered at once with
 503 (code ``busy``) and ``Retry-After``, never queued. CORS (none by default): the
@@ -88,6 +90,7 @@ from hyperslab.errors import (
 from hyperslab.references.repository import Repository
 from hyperslab.serve.history import check_ref, quiet, visible_log, visible_refs
 from hyperslab.serve.keys import ANONYMOUS, Grant, KeyRing
+from hyperslab.serve.openapi import openapi_routes
 from hyperslab.serve.slices import FORMATS, check_png, encode, h5_tree, parse_selection
 from hyperslab.serve.tree import entry_tree, json_safe
 from hyperslab.serve.ui import ui_routes
@@ -734,6 +737,7 @@ def create_app(
     at = "/{repo}" if server.prefixed else ""
     routes = [
         Route("/api/repositories", _route(server, _repositories)),
+        *openapi_routes(server.prefixed),
         Route(f"/zarr{at}/{{path:path}}", _route(server, _zarr), methods=["GET", "HEAD"]),
         *(Route(f"/api{at}{path}", _route(server, handler)) for path, handler in _DATA_ROUTES),
     ]

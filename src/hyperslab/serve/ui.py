@@ -37,6 +37,8 @@ FILES = {
     "index.html": "text/html; charset=utf-8",
     "app.js": "text/javascript; charset=utf-8",
     "style.css": "text/css; charset=utf-8",
+    "docs.html": "text/html; charset=utf-8",  # the API page, also at /api/docs
+    "docs.js": "text/javascript; charset=utf-8",
 }
 #: the most pixels a side of a previewed frame has (the page's stride; mirrored in app.js)
 MAX_SIDE = 2048
