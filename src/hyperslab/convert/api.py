@@ -148,12 +148,16 @@ def is_frame_series(files: Sequence[str]) -> bool:
 
 
 def build_frames_refmap(
-    files: Sequence[str], *, url_for: Callable[[str], str] | None = None
+    files: Sequence[str],
+    *,
+    url_for: Callable[[str], str] | None = None,
+    on_file: Callable[[str, np.ndarray, np.ndarray], None] | None = None,
 ) -> ConversionResult:
     """One reference map of a detector frame series (TIFF or CBF files, in order): a
     ``(frame, y, x)`` array ``entry/data/data`` referencing each frame in place, with
-    per-frame header values beside it (see :mod:`hyperslab.convert.frames`)."""
-    series = scan_frames(list(files), url_for=url_for or source_url)
+    per-frame header values beside it (see :mod:`hyperslab.convert.frames`).
+    ``on_file``: see :func:`~hyperslab.convert.frames.scan_frames`."""
+    series = scan_frames(list(files), url_for=url_for or source_url, on_file=on_file)
     return ConversionResult(series.refmap, series.reports, frames=series.summary)
 
 

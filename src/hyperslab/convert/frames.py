@@ -140,9 +140,16 @@ class FrameSeries:
     summary: dict[str, Any]
 
 
-def scan_frames(files: Sequence[str], *, url_for: Callable[[str], str]) -> FrameSeries:
+def scan_frames(
+    files: Sequence[str],
+    *,
+    url_for: Callable[[str], str],
+    on_file: Callable[[str, np.ndarray, np.ndarray], None] | None = None,
+) -> FrameSeries:
     """The reference map of a frame series (see the module doc); ``url_for`` names each
-    file in the map."""
+    file in the map, once every header is parsed. ``on_file(file, offsets, lengths)``
+    is called as soon as a file's header is parsed, with the byte ranges of its chunks
+    (ingest starts reading the file for its hashes then)."""
     if not files:
         raise BadInputError("no detector frames given")
     fmts = {frame_format(f) for f in files}
@@ -154,7 +161,12 @@ def scan_frames(files: Sequence[str], *, url_for: Callable[[str], str]) -> Frame
     name_of = url_for
     frames: list[_Frame] = []
     for i, f in enumerate(files):
-        frames.extend(_frames_of(f, i))
+        got = _frames_of(f, i)
+        frames.extend(got)
+        if on_file is not None:
+            on_file(
+                f, *(np.concatenate([getattr(fr, a) for fr in got]) for a in ("offsets", "lengths"))
+            )
     first = frames[0]
     for fr in frames[1:]:
         for what, a, b in (

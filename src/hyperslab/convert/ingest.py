@@ -1,8 +1,9 @@
 """``hyperslab ingest``: files → reference maps → one commit in a repository.
 
 For each entry: hash every source (size + sha256; the refmap names sources by
-hash, ``hyperslab-source:<sha256>``, so one map serves every site), build the
-refmap, store it content-addressed, optionally copy the sources into the
+hash, ``hyperslab-source:<sha256>``, so one map serves every site) on a few threads
+while headers are parsed (:mod:`hyperslab.convert.source_hash`; detector frames get
+their sha256 and chunk CRC-32Cs from one read of each file), build the refmap, store it content-addressed, optionally copy the sources into the
 repository's site (verified by re-reading), write the entry record, and finally
 commit all entries in one snapshot. Writes are bottom-up; the branch moves last.
 Re-ingesting unchanged files produces identical objects and no new snapshot.
@@ -10,7 +11,6 @@ Re-ingesting unchanged files produces identical objects and no new snapshot.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass, field
@@ -27,8 +27,8 @@ from hyperslab.convert.api import (
     source_url,
 )
 from hyperslab.convert.hdf5 import ConvertOptions
+from hyperslab.convert.source_hash import SourceHasher
 from hyperslab.errors import (
-    AccessDeniedError,
     BadInputError,
     CorruptError,
     HyperslabError,
@@ -36,7 +36,14 @@ from hyperslab.errors import (
     SourceChangedError,
 )
 from hyperslab.references.catalog import entry_catalog
-from hyperslab.references.checksums import ALGORITHM, Checksums, compute_checksums, pack_checksums
+from hyperslab.references.checksums import (
+    ALGORITHM,
+    Checksums,
+    FileChecksums,
+    compute_checksums,
+    hash_and_checksum,
+    pack_checksums,
+)
 from hyperslab.references.format import check_entry_name
 from hyperslab.references.keys import (
     REFMAP_EXTENSIONS,
@@ -63,13 +70,9 @@ __all__ = [
 
 
 def hash_file(path: str | Path, block: int = 8 << 20) -> tuple[str, int]:
-    h = hashlib.sha256()
-    n = 0
-    with open(path, "rb") as f:
-        while data := f.read(block):
-            h.update(data)
-            n += len(data)
-    return h.hexdigest(), n
+    """``(sha256 hex, size)`` of a local file."""
+    sums = hash_and_checksum(str(path), block=block)
+    return sums.sha256, sums.size
 
 
 @dataclass
@@ -142,29 +145,40 @@ def _series_name(sources: Sequence[str], files: Sequence[str]) -> str:
 
 
 class _Sources:
-    """Hashes each file once and remembers how the refmap names it."""
+    """Hashes each file once (on ``hasher``'s threads) and remembers how the refmap
+    names it."""
 
-    def __init__(self) -> None:
+    def __init__(self, hasher: SourceHasher) -> None:
+        self.hasher = hasher
         self.by_path: dict[str, dict[str, Any]] = {}
         self.stat: dict[str, tuple[int, int]] = {}
+        self.sums: dict[str, FileChecksums] = {}
+
+    def prefetch(self, path: str) -> None:
+        """Start hashing a local file now (its name will be wanted soon)."""
+        ap = source_url(path)
+        if "://" not in ap and ap not in self.by_path:
+            self.hasher.submit(ap)
+
+    def chunks(self, path: str, offsets: Any, lengths: Any) -> None:
+        """Start the one read of a file that gives its sha256 and the CRC-32C of these
+        chunk ranges (a frame's, once its header is parsed)."""
+        ap = source_url(path)
+        if "://" not in ap and ap not in self.by_path:
+            self.hasher.submit(ap, offsets, lengths)
 
     def url(self, path: str) -> str:
         ap = source_url(path)
         if ap not in self.by_path:
             if "://" in ap:
                 raise BadInputError(f"ingest reads local files; {ap!r} is a URL")
-            try:
-                st = os.stat(ap)
-                sha, size = hash_file(ap)
-            except FileNotFoundError:
-                raise NotFoundError(f"{ap} does not exist", path=ap) from None
-            except OSError as exc:
-                raise AccessDeniedError(f"cannot read {ap}: {exc.strerror}", path=ap) from exc
-            self.stat[ap] = (st.st_size, st.st_mtime_ns)
+            got = self.hasher.result(ap)
+            self.stat[ap] = (got.size, got.mtime_ns)
+            self.sums[ap] = got.sums
             self.by_path[ap] = {
-                "id": sha,
+                "id": got.sums.sha256,
                 "name": Path(ap).name,
-                "size": size,
+                "size": got.sums.size,
                 "origin": ap,
             }
         return logical_source(self.by_path[ap]["id"])
@@ -184,7 +198,7 @@ class _Sources:
         by_id = {r["id"]: ap for ap, r in self.by_path.items()}
         ids = [logical_source_id(url) for url in refmap.sources]
         files = {i: by_id[sha] for i, sha in enumerate(ids) if sha is not None and sha in by_id}
-        return compute_checksums(refmap, files)
+        return compute_checksums(refmap, files, lambda i: self.sums.get(files[i]))
 
     def records(self, refmap: RefMap) -> list[dict[str, Any]]:
         by_id = {r["id"]: r for r in self.by_path.values()}
@@ -250,13 +264,31 @@ def ingest_entry(
     dim: int | None = None,
     new_dim: str | None = None,
     refmap_format: RefmapFormat | None = None,
+    hasher: SourceHasher | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Store one entry's objects; returns ``(tree value, summary for the report)``."""
-    srcs = _Sources()
+    """Store one entry's objects; returns ``(tree value, summary for the report)``.
+
+    ``hasher``: where the sources are hashed (one shared by several entries may
+    already be hashing this entry's files); by default one of its own."""
+    if hasher is None:
+        with SourceHasher() as own:
+            return ingest_entry(
+                repo,
+                plan,
+                options=options,
+                upload_sources=upload_sources,
+                dim=dim,
+                new_dim=new_dim,
+                refmap_format=refmap_format,
+                hasher=own,
+            )
+    srcs = _Sources(hasher)
     results: list[ConversionResult] = []
     if is_frame_series(plan.files):
-        results.append(build_frames_refmap(plan.files, url_for=srcs.url))
+        results.append(build_frames_refmap(plan.files, url_for=srcs.url, on_file=srcs.chunks))
     else:
+        for f in plan.files:
+            srcs.prefetch(f)
         for f in plan.files:
             results.append(build_refmap(f, options=options, url=srcs.url(f), url_for=srcs.url))
     res = combine_refmaps(results, dim=dim, new_dim=new_dim) if len(results) > 1 else results[0]
@@ -323,6 +355,35 @@ def entry_outcome(repo: Repository, plan: EntryPlan, **kwargs: Any) -> Outcome:
         return exc
 
 
+#: files of the entries ahead whose hashing starts while an entry is converted
+LOOKAHEAD_FILES = 8
+
+
+def _serial(
+    repo: Repository, plans: Sequence[EntryPlan], work: dict[str, Any]
+) -> Generator[tuple[EntryPlan, Outcome], None, None]:
+    """Each entry's outcome in turn, in this process; the files of the next entries
+    (HDF5 files; a frame series hashes its files as it parses them) are hashed on the
+    hasher's threads meanwhile."""
+    with SourceHasher() as hasher:
+        ahead = (
+            (f, i)
+            for i, plan in enumerate(plans)
+            if not is_frame_series(plan.files)
+            for f in plan.files
+        )
+        queued: list[int] = []  # the entry of each file being hashed ahead
+        for i, plan in enumerate(plans):
+            queued = [k for k in queued if k > i]
+            for f, k in ahead:
+                if k > i:
+                    hasher.submit(source_url(f))
+                    queued.append(k)
+                if len(queued) >= LOOKAHEAD_FILES:
+                    break
+            yield plan, entry_outcome(repo, plan, **work, hasher=hasher)
+
+
 def ingest(
     repo: Repository,
     sources: Sequence[str],
@@ -362,9 +423,7 @@ def ingest(
         "refmap_format": refmap_format,
     }
     if client is None:
-        outcomes: Generator[tuple[EntryPlan, Outcome], None, None] = (
-            (plan, entry_outcome(repo, plan, **work)) for plan in plans
-        )
+        outcomes: Generator[tuple[EntryPlan, Outcome], None, None] = _serial(repo, plans, work)
     else:
         from hyperslab.convert.cluster import ingest_on_cluster
 

@@ -18,14 +18,18 @@ are read unverified.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import mmap
 import os
-from collections.abc import Mapping
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from google_crc32c import extend
 from google_crc32c import value as crc32c
 
 from hyperslab.errors import CorruptError, FormatVersionError, SourceChangedError
@@ -36,8 +40,11 @@ from hyperslab.references.refmap_objects import ROW_GROUP
 __all__ = [
     "ALGORITHM",
     "Checksums",
+    "FileChecksums",
     "aligned",
     "compute_checksums",
+    "crc_ranges",
+    "hash_and_checksum",
     "pack_checksums",
     "read_checksums_meta",
     "unpack_checksums",
@@ -50,29 +57,167 @@ _META = b"hyperslab.checksums"
 Checksums = dict[str, np.ndarray]  # array path → uint32, aligned with ArrayRefs.index
 
 
-def compute_checksums(refmap: RefMap, files: Mapping[int, str]) -> Checksums:
+def compute_checksums(
+    refmap: RefMap,
+    files: Mapping[int, str],
+    known: Callable[[int], FileChecksums | None] | None = None,
+) -> Checksums:
     """CRC-32C of every referenced chunk, reading source ``i`` from local file ``files[i]``.
 
-    Each file is memory-mapped once and its chunks read in offset order.
+    The references are grouped by source once; each file is memory-mapped once and
+    its chunks read in offset order. ``known(i)``, if given, may return checksums
+    already taken of source ``i`` (:func:`hash_and_checksum`, in the same read as its
+    sha256): chunks whose (offset, length) it lists are not read again.
     """
     out: Checksums = {p: np.zeros(a.index.size, np.uint32) for p, a in refmap.arrays.items()}
-    for src, path in files.items():
-        todo = [
-            (int(off), int(n), p, i)
-            for p, a in refmap.arrays.items()
-            for i in np.flatnonzero(a.source == src).tolist()
-            for off, n in ((a.offset[i], a.length[i]),)
-        ]
-        if not todo:
+    rows = [(p, a) for p, a in refmap.arrays.items() if a.index.size]
+    if not rows or not files:
+        return out
+    source = np.concatenate([a.source for _, a in rows]).astype(np.int64)
+    offset = np.concatenate([a.offset for _, a in rows]).astype(np.int64)
+    length = np.concatenate([a.length for _, a in rows]).astype(np.int64)
+    which = np.repeat(np.arange(len(rows)), [a.index.size for _, a in rows])
+    pos = np.concatenate([np.arange(a.index.size) for _, a in rows])
+    order = np.lexsort((length, offset, source))
+    crcs = np.zeros(order.size, np.uint32)
+    srcs, starts = np.unique(source[order], return_index=True)
+    bounds = np.append(starts, order.size)
+    for k, src in enumerate(srcs.tolist()):
+        path = files.get(src)
+        if path is None:
             continue
-        todo.sort()
-        size = os.path.getsize(path)
-        if todo[-1][0] + todo[-1][1] > size:
-            raise SourceChangedError(f"{path} is shorter than its chunk index says", path=path)
-        with open(path, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mm:
-            for off, n, p, i in todo:
-                out[p][i] = crc32c(mm[off : off + n])
+        sel = order[bounds[k] : bounds[k + 1]]
+        off, ln = offset[sel], length[sel]
+        got = known(src) if known is not None else None
+        if got is not None:
+            hit, vals = got.lookup(off, ln)
+            crcs[sel[hit]] = vals[hit]
+            if hit.all():
+                continue
+            sel, off, ln = sel[~hit], off[~hit], ln[~hit]
+        crcs[sel] = crc_ranges(path, off, ln)
+    for r, (p, _) in enumerate(rows):
+        mine = which == r
+        out[p][pos[mine]] = crcs[mine]
     return out
+
+
+def crc_ranges(path: str, offsets: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """CRC-32C of byte ranges of one local file (``offsets`` ascending), memory-mapped
+    once and read without copies; SourceChangedError if the file is shorter."""
+    out = np.zeros(offsets.size, np.uint32)
+    if not offsets.size:
+        return out
+    end = int((offsets + lengths).max())
+    if end > os.path.getsize(path):
+        raise SourceChangedError(f"{path} is shorter than its chunk index says", path=path)
+    if end == 0:
+        out[:] = crc32c(b"")
+        return out
+    with open(path, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+        view = np.frombuffer(mm, np.uint8)  # crc32c takes arrays, not memoryviews
+        try:
+            for i, (o, n) in enumerate(zip(offsets.tolist(), lengths.tolist(), strict=True)):
+                out[i] = crc32c(view[o : o + n])
+        finally:
+            del view  # the map cannot close while an array points into it
+    return out
+
+
+@dataclass(frozen=True)
+class FileChecksums:
+    """One read of a file: its sha256 and size, and the CRC-32C of byte ranges in it
+    (sorted by offset, then length)."""
+
+    sha256: str
+    size: int
+    offsets: np.ndarray
+    lengths: np.ndarray
+    crc32c: np.ndarray
+
+    def lookup(self, offsets: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(found, crcs)`` for ranges ``(offsets[i], lengths[i])``: which were checksummed
+        in this read, and their CRC-32C where found."""
+        found = np.zeros(offsets.size, bool)
+        crcs = np.zeros(offsets.size, np.uint32)
+        if not self.offsets.size or not offsets.size:
+            return found, crcs
+        lo = np.searchsorted(self.offsets, offsets, "left")
+        hi = np.searchsorted(self.offsets, offsets, "right")
+        one = hi - lo == 1  # the usual case: one range starts there
+        at = np.minimum(lo, self.offsets.size - 1)
+        found[one] = self.lengths[at[one]] == lengths[one]
+        crcs[found] = self.crc32c[at[found]]
+        for i in np.flatnonzero(hi - lo > 1).tolist():  # ranges sharing a start
+            k = lo[i] + np.searchsorted(self.lengths[lo[i] : hi[i]], lengths[i])
+            if k < hi[i] and self.lengths[k] == lengths[i]:
+                found[i], crcs[i] = True, self.crc32c[k]
+        return found, crcs
+
+
+_BUFFERS = threading.local()
+
+
+def _buffer(block: int) -> bytearray:
+    """This thread's read buffer of ``block`` bytes (reused: a fresh zeroed buffer per
+    small file would cost as much as hashing it)."""
+    buf: bytearray | None = getattr(_BUFFERS, "buf", None)
+    if buf is None or len(buf) != block:
+        buf = _BUFFERS.buf = bytearray(block)
+    return buf
+
+
+def hash_and_checksum(
+    path: str,
+    offsets: np.ndarray | None = None,
+    lengths: np.ndarray | None = None,
+    *,
+    block: int = 8 << 20,
+) -> FileChecksums:
+    """sha256 of a whole local file and the CRC-32C of byte ranges in it, in ONE
+    sequential read (``block`` bytes at a time, one buffer, no copies).
+
+    Ranges may come in any order and overlap; a range past the end of the file is a
+    SourceChangedError. hashlib releases the GIL while hashing, so several files hash
+    in parallel on threads.
+    """
+    offsets = np.zeros(0, np.int64) if offsets is None else np.asarray(offsets, np.int64)
+    lengths = np.zeros(0, np.int64) if lengths is None else np.asarray(lengths, np.int64)
+    order = np.lexsort((lengths, offsets))
+    offsets, lengths = offsets[order], lengths[order]
+    crcs = np.zeros(offsets.size, np.uint32)
+    ends = offsets + lengths
+    starts_l, ends_l = offsets.tolist(), ends.tolist()
+    h = hashlib.sha256()
+    size = 0
+    buf = _buffer(block)
+    view = np.frombuffer(buf, np.uint8)
+    mv = memoryview(buf)
+    state = [0] * offsets.size
+    nxt = 0  # the first range not yet started
+    active: list[int] = []
+    with open(path, "rb") as fh:
+        while n := fh.readinto(buf):
+            h.update(mv[:n])
+            lo, hi = size, size + n
+            while nxt < len(starts_l) and starts_l[nxt] < hi:
+                active.append(nxt)
+                nxt += 1
+            still = []
+            for i in active:
+                a, b = max(starts_l[i], lo), min(ends_l[i], hi)
+                if b > a:
+                    state[i] = extend(state[i], view[a - lo : b - lo])
+                if ends_l[i] > hi:
+                    still.append(i)
+            active = still
+            size = hi
+    del view
+    mv.release()
+    if ends.size and int(ends.max()) > size:
+        raise SourceChangedError(f"{path} is shorter than its chunk index says", path=path)
+    crcs[:] = state
+    return FileChecksums(h.hexdigest(), size, offsets, lengths, crcs)
 
 
 def pack_checksums(refmap: RefMap, sums: Checksums) -> bytes:
