@@ -21,6 +21,8 @@ from __future__ import annotations
 import math
 import struct
 import zlib
+from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import imagecodecs
@@ -118,7 +120,7 @@ class BitshuffleH5(Codec):
         shuffled = memoryview(
             imagecodecs.bitshuffle_encode(data.tobytes(), itemsize=esize, blocksize=block)
         ).cast("B")
-        parts = [struct.pack(">QI", data.nbytes, block * esize)]
+        parts: list[bytes | bytearray] = [struct.pack(">QI", data.nbytes, block * esize)]
         nfull = nelem // block
         last = nelem % block
         last -= last % _BSHUF_BLOCKED_MULT
@@ -126,12 +128,13 @@ class BitshuffleH5(Codec):
         bounds = [(i * step, (i + 1) * step) for i in range(nfull)]
         if last:
             bounds.append((nfull * step, nfull * step + last * esize))
-        if self.compression == _BSHUF_LZ4:
-            lz4 = imagecodecs.lz4_encode
-            comps = [lz4(shuffled[a:b], header=False) for a, b in bounds]
-        else:
-            level = self.level or None
-            comps = [imagecodecs.zstd_encode(shuffled[a:b], level=level) for a, b in bounds]
+        # each block straight from a view of the shuffled buffer (no copy per block)
+        encode_block: Callable[[Any], bytes | bytearray] = (
+            partial(imagecodecs.lz4_encode, header=False)
+            if self.compression == _BSHUF_LZ4
+            else partial(imagecodecs.zstd_encode, level=self.level or None)
+        )
+        comps = [encode_block(shuffled[a:b]) for a, b in bounds]
         pack = struct.Struct(">I").pack
         for comp in comps:
             parts.append(pack(len(comp)))
