@@ -13,17 +13,21 @@ import hashlib
 import json
 import math
 import re
+import zlib
 from typing import Any
 
 from hyperslab.errors import CorruptError, FormatVersionError, UnsafeNameError
 
 __all__ = [
+    "COMPRESSED_NODES",
     "FORMAT_NAME",
     "FORMAT_VERSION",
     "OBJECT_FORMAT",
+    "SMALL_LEAF",
     "canonical_json",
     "check_entry_name",
     "check_ref_name",
+    "compress_object",
     "object_id",
     "parse_object",
 ]
@@ -33,12 +37,20 @@ FORMAT_NAME = "hyperslab-repository"
 #: ``version``). 1: entry-trie leaves of up to 1,024 entries. 2: smaller leaves
 #: (``leaf_max`` in ``repo.json``, 128 by default) whose inner nodes say their
 #: ``leaf_max``, and catalog indexes of inner nodes covering at most 1,024 entries
-#: (written by ``search``, see :mod:`.catalog_index`). Older hyperslab versions refuse
-#: format 2 (their search would take small inner nodes for leaves); this one reads
-#: and writes both, each repository in its own format.
-FORMAT_VERSION = 2
-#: the ``format`` field of stored objects: their encoding is the same in both formats
+#: (written by ``search``, see :mod:`.catalog_index`). 3: entry-tree nodes (manifests)
+#: stored zlib-compressed (:func:`compress_object`; most of a commit's bytes are the
+#: catalog records of the leaf it rewrites, and they compress 3-4x), and leaves of fewer
+#: than :data:`SMALL_LEAF` entries carry no catalog index (search reads them: their
+#: JSON is smaller than the index). Older hyperslab versions refuse a newer format;
+#: this one reads and writes all three, each repository in its own format.
+FORMAT_VERSION = 3
+#: the first format whose manifests are compressed and whose small leaves have no index
+COMPRESSED_NODES = 3
+#: in format 3, leaves with fewer entries than this get no catalog index
+SMALL_LEAF = 32
+#: the ``format`` field of stored objects: the same in every repository format
 OBJECT_FORMAT = 1
+_ZLIB_LEVEL = 9
 
 _REF_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._\-]*(/[A-Za-z0-9_][A-Za-z0-9._\-]*)*$")
 _ENTRY_SEGMENT = re.compile(r"^[^\x00-\x1f\x7f/\\]+$")
@@ -70,8 +82,21 @@ def object_id(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def compress_object(data: bytes) -> bytes:
+    """A JSON object's bytes as format 3 stores manifests: zlib (level 9, deterministic:
+    the same content keeps the same id). :func:`parse_object` reads both forms (JSON
+    starts with ``{``, a zlib stream with ``0x78``)."""
+    return zlib.compress(data, _ZLIB_LEVEL)
+
+
 def parse_object(data: bytes, kind: str, where: str) -> dict[str, Any]:
-    """Decode a JSON object of the given ``type`` and check its format version."""
+    """Decode a JSON object of the given ``type`` (plain or :func:`compress_object`ed)
+    and check its format version."""
+    try:
+        if data[:1] == b"\x78":
+            data = zlib.decompress(data)
+    except zlib.error as exc:
+        raise CorruptError(f"{where} is not valid compressed JSON: {exc}", where=where) from exc
     try:
         doc = json.loads(data)
     except ValueError as exc:

@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -35,6 +36,8 @@ class NodeSource(Protocol):
     store_derived: bool
 
     def read_node(self, oid: str) -> dict[str, Any]: ...
+
+    def indexes_leaf(self, leaf: Mapping[str, Any]) -> bool: ...
 
     def cache_get(self, key: str) -> Any: ...
 
@@ -92,6 +95,9 @@ class NodeCatalogs:
         if cat is not None:
             return cat
         repo = self.repo
+        node = repo.read_node(node_id)
+        if node.get("kind") == "leaf" and not repo.indexes_leaf(node):
+            return self._keep(LeafCatalog.from_leaf(node_id, node))  # small: none stored
         try:
             cat = LeafCatalog.from_bytes(repo.site.get(catalog_key(node_id)), node_id)
         except (NotFoundError, CorruptError) as exc:

@@ -39,12 +39,15 @@ from hyperslab.errors import (
     did_you_mean,
 )
 from hyperslab.references.format import (
+    COMPRESSED_NODES,
     FORMAT_NAME,
     FORMAT_VERSION,
     OBJECT_FORMAT,
+    SMALL_LEAF,
     canonical_json,
     check_entry_name,
     check_ref_name,
+    compress_object,
     object_id,
     parse_object,
 )
@@ -302,14 +305,21 @@ class Repository:
         single_writer: bool = False,
         branch: str = DEFAULT_BRANCH,
         author: str | None = None,
+        version: int = FORMAT_VERSION,
     ) -> Repository:
         """Create an empty repository with one branch pointing at an empty snapshot.
 
         The site is probed for working conditional writes first; one that ignores
         them is refused unless ``single_writer`` (then only one process may write).
+        ``version``: the repository format, 2 for readers with an older hyperslab (no
+        compressed manifests), or the newest (the default).
         """
         site, display = cls._site(spec, config)
         check_ref_name(branch)
+        if version not in (2, FORMAT_VERSION):
+            raise BadInputError(
+                f"repository format {version}: this hyperslab creates format 2 or {FORMAT_VERSION}"
+            )
         if not single_writer and not site.supports_cas:
             raise CasUnsupportedError(
                 f"{display} ignores conditional writes (a second create-only PUT succeeded), "
@@ -320,7 +330,7 @@ class Repository:
             )
         info = {
             "format": FORMAT_NAME,
-            "version": FORMAT_VERSION,
+            "version": version,
             "id": uuid.uuid4().hex,
             "created": _now(),
             "single_writer": single_writer,
@@ -501,10 +511,21 @@ class Repository:
         return data, doc
 
     def write_json(self, kind: Kind, doc: dict[str, Any]) -> str:
-        data = _encode(kind, doc)
-        oid = self.put_object(kind, data)
-        self._cache.put(f"{kind}:{oid}", json.loads(data))
+        text = _encode(kind, doc)
+        oid = self.put_object(kind, self._stored_form(kind, text))
+        self._cache.put(f"{kind}:{oid}", json.loads(text))
         return oid
+
+    @property
+    def format_version(self) -> int:
+        """This repository's format (``repo.json``'s ``version``)."""
+        return int(self.info.get("version", 1))
+
+    def _stored_form(self, kind: Kind, text: bytes) -> bytes:
+        """The bytes a JSON object is stored as here: manifests compressed from format 3."""
+        if kind == "manifest" and self.format_version >= COMPRESSED_NODES:
+            return compress_object(text)
+        return text
 
     def read_many(self, kind: Kind, oids: Sequence[str], workers: int = 16) -> list[dict[str, Any]]:
         """Several JSON objects, fetched concurrently (order kept)."""
@@ -521,13 +542,18 @@ class Repository:
         if doc.get("kind") != "leaf":
             return self.write_json("manifest", doc)
         # A leaf and its catalog index (derived, named by the leaf's id): index first,
-        # so every leaf this version writes is searchable without parsing it.
-        data = _encode("manifest", doc)
+        # so every leaf this version writes is searchable without parsing it (in format
+        # 3 but small leaves, which search parses: their JSON is smaller than an index).
+        text = _encode("manifest", doc)
+        data = self._stored_form("manifest", text)
         oid = object_id(data)
         key = object_key("manifest", oid)
-        stored = json.loads(data)  # what readers will see (tuples are lists, etc.)
+        stored = json.loads(text)  # what readers will see (tuples are lists, etc.)
         if self._should_put(key, data):
-            self._put(catalog_key(oid), self.catalogs.for_new_leaf(oid, stored, base).to_bytes())
+            # built either way: combined indexes of new subtrees are made from it
+            cat = self.catalogs.for_new_leaf(oid, stored, base)
+            if self.indexes_leaf(stored):
+                self._put(catalog_key(oid), cat.to_bytes())
             loc = self.packs.carried_locator(oid, stored)
             if loc is not None:  # where this site packed the entries it keeps
                 self._put(locator_key(oid), loc.to_bytes())
@@ -535,6 +561,13 @@ class Repository:
             self._put(key, data)
         self._cache.put(f"manifest:{oid}", stored)
         return oid
+
+    def indexes_leaf(self, leaf: Mapping[str, Any]) -> bool:
+        """Whether this repository keeps a catalog index of ``leaf`` (a leaf document):
+        always before format 3, then only from :data:`SMALL_LEAF` entries."""
+        if self.format_version < COMPRESSED_NODES:
+            return True
+        return len(leaf.get("entries", {})) >= SMALL_LEAF
 
     def index_new_subtree(self, node_id: str) -> None:
         """Called by the tree for a subtree it built whole, of at most INDEX_SPAN

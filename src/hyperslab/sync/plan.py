@@ -119,9 +119,9 @@ class Walker:
                         if cid != ocid:
                             frontier.append((cid, ocid))
                     continue
-                self._add(
-                    CopyItem(catalog_key(n), "catalog", 2, make=_catalog_maker(self.src, n, node))
-                )
+                if self.src.indexes_leaf(node):  # small leaves of format 3 have none
+                    maker = _catalog_maker(self.src, n, node)
+                    self._add(CopyItem(catalog_key(n), "catalog", 2, make=maker))
                 is_leaf = old_node is not None and old_node.get("kind") == "leaf"
                 old_entries = old_node.get("entries", {}) if old_node and is_leaf else {}
                 entries = node.get("entries", {})
