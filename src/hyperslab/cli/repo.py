@@ -177,9 +177,11 @@ def ingest(
     from hyperslab.convert.ingest import plan_entries
 
     with handle_errors(as_json):
-        from hyperslab.convert.compress import CompressOptions
+        squeeze = None
+        if compress is not None:  # the compressor (and the reader it verifies with) only then
+            from hyperslab.convert.compress import CompressOptions
 
-        squeeze = CompressOptions(compress).checked() if compress is not None else None
+            squeeze = CompressOptions(compress).checked()
         if new_dim is not None and concat_dim is not None:
             raise BadInputError("give at most one of --combine-new-dim and --combine-dim")
         if fmt not in (None, "json", "parquet"):

@@ -41,7 +41,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import pyarrow.compute as pc
 
 from hyperslab.errors import BadInputError
 
@@ -218,6 +217,8 @@ class _Glob:
         return bool(self._match(str(v).lower()))  # type: ignore[attr-defined]
 
     def rows(self, cols: Any) -> Any:
+        import pyarrow.compute as pc  # queries only: not imported by ingest
+
         pat = self.pattern
         core = pat.strip("*")
         if not _has_wildcard(core):  # 'lit', '*lit*', 'lit*', '*lit': no regex needed
@@ -246,6 +247,8 @@ class _Equal:
         return str(v).lower() == self.low
 
     def rows(self, cols: Any) -> Any:
+        import pyarrow.compute as pc  # queries only: not imported by ingest
+
         low = self.low
         as_text = cols.lower_test(lambda a: pc.equal(a, low))
         if self.number is None:
@@ -292,6 +295,8 @@ class _Compare:
         return isinstance(v, str) and bool(f(v.lower(), self.low))
 
     def rows(self, cols: Any) -> Any:
+        import pyarrow.compute as pc  # queries only: not imported by ingest
+
         if self.number is not None:
             with np.errstate(invalid="ignore"):
                 return cols.num_valid & _CMP[self.op](cols.num, self.number)

@@ -48,7 +48,6 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from hyperslab.errors import CorruptError
@@ -338,6 +337,8 @@ def _dict_schema() -> pa.Schema:
 
 
 def _plain(table: pa.Table) -> pa.Table:
+    import pyarrow.compute as pc  # reading only: a commit need not import it
+
     cols = [
         pc.cast(table.column(f.name), f.type) if f.name in _DICT_COLUMNS else table.column(f.name)
         for f in SCHEMA

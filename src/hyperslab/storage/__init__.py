@@ -9,12 +9,16 @@ but :mod:`hyperslab.errors` and :mod:`hyperslab.config`.
   ``hyperslab.toml``.
 """
 
+from typing import TYPE_CHECKING, Any
+
 from hyperslab.storage.file import FileSite
 from hyperslab.storage.keys import validate_key, validate_prefix
 from hyperslab.storage.memory import MemorySite, forget_memory_site
 from hyperslab.storage.opening import open_site, site_from_config
-from hyperslab.storage.s3 import S3Site
 from hyperslab.storage.site import ObjectInfo, Site, probe_cas
+
+if TYPE_CHECKING:
+    from hyperslab.storage.s3 import S3Site
 
 __all__ = [
     "FileSite",
@@ -29,3 +33,12 @@ __all__ = [
     "validate_key",
     "validate_prefix",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    """``S3Site`` on first use: its clients (and asyncio) load only where S3 is used."""
+    if name == "S3Site":
+        from hyperslab.storage.s3 import S3Site
+
+        return S3Site
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

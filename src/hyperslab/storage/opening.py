@@ -10,7 +10,6 @@ from hyperslab.errors import BadInputError, ConfigError, redact
 from hyperslab.storage.file import FileSite
 from hyperslab.storage.keys import has_control_characters, join_key, validate_prefix
 from hyperslab.storage.memory import MemorySite
-from hyperslab.storage.s3.site import S3Site
 from hyperslab.storage.site import Site
 
 __all__ = ["open_site", "site_for_url", "site_from_config"]
@@ -44,6 +43,8 @@ def site_for_url(url: str, sc: SiteConfig | None = None, *, extra: str = "") -> 
     if scheme == "memory":
         return MemorySite(parts.netloc, validate_prefix(path))
     if scheme in ("s3", "s3a"):
+        from hyperslab.storage.s3.site import S3Site  # its clients and asyncio: only for S3
+
         if not parts.netloc:
             raise BadInputError(f"S3 URL {redact(url)!r} has no bucket; use s3://bucket/prefix")
         if "@" in parts.netloc:

@@ -25,7 +25,6 @@ Not every S3-compatible server honours conditional writes (s3rver ignores them);
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import hashlib
 import uuid
@@ -35,7 +34,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from types import TracebackType
-from typing import Self
+from typing import TYPE_CHECKING, Self
 
 from hyperslab.errors import (
     BadInputError,
@@ -44,6 +43,9 @@ from hyperslab.errors import (
     HyperslabError,
     NotFoundError,
 )
+
+if TYPE_CHECKING:
+    import asyncio
 from hyperslab.storage.keys import PROBE_PREFIX
 
 __all__ = ["ObjectInfo", "Site", "check_range", "probe_cas", "range_error"]
@@ -193,10 +195,14 @@ class Site(ABC):
 
     async def aget(self, key: str) -> bytes:
         """:meth:`get` as a coroutine (with the same errors)."""
+        import asyncio  # only where coroutines are used (sync): not at import
+
         return await asyncio.to_thread(self.get, key)
 
     async def aput_verified(self, key: str, data: bytes) -> None:
         """:meth:`put_verified` as a coroutine (with the same errors)."""
+        import asyncio  # only where coroutines are used (sync): not at import
+
         await asyncio.to_thread(self.put_verified, key, data)
 
     @property
