@@ -11,6 +11,7 @@ from google_crc32c import value as crc32c
 from hyperslab.errors import SourceChangedError
 from hyperslab.references.checksums import (
     compute_checksums,
+    crc_extend,
     crc_ranges,
     hash_and_checksum,
 )
@@ -103,3 +104,10 @@ def test_compute_checksums_groups_sources_and_uses_known(tmp_path):
     assert sorted(calls) == list(range(n_files))
     for p in m.arrays:
         assert mixed[p].tolist() == want[p].tolist()
+
+
+def test_crc_extend_equals_google_crc32c():
+    data = np.random.default_rng(5).integers(0, 256, 5000, np.uint8)
+    for a, b in ((0, 5000), (3, 4001), (7, 7), (4999, 5000)):
+        assert crc_extend(0, data[a:b]) == crc32c(data[a:b].tobytes())
+    assert crc_extend(crc_extend(0, data[:10]), data[10:100]) == crc32c(data[:100].tobytes())
