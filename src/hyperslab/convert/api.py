@@ -13,7 +13,6 @@ import numpy as np
 from hyperslab.convert.frames import (
     FRAME_SUFFIXES,
     expand_glob,
-    frame_files_in,
     is_frame_file,
     is_glob,
     scan_frames,
@@ -115,9 +114,10 @@ def expand_sources(sources: Iterable[str | Path]) -> list[str]:
     for s in sources:
         p = Path(s)
         if "://" not in str(s) and p.is_dir():
-            found = sorted(
-                str(f) for f in p.rglob("*") if f.is_file() and f.suffix.lower() in HDF5_SUFFIXES
-            ) or frame_files_in(p)
+            files = [(str(f), f.suffix.lower()) for f in p.rglob("*") if f.is_file()]
+            found = sorted(f for f, suffix in files if suffix in HDF5_SUFFIXES) or sorted(
+                f for f, suffix in files if suffix in FRAME_SUFFIXES
+            )
             if not found:
                 raise NotFoundError(
                     f"{p} contains no HDF5 files ({', '.join(HDF5_SUFFIXES)}) "

@@ -226,8 +226,8 @@ _HEAD_BYTES = 1 << 16
 def scan_cbf(path: str) -> CbfFrame:
     """The binary section of a single-image CBF file (named errors for anything else)."""
     try:
-        size = os.path.getsize(path)
         with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
             head = f.read(_HEAD_BYTES)
     except OSError as exc:
         raise BadFrameError(f"{path}: cannot read: {exc.strerror}", path=path) from exc

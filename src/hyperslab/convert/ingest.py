@@ -153,22 +153,30 @@ class _Sources:
         self.by_path: dict[str, dict[str, Any]] = {}
         self.stat: dict[str, tuple[int, int]] = {}
         self.sums: dict[str, FileChecksums] = {}
+        self._abs: dict[str, str] = {}
+
+    def _ap(self, path: str) -> str:
+        """:func:`source_url` of ``path``, remembered (each call asks the OS for the cwd)."""
+        ap = self._abs.get(path)
+        if ap is None:
+            ap = self._abs[path] = source_url(path)
+        return ap
 
     def prefetch(self, path: str) -> None:
         """Start hashing a local file now (its name will be wanted soon)."""
-        ap = source_url(path)
+        ap = self._ap(path)
         if "://" not in ap and ap not in self.by_path:
             self.hasher.submit(ap)
 
     def chunks(self, path: str, offsets: Any, lengths: Any) -> None:
         """Start the one read of a file that gives its sha256 and the CRC-32C of these
         chunk ranges (a frame's, once its header is parsed)."""
-        ap = source_url(path)
+        ap = self._ap(path)
         if "://" not in ap and ap not in self.by_path:
             self.hasher.submit(ap, offsets, lengths)
 
     def url(self, path: str) -> str:
-        ap = source_url(path)
+        ap = self._ap(path)
         if ap not in self.by_path:
             if "://" in ap:
                 raise BadInputError(f"ingest reads local files; {ap!r} is a URL")
