@@ -117,9 +117,15 @@ class BitshuffleH5(Codec):
             )
         block = self._block()
         nelem = data.nbytes // esize
-        shuffled = memoryview(
-            imagecodecs.bitshuffle_encode(data.tobytes(), itemsize=esize, blocksize=block)
-        ).cast("B")
+        typed = data.view(f"u{esize}") if esize in (1, 2, 4, 8) else data.tobytes()  # no copy
+        shuffled = (
+            np.ascontiguousarray(
+                imagecodecs.bitshuffle_encode(typed, itemsize=esize, blocksize=block)
+            )
+            .reshape(-1)
+            .view(np.uint8)
+            .data
+        )
         parts: list[bytes | bytearray] = [struct.pack(">QI", data.nbytes, block * esize)]
         nfull = nelem // block
         last = nelem % block
@@ -194,8 +200,9 @@ class BitshuffleH5(Codec):
         view[opos:] = raw_in[pos:]
         # Blocked unshuffle of the concatenation equals per-block unshuffle: the last
         # block is a multiple of 8 elements and the < 8 trailing elements are copied.
-        result = imagecodecs.bitshuffle_decode(shuffled, itemsize=esize, blocksize=block)
-        return _finish(result, out)
+        typed = np.frombuffer(shuffled, f"u{esize}") if esize in (1, 2, 4, 8) else shuffled
+        unshuffled = imagecodecs.bitshuffle_decode(typed, itemsize=esize, blocksize=block)
+        return _finish(unshuffled, out)
 
 
 # ---------------------------------------------------------------------------------- lz4

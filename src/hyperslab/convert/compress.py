@@ -335,8 +335,9 @@ def _fill(zarray: dict[str, Any], dtype: np.dtype[Any]) -> Any:
 
 def _values(
     reader: EntryReader, arr: ArrayRefs, plan: ArrayPlan, lins: Sequence[int]
-) -> list[bytes]:
-    """The raw bytes of new chunks ``lins`` of an array to encode, from the old chunks."""
+) -> list[np.ndarray]:
+    """The raw bytes (flat uint8 arrays) of new chunks ``lins`` of an array to encode,
+    from the old chunks."""
     decoder = reader.decoder(plan.path)
     if decoder is None:  # pragma: no cover - array_plan chose "copy" for these
         raise CorruptError(f"{plan.path}: its chunks cannot be decoded here")
@@ -349,7 +350,7 @@ def _values(
             raw = by_old[lin]
             if raw is None:  # pragma: no cover - _present lists stored chunks only
                 raise CorruptError(f"{arr.chunk_key(lin)} vanished while compressing")
-            out.append(np.ascontiguousarray(raw).view(np.uint8).tobytes())
+            out.append(np.ascontiguousarray(raw).view(np.uint8).reshape(-1))  # no copy
         return out
     dtype = v2_dtype(plan.zarray["dtype"])
     fill = _fill(plan.zarray, dtype)
@@ -367,7 +368,7 @@ def _values(
             old = np.asarray(raw).view(dtype).reshape(plan.old_chunks)
             lo, hi = max(row0, jrow), min(row0 + n, jrow + c0)
             buf[lo - row0 : hi - row0] = old[lo - jrow : hi - jrow]
-        result.append(buf.tobytes())
+        result.append(buf.view(np.uint8).reshape(-1))
     return result
 
 
@@ -387,11 +388,12 @@ def _stored(reader: EntryReader, arr: ArrayRefs, lins: Sequence[int]) -> list[by
     return out
 
 
-def _encode_checked(codec: Codec, raw: bytes, key: str) -> bytes:
-    """``raw`` encoded, after checking that the encoding decodes to exactly ``raw``."""
-    enc = bytes(codec.encode(np.frombuffer(raw, np.uint8)))
-    back = codec.decode(enc)
-    if ensure_bytes(back) != raw:
+def _encode_checked(codec: Codec, raw: np.ndarray, key: str) -> bytes:
+    """``raw`` (flat uint8) encoded, after checking that the encoding decodes to exactly
+    ``raw``."""
+    enc = bytes(codec.encode(raw))
+    back = np.frombuffer(ensure_bytes(codec.decode(enc)), np.uint8)
+    if not np.array_equal(back, raw):
         raise CorruptError(
             f"{key}: {codec.codec_id} did not decode to the values read; nothing stored"
         )
