@@ -197,12 +197,17 @@ def test_already_compressed_is_left_alone_and_recompress_keeps_originals(
     assert all(s["entries"] == ["cbf"] for s in report.archivable)
 
 
+def _own_copy_ingested(tmp_path: Path, folder: Path, name: str) -> tuple[Path, Path]:
+    """A copy of the series (the test deletes it) ingested into a new repository."""
+    mine, repo = tmp_path / "frames", tmp_path / "repo"
+    shutil.copytree(folder, mine)
+    _ingest(repo, mine, name)
+    return mine, repo
+
+
 def test_originals_can_go_once_compressed(tmp_path: Path, frames: dict[str, Any]) -> None:
     folder, expect = frames["tiff"]
-    mine = tmp_path / "frames"
-    shutil.copytree(folder, mine)
-    repo = tmp_path / "repo"
-    _ingest(repo, mine, "t")
+    mine, repo = _own_copy_ingested(tmp_path, folder, "t")
     before = Repository.open(str(repo)).branch_head("main")[0]
     _cli("compress", str(repo), "t")
     shutil.rmtree(mine)  # the operator archives the raw frames
@@ -283,11 +288,7 @@ def test_sigkill_then_rerun_resumes(tmp_path: Path) -> None:
 
 
 def test_damaged_pack_is_caught(tmp_path: Path, frames: dict[str, Any]) -> None:
-    folder, _ = frames["cbf"]
-    mine = tmp_path / "frames"
-    shutil.copytree(folder, mine)
-    repo = tmp_path / "repo"
-    _ingest(repo, mine, "cbf")
+    mine, repo = _own_copy_ingested(tmp_path, frames["cbf"][0], "cbf")
     doc = _cli("compress", str(repo), "cbf")
     shutil.rmtree(mine)  # no other copy to fall back on
     rec = Repository.open(str(repo)).entry(doc["snapshot"], "cbf")
