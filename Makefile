@@ -29,6 +29,9 @@ demo: install
 	@echo "== 4. commit them to a versioned repository (local directory site), search, check"
 	$(HS) init $(DEMO)/repo
 	$(HS) ingest $(DEMO)/beamline --repo $(DEMO)/repo --name run42 -m "run 42" --upload-sources -q
+	@echo "== 4b. the Pilatus CBF frames as one entry, then compressed into the repository (bitshuffle-LZ4)"
+	$(HS) ingest $(DEMO)/beamline/pilatus_cbf --repo $(DEMO)/repo --name run42/frames -q
+	$(HS) compress $(DEMO)/repo run42/frames -q
 	$(HS) log $(DEMO)/repo
 	$(HS) search $(DEMO)/repo 'sample~insulin energy>12'
 	$(HS) fsck $(DEMO)/repo -q
