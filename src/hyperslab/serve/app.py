@@ -54,7 +54,9 @@ key, and unless anonymous reads are allowed, every data endpoint answers 401; a 
 limited by repository or entry globs gets 403 for any other (whether it exists or not).
 A key limited to some entries is *restricted*: entries and search show it only its
 entries, and the log, branches, tags and error messages nothing of the others
-(:mod:`.history`). Errors are JSON ``{"error": {"code", "message"}}``, never a trace.
+(:mod:`.history`). Errors are JSON ``{"error": {"code", "message"}}``, never a trace;
+a storage site that is down (or no site that could deliver a chunk) is 503, its message
+naming the site(s) tried and their errors, never the server's credentials.
 
 Why Starlette: a small ASGI toolkit with no build step and few dependencies, enough for
 a handful of routes that stream bytes and JSON; FastAPI would add pydantic and schema
@@ -87,6 +89,7 @@ from hyperslab.errors import (
     TransientError,
     UnsupportedFeatureError,
 )
+from hyperslab.reading.routing import ChunkUnavailableError
 from hyperslab.references.repository import Repository
 from hyperslab.serve.history import check_ref, quiet, visible_log, visible_refs
 from hyperslab.serve.keys import ANONYMOUS, Grant, KeyRing
@@ -146,8 +149,10 @@ def _status(exc: HyperslabError) -> int:
         return 404
     if isinstance(exc, ConflictError):
         return 409
-    if isinstance(exc, TransientError | AccessDeniedError):
-        return 503  # a site this server reads is down, or refuses the server itself
+    if isinstance(exc, TransientError | AccessDeniedError | ChunkUnavailableError):
+        # a site this server reads is down, or refuses the server itself; or no site
+        # could deliver a chunk (each one tried is named, with its error)
+        return 503
     return 500
 
 
