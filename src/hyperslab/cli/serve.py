@@ -175,7 +175,15 @@ def serve(
         ring = KeyRing.load(keys) if keys is not None else None
         if ring is None and not allow_anonymous:
             raise BadInputError("give --keys FILE, --allow-anonymous, or both")
-        opened = {name: Repository.open(spec) for name, spec in specs.items()}
+        from hyperslab.config import load_config
+        from hyperslab.reading.entry import replica_sites
+
+        config = load_config()
+        opened = {name: Repository.open(spec, config=config) for name, spec in specs.items()}
+        # a SITE:path repository is read at every configured site holding that path
+        routes = {
+            name: replica_sites(opened[name], spec, None, config)[0] for name, spec in specs.items()
+        }
         from hyperslab.serve.app import create_app
 
         try:
@@ -191,6 +199,7 @@ def serve(
             max_slice_bytes=max_slice_bytes,
             max_requests=max_requests,
             cors_origins=cors_origin or (),
+            sites={name: specs_ for name, specs_ in routes.items() if specs_},
         )
         _check_port(host, port)
         who = f"{len(ring)} key(s)" if ring is not None else "no keys"

@@ -233,7 +233,8 @@ def replica_sites(
             out.append((repo.display, repo.site))
             continue
         site, display = open_site(s, config)
-        out.append((display, site))
+        # the repository's own location, named another way: its open site serves
+        out.append((repo.display, repo.site) if display == repo.display else (display, site))
     if out and not any(site is repo.site for _, site in out):
         out.append((repo.display, repo.site))
     return specs, out

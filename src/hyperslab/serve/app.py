@@ -201,8 +201,10 @@ class _Server:
         keys: KeyRing | None,
         allow_anonymous: bool,
         max_slice_bytes: int = MAX_SLICE_BYTES,
+        sites: Mapping[str, Sequence[str]] | None = None,
     ) -> None:
         self.repos = repos
+        self.sites = dict(sites or {})  # repository name → where to read its chunks
         self.prefixed = len(repos) > 1  # several: /api/<name>/..., /zarr/<name>/...
         self.keys = keys
         self.allow_anonymous = allow_anonymous
@@ -281,7 +283,7 @@ class _Server:
             if found is not None:
                 self.stores.move_to_end(key)
                 return found
-        store = open_store(ctx.repo, entry, snapshot=sid)
+        store = open_store(ctx.repo, entry, snapshot=sid, sites=self.sites.get(ctx.name) or None)
         with self.lock:
             self.stores[key] = store
             while len(self.stores) > STORES:
@@ -730,15 +732,21 @@ def create_app(
     max_slice_bytes: int = MAX_SLICE_BYTES,
     max_requests: int = MAX_REQUESTS,
     cors_origins: Sequence[str] = (),
+    sites: Mapping[str, Sequence[str]] | None = None,
 ) -> Starlette:
     """The ASGI app sharing ``repo``, or the repositories of a mapping name → repository
-    (see the module's description; with one, the URLs carry no name)."""
+    (see the module's description; with one, the URLs carry no name).
+
+    ``sites``: per repository name, the locations to read its chunks from, most
+    preferred first (``open_store``'s ``sites``; ``serve`` passes, for a ``SITE:path``
+    repository, that path at every site of ``hyperslab.toml``), so chunks are routed,
+    and fall back, as any reader's; by default each repository's own site."""
     if max_requests < 1:
         raise ValueError(f"max_requests must be at least 1, not {max_requests}")
     repos = _repositories_of(repo)
     for r in repos.values():
         r.store_derived = False  # a server only reads
-    server = _Server(repos, keys, allow_anonymous, max_slice_bytes)
+    server = _Server(repos, keys, allow_anonymous, max_slice_bytes, sites)
     at = "/{repo}" if server.prefixed else ""
     routes = [
         Route("/api/repositories", _route(server, _repositories)),
