@@ -1,0 +1,53 @@
+"""SourceHasher: the same digests however files are queued (batched, alone, in this thread)."""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import pytest
+from google_crc32c import value as crc32c
+
+from hyperslab.convert.source_hash import SourceHasher
+from hyperslab.errors import NotFoundError, SourceChangedError
+
+
+def _files(tmp_path, sizes: list[int]) -> list[tuple[str, bytes]]:
+    out = []
+    for i, n in enumerate(sizes):
+        data = np.random.default_rng(i).integers(0, 256, n, np.uint8).tobytes()
+        p = tmp_path / f"f{i}.bin"
+        p.write_bytes(data)
+        out.append((str(p), data))
+    return out
+
+
+@pytest.mark.parametrize("batch_bytes", [1, 3000, 1 << 30])
+def test_digests_equal_whatever_the_batching(tmp_path, batch_bytes):
+    files = _files(tmp_path, [1000, 2500, 0, 4000, 10])
+    with SourceHasher(threads=2, batch_bytes=batch_bytes) as h:
+        for p, data in files[:-1]:  # the last one is never queued
+            h.submit(p, np.array([0, 0]), np.array([min(5, len(data)), 0]))
+        h.submit(files[0][0])  # queued twice: read once, as first asked
+        for k, (p, data) in enumerate(files):
+            got = h.result(p)
+            assert got.sums.sha256 == hashlib.sha256(data).hexdigest()
+            assert got.size == got.sums.size == len(data)
+            if k < len(files) - 1:
+                n = min(5, len(data))
+                found, crcs = got.sums.lookup(np.array([0, 0]), np.array([n, 0]))
+                assert found.all()
+                assert crcs.tolist() == [crc32c(data[:n]), crc32c(b"")]
+
+
+def test_errors_are_named_and_per_file(tmp_path):
+    (p, _), (q, _) = _files(tmp_path, [100, 100])
+    with SourceHasher(threads=1, batch_bytes=150) as h:
+        h.submit(str(tmp_path / "missing.bin"))
+        h.submit(p, np.array([50]), np.array([51]))  # past the end
+        h.submit(q)
+        with pytest.raises(NotFoundError):
+            h.result(str(tmp_path / "missing.bin"))
+        with pytest.raises(SourceChangedError):
+            h.result(p)
+        assert h.result(q).size == 100
