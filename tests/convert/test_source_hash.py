@@ -1,4 +1,4 @@
-"""SourceHasher: the same digests however files are queued (batched, alone, in this thread)."""
+"""SourceHasher: the same digests however files are read (on threads, inline, unqueued)."""
 
 from __future__ import annotations
 
@@ -22,10 +22,10 @@ def _files(tmp_path, sizes: list[int]) -> list[tuple[str, bytes]]:
     return out
 
 
-@pytest.mark.parametrize("batch_bytes", [1, 3000, 1 << 30])
-def test_digests_equal_whatever_the_batching(tmp_path, batch_bytes):
+@pytest.mark.parametrize("inline_bytes", [0, 2000, 1 << 30])
+def test_digests_equal_on_threads_or_inline(tmp_path, inline_bytes):
     files = _files(tmp_path, [1000, 2500, 0, 4000, 10])
-    with SourceHasher(threads=2, batch_bytes=batch_bytes) as h:
+    with SourceHasher(threads=2, inline_bytes=inline_bytes) as h:
         for p, data in files[:-1]:  # the last one is never queued
             h.submit(p, np.array([0, 0]), np.array([min(5, len(data)), 0]))
         h.submit(files[0][0])  # queued twice: read once, as first asked
@@ -42,7 +42,7 @@ def test_digests_equal_whatever_the_batching(tmp_path, batch_bytes):
 
 def test_errors_are_named_and_per_file(tmp_path):
     (p, _), (q, _) = _files(tmp_path, [100, 100])
-    with SourceHasher(threads=1, batch_bytes=150) as h:
+    with SourceHasher(threads=1, inline_bytes=0) as h:
         h.submit(str(tmp_path / "missing.bin"))
         h.submit(p, np.array([50]), np.array([51]))  # past the end
         h.submit(q)

@@ -2,15 +2,20 @@
 
 Ingest names every source by its sha256 and records the CRC-32C of every chunk it
 references (:mod:`hyperslab.references.checksums`). Both read every byte; hashlib
-releases the GIL, so a :class:`SourceHasher` reads files on a small thread pool
-while the caller goes on parsing. Where a file's chunk ranges are known before its
-name is needed (detector frames: each header gives them), :meth:`SourceHasher.submit`
-takes them and the sha256 and the chunk CRCs come from ONE read of the file; else
-the sha256 is taken alone and the CRCs later (:func:`compute_checksums`).
+(and the CRC-32C call used) release the GIL, so a :class:`SourceHasher` reads large
+files on a small thread pool while the caller goes on parsing. Where a file's chunk
+ranges are known before its name is needed (detector frames: each header gives them),
+:meth:`SourceHasher.submit` takes them and the sha256 and the chunk CRCs come from ONE
+read of the file; else the sha256 is taken alone and the CRCs later
+(:func:`~hyperslab.references.checksums.compute_checksums`).
 
-Small files are handed to the threads in batches of about 1 MiB (one hand-over per
-file would cost as much as hashing it). Memory stays bounded: a thread holds one read
-buffer (8 MiB at most, reused), and a finished job only its digests.
+Files under 1 MiB are read in the calling thread when wanted: their hashing takes
+little longer than the Python around it, and a thread running that Python beside the
+parser slows both (measured on 2 cores: 2,000 uncompressed TIFF frames of 380 kB,
+1.75 s wall and 1.84 s CPU inline, 1.80 s and 2.39 s on threads; 45 kB deflate frames
+were 15% slower on threads than reading them twice inline). Four 150 MB HDF5 files
+ingest in 0.92 s with the threads, 1.18 s without. Memory stays bounded: a thread
+holds one read buffer (8 MiB at most, reused), a finished job only its digests.
 """
 
 from __future__ import annotations
@@ -22,15 +27,15 @@ from types import TracebackType
 
 import numpy as np
 
-from hyperslab.errors import AccessDeniedError, HyperslabError, NotFoundError
+from hyperslab.errors import AccessDeniedError, NotFoundError
 from hyperslab.references.checksums import FileChecksums, hash_and_checksum
 
-__all__ = ["BATCH_BYTES", "HASH_THREADS", "HashedFile", "SourceHasher"]
+__all__ = ["HASH_THREADS", "INLINE_BYTES", "HashedFile", "SourceHasher"]
 
 #: threads hashing at once (each holds one read buffer)
 HASH_THREADS = max(1, min(4, os.cpu_count() or 1))
-#: bytes of small files handed to a thread at once
-BATCH_BYTES = 1 << 20
+#: files smaller than this are read in the calling thread, when wanted
+INLINE_BYTES = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -56,77 +61,49 @@ def _read(path: str, offsets: np.ndarray | None, lengths: np.ndarray | None) -> 
 _Job = tuple[str, np.ndarray | None, np.ndarray | None]
 
 
-def _read_batch(batch: list[_Job]) -> dict[str, HashedFile | HyperslabError]:
-    out: dict[str, HashedFile | HyperslabError] = {}
-    for path, offsets, lengths in batch:
-        try:
-            out[path] = _read(path, offsets, lengths)
-        except HyperslabError as exc:
-            out[path] = exc
-    return out
-
-
 class SourceHasher:
     """Reads local files on ``threads`` threads: :meth:`submit` queues one (once per
-    path), :meth:`result` waits for it (reading it here if nobody queued it). Small
-    files go to the threads in batches of about ``batch_bytes`` (a hand-over costs
-    about as much as hashing 100 kB); a batch not yet full when one of its files is
-    wanted is read in the calling thread. Use it as a context manager: leaving
-    cancels what has not started."""
+    path), :meth:`result` waits for it. Files under ``inline_bytes`` (and files nobody
+    queued) are read by :meth:`result` in the calling thread. Use it as a context
+    manager: leaving cancels what has not started."""
 
-    def __init__(self, threads: int = HASH_THREADS, batch_bytes: int = BATCH_BYTES) -> None:
+    def __init__(self, threads: int = HASH_THREADS, inline_bytes: int = INLINE_BYTES) -> None:
         self.threads = threads
-        self.batch_bytes = batch_bytes
+        self.inline_bytes = inline_bytes
         self._pool: ThreadPoolExecutor | None = None
-        self._jobs: dict[str, Future[dict[str, HashedFile | HyperslabError]]] = {}
-        self._batch: dict[str, _Job] = {}
-        self._batch_size = 0
+        self._jobs: dict[str, Future[HashedFile]] = {}
+        self._inline: dict[str, _Job] = {}
 
     def submit(
         self, path: str, offsets: np.ndarray | None = None, lengths: np.ndarray | None = None
     ) -> None:
         """Queue reading ``path`` (absolute) unless already queued; ``offsets`` and
         ``lengths``: byte ranges whose CRC-32C to take in the same read."""
-        if path in self._jobs or path in self._batch:
+        if path in self._jobs or path in self._inline:
             return
         try:
             size = os.stat(path).st_size
         except OSError:
             size = 0  # its named error comes from the read
-        self._batch[path] = (path, offsets, lengths)
-        self._batch_size += size
-        if self._batch_size >= self.batch_bytes:
-            self._flush()
-
-    def _flush(self) -> None:
-        if not self._batch:
+        if size < self.inline_bytes:
+            self._inline[path] = (path, offsets, lengths)
             return
         if self._pool is None:
             self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="hyperslab-hash")
-        fut = self._pool.submit(_read_batch, list(self._batch.values()))
-        for p in self._batch:
-            self._jobs[p] = fut
-        self._batch, self._batch_size = {}, 0
+        self._jobs[path] = self._pool.submit(_read, path, offsets, lengths)
 
     def result(self, path: str) -> HashedFile:
         """The read of ``path``, waiting for it; its named error if it failed."""
         if path in self._jobs:
-            got = self._jobs.pop(path).result()[path]
-        elif path in self._batch:
-            job = self._batch.pop(path)
-            got = _read_batch([job])[path]
-        else:
-            got = _read_batch([(path, None, None)])[path]
-        if isinstance(got, HyperslabError):
-            raise got
-        return got
+            return self._jobs.pop(path).result()
+        return _read(*self._inline.pop(path, (path, None, None)))
 
     def close(self) -> None:
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
         self._jobs.clear()
-        self._batch, self._batch_size = {}, 0
+        self._inline.clear()
 
     def __enter__(self) -> SourceHasher:
         return self
