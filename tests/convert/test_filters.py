@@ -774,3 +774,19 @@ def test_codec_decode_rejects_corrupt_input() -> None:
         hc.BitshuffleH5(4, 0, 2).decode(good[:-3])
     with pytest.raises((ValueError, RuntimeError)):
         hc.ScaleOffsetH5(_so_cd(np.dtype("<i4"), 100, None)).decode(b"\x05" + bytes(20))
+
+
+@pytest.mark.parametrize("dtype", ["<i4", "<u2", ">u2", "<f8", "u1"])
+@pytest.mark.parametrize("shape", [(37, 53), (8, 2048), (3, 5)])
+def test_bitshuffle_lz4_encode_is_the_bytes_hdf5plugin_writes(
+    tmp_path: Path, dtype: str, shape: tuple[int, ...]
+) -> None:
+    """What ``compress`` writes with bitshuffle-LZ4 is byte for byte what the HDF5 filter
+    writes (same default block size), so its packs read anywhere bitshuffle reads."""
+    rng = np.random.default_rng(5)
+    data = (rng.poisson(0.3, shape) * (rng.random(shape) < 0.5)).astype(dtype)
+    with h5py.File(tmp_path / "b.h5", "w") as f:
+        dset = f.create_dataset("d", data=data, chunks=shape, **hdf5plugin.Bitshuffle(cname="lz4"))
+        _, written = dset.id.read_direct_chunk((0,) * len(shape))
+    ours = hc.BitshuffleH5(elementsize=data.dtype.itemsize, compression=2).encode(data)
+    assert ours == written
