@@ -441,15 +441,25 @@ async def _entries(server: _Server, request: Request) -> Response:
     return _json(doc)
 
 
-async def _entry(server: _Server, request: Request) -> Response:
+async def _pinned_entry(
+    server: _Server, request: Request, what: str
+) -> tuple[_Ctx, str, str, dict[str, str]] | Response:
+    """The entry a request names (one the key may read), the snapshot it reads and the
+    caching headers of ``what`` about it; or a 304 when the client's copy is current."""
     ctx = server.context(request)
     name = "/".join(_segments(request.path_params["path"]))
     server.check(ctx, name)
     sid, immutable = await run_in_threadpool(server.resolve, ctx, request)
-    headers = _cache_headers(server, ctx, sid, immutable, "entry", name)
+    headers = _cache_headers(server, ctx, sid, immutable, what, name)
     cached = _not_modified(request, headers)
-    if cached is not None:
-        return cached
+    return cached if cached is not None else (ctx, name, sid, headers)
+
+
+async def _entry(server: _Server, request: Request) -> Response:
+    pinned = await _pinned_entry(server, request, "entry")
+    if isinstance(pinned, Response):
+        return pinned
+    ctx, name, sid, headers = pinned
     rec = await run_in_threadpool(server.record, ctx, sid, name)
     doc: dict[str, Any] = {
         "snapshot": sid,
@@ -460,14 +470,10 @@ async def _entry(server: _Server, request: Request) -> Response:
 
 
 async def _tree(server: _Server, request: Request) -> Response:
-    ctx = server.context(request)
-    name = "/".join(_segments(request.path_params["path"]))
-    server.check(ctx, name)
-    sid, immutable = await run_in_threadpool(server.resolve, ctx, request)
-    headers = _cache_headers(server, ctx, sid, immutable, "tree", name)
-    cached = _not_modified(request, headers)
-    if cached is not None:
-        return cached
+    pinned = await _pinned_entry(server, request, "tree")
+    if isinstance(pinned, Response):
+        return pinned
+    ctx, name, sid, headers = pinned
     rec = await run_in_threadpool(server.record, ctx, sid, name)
     store = await run_in_threadpool(server.store, ctx, sid, name)
     tree = await run_in_threadpool(entry_tree, store.view.refmap)
