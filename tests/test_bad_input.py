@@ -180,6 +180,7 @@ def cases(d: Path) -> Iterator[tuple[str, list[str]]]:
     yield "replicate: malformed rules", ["replicate", "-r", str(d / "bad.toml")]
     yield "replicate: wrong rules", ["replicate", "-r", str(d / "wrong_rules.toml")]
     yield "replicate: rules are a folder", ["replicate", "-r", str(d / "a_folder")]
+    yield "init: unknown format version", ["init", str(d / "new_repo"), "--format-version", "7"]
     # compress
     yield "compress: not a repository", ["compress", str(d / "plain_dir"), "run/a"]
     yield "compress: unknown entry", ["compress", repo, "run/nope"]

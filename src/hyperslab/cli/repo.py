@@ -65,6 +65,15 @@ def init(
         ),
     ] = False,
     branch: BranchOpt = "main",
+    format_version: Annotated[
+        int | None,
+        typer.Option(
+            "--format-version",
+            help="Repository format: 3 (the default: compressed tree nodes) or 2, which "
+            "hyperslab versions before format 3 also read.",
+            show_default=False,
+        ),
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Create an empty repository (with branch `main` at an empty snapshot).
@@ -83,7 +92,10 @@ def init(
     from hyperslab.references.repository import Repository
 
     with handle_errors(as_json):
-        r = Repository.init(repo, single_writer=single_writer, branch=branch)
+        from hyperslab.references.format import FORMAT_VERSION
+
+        version = FORMAT_VERSION if format_version is None else format_version
+        r = Repository.init(repo, single_writer=single_writer, branch=branch, version=version)
         head = r.branch_head(branch)[0]  # read directly: some servers' listings lag
         if as_json:
             _emit({"repo": r.display, "id": r.id, "branch": branch, "snapshot": head})
