@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import h5py
 import numpy as np
@@ -242,3 +243,21 @@ def test_bad_keys_files_are_named(tmp_path: Path, text: str, fault: str) -> None
     (tmp_path / "k.toml").write_text(text)
     with pytest.raises(ConfigError, match=fault.replace("[", r"\[")):
         KeyRing.load(tmp_path / "k.toml")
+
+
+def test_search_pages_through_hits(client: Any) -> None:
+    """``/api/search`` takes ``offset`` and ``limit`` like ``/api/entries``: pages of
+    hits that together are every hit, in order."""
+    whole = client.get("/api/search", params={"q": "arrays>0"}, headers=auth(BOB)).json()
+    assert whole["total"] >= 2
+    pages = [
+        client.get(
+            "/api/search",
+            params={"q": "arrays>0", "offset": i, "limit": 1},
+            headers=auth(BOB),
+        ).json()
+        for i in range(whole["total"] + 1)
+    ]
+    assert [p["offset"] for p in pages] == list(range(whole["total"] + 1))
+    assert [h for p in pages for h in p["hits"]] == whole["hits"]
+    assert pages[-1]["hits"] == [] and pages[-1]["total"] == whole["total"]

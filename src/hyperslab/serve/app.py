@@ -488,11 +488,13 @@ async def _search(server: _Server, request: Request) -> Response:
     query = request.query_params.get("q")
     if query is None:
         raise _HttpError(400, "bad_query", "give a query: /api/search?q=TERMS")
+    offset = _int(request, "offset", 0, 0, 2**62)
     limit = _int(request, "limit", PAGE, 1, MAX_PAGE)
     sid, _ = await run_in_threadpool(server.resolve, ctx, request)
     result = await run_in_threadpool(search, ctx.repo, sid, query)
     hits = [{"entry": n, "catalog": c} for n, c in result if ctx.grant.allows(n)]
-    return _json({"snapshot": sid, "query": query, "total": len(hits), "hits": hits[:limit]})
+    doc = {"snapshot": sid, "query": query, "total": len(hits), "offset": offset, "limit": limit}
+    return _json({**doc, "hits": hits[offset : offset + limit]})
 
 
 def _float(request: Request, name: str) -> float | None:

@@ -208,6 +208,8 @@ def _schemas() -> dict[str, Any]:
                 "snapshot": s,
                 "query": s,
                 "total": {"type": "integer"},
+                "offset": {"type": "integer"},
+                "limit": {"type": "integer"},
                 "hits": {
                     "type": arr,
                     "items": {"type": obj, "properties": {"entry": s, "catalog": catalog}},
@@ -331,7 +333,7 @@ def _paths(prefixed: bool) -> dict[str, Any]:
             "get": _op(
                 "search",
                 "Catalog search (key=value, key~glob*, key>number, words)",
-                [*repo, {**_query("q", "the query"), "required": True}, _REF, _PAGE[1]],
+                [*repo, {**_query("q", "the query"), "required": True}, _REF, *_PAGE],
                 _json_ok("the hits", "Search"),
             )
         },

@@ -176,11 +176,12 @@ async function loadEntries() {
   const q = state.query.trim();
   let rows;
   if (q) {
-    const doc = await getJson("search", { q, ref: refParam(), limit: 1000 });
+    const doc = await getJson("search", { q, ref: refParam(), offset: state.offset, limit: state.limit });
     rows = doc.hits.map((h) => ({ name: h.entry, catalog: h.catalog }));
     $("entries-info").textContent = `${doc.total} match${doc.total === 1 ? "" : "es"}`
-      + (doc.total > rows.length ? `, the first ${rows.length} shown` : "");
-    $("prev").disabled = $("next").disabled = true;
+      + (doc.total > rows.length ? `, ${doc.offset + 1}-${doc.offset + rows.length} shown` : "");
+    $("prev").disabled = state.offset === 0;
+    $("next").disabled = state.offset + state.limit >= doc.total;
   } else {
     const doc = await getJson("entries", { ref: refParam(), offset: state.offset, limit: state.limit });
     rows = doc.entries;
