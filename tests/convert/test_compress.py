@@ -115,6 +115,8 @@ def test_frames_compressed_equal_the_readers(
     ]
     signal_ = rec["arrays"]["entry/data/data"]
     assert signal_["chunks"][0] == (per_chunk or 1)
+    if per_chunk:  # whole frames, whatever the strips or tiles were
+        assert signal_["chunks"][1:] == list(expect.shape[1:])
     # per-frame header coordinates and the dataset view survive
     ds = open_dataset(str(repo), "run1/frames")
     np.testing.assert_array_equal(ds["data"].values, expect)

@@ -125,8 +125,8 @@ def compress_cmd(
     frames_per_chunk: Annotated[
         int | None,
         typer.Option(
-            help="New chunks of 3-D and larger arrays hold this many frames (first axis); "
-            "default: the chunk shape stays.",
+            help="New chunks of 3-D and larger arrays hold this many whole frames (first "
+            "axis; TIFF strips and tiles become whole frames); default: chunks keep their shape.",
             min=1,
         ),
     ] = None,

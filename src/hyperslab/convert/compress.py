@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import itertools
 import json
 import math
 import os
@@ -101,8 +102,8 @@ class CompressOptions:
     """What ``compress`` writes: the codec, its level, and frames a chunk.
 
     ``frames_per_chunk``: new chunks of arrays of 3 or more dimensions hold this many
-    entries along the first axis (frames), the other axes chunked as before; None
-    keeps every array's chunk shape.
+    whole frames (entries along the first axis, the other axes whole: TIFF strips or
+    tiles become whole frames); None keeps every array's chunk shape.
     """
 
     codec: str = "bitshuffle-lz4"
@@ -181,29 +182,39 @@ def array_plan(arr: ArrayRefs, options: CompressOptions) -> ArrayPlan | None:
     new = old
     n = options.frames_per_chunk
     if n is not None and len(old) >= 3 and _plain_numeric(dtype):
-        new = (min(n, max(int(z["shape"][0]), 1)), *old[1:])
+        # N whole frames a chunk: the first axis in N, the others whole
+        new = (min(n, max(int(z["shape"][0]), 1)), *(max(int(s), 1) for s in z["shape"][1:]))
     codec = options.compressor(dtype)
     zarray = dict(z, chunks=list(new), compressor=codec.get_config(), filters=None)
     grid = tuple(math.ceil(s / c) if c else 0 for s, c in zip(z["shape"], new, strict=True))
     return ArrayPlan(arr.path, "encode", zarray, old, new, grid)
 
 
+def _old_grid(plan: ArrayPlan) -> tuple[int, ...]:
+    """The grid of the array's chunks before ``compress``."""
+    shape = plan.zarray["shape"]
+    return tuple(
+        math.ceil(int(s) / c) if c else 0 for s, c in zip(shape, plan.old_chunks, strict=True)
+    )
+
+
+def _span(coord: int, size: int, extent: int) -> tuple[int, int]:
+    """The elements ``[lo, hi)`` chunk ``coord`` of ``size`` covers on an axis of ``extent``."""
+    return coord * size, min((coord + 1) * size, extent)
+
+
 def _sources_of(plan: ArrayPlan, new_lin: int) -> list[int]:
     """Linear indices (old grid) of the chunks new chunk ``new_lin`` takes values from."""
     if not plan.regroups:
         return [new_lin]
-    i, *rest = (int(c) for c in np.unravel_index(new_lin, plan.grid))
-    n, c0 = plan.new_chunks[0], plan.old_chunks[0]
-    lo, hi = i * n, min((i + 1) * n, int(plan.zarray["shape"][0]))
+    shape = [int(s) for s in plan.zarray["shape"]]
+    coords = np.unravel_index(new_lin, plan.grid)
+    ranges = []
+    for c, new, old, extent in zip(coords, plan.new_chunks, plan.old_chunks, shape, strict=True):
+        lo, hi = _span(int(c), new, extent)
+        ranges.append(range(lo // old, (hi - 1) // old + 1) if hi > lo else range(0))
     old_grid = _old_grid(plan)
-    return [
-        int(np.ravel_multi_index((j, *rest), old_grid)) for j in range(lo // c0, (hi - 1) // c0 + 1)
-    ]
-
-
-def _old_grid(plan: ArrayPlan) -> tuple[int, ...]:
-    """The grid of the old chunks of a regrouped array (only the first axis differs)."""
-    return (math.ceil(int(plan.zarray["shape"][0]) / plan.old_chunks[0]), *plan.grid[1:])
+    return [int(np.ravel_multi_index(js, old_grid)) for js in itertools.product(*ranges)]
 
 
 def _present(arr: ArrayRefs, plan: ArrayPlan) -> np.ndarray:
@@ -215,14 +226,15 @@ def _present(arr: ArrayRefs, plan: ArrayPlan) -> np.ndarray:
         return np.asarray(arr.index, np.int64)  # inline chunks stay in the map
     if not plan.regroups:
         return np.asarray(have, np.int64)
-    n, c0 = plan.new_chunks[0], plan.old_chunks[0]
-    shape0 = int(plan.zarray["shape"][0])
+    shape = [int(s) for s in plan.zarray["shape"]]
     coords = np.unravel_index(np.asarray(have, np.int64), _old_grid(plan))
     out: set[int] = set()
-    for j, *rest in zip(*(c.tolist() for c in coords), strict=True):
-        first, last = j * c0 // n, (min((j + 1) * c0, shape0) - 1) // n
-        for i in range(first, last + 1):
-            out.add(int(np.ravel_multi_index((i, *rest), plan.grid)))
+    for js in zip(*(c.tolist() for c in coords), strict=True):
+        ranges = []
+        for j, new, old, extent in zip(js, plan.new_chunks, plan.old_chunks, shape, strict=True):
+            lo, hi = _span(j, old, extent)
+            ranges.append(range(lo // new, (hi - 1) // new + 1))
+        out.update(int(np.ravel_multi_index(i, plan.grid)) for i in itertools.product(*ranges))
     return np.array(sorted(out), np.int64)
 
 
@@ -354,20 +366,34 @@ def _values(
         return out
     dtype = v2_dtype(plan.zarray["dtype"])
     fill = _fill(plan.zarray, dtype)
-    n, c0 = plan.new_chunks[0], plan.old_chunks[0]
+    shape = [int(s) for s in plan.zarray["shape"]]
     old_grid = _old_grid(plan)
     result = []
     for lin in lins:
-        row0 = int(np.unravel_index(lin, plan.grid)[0]) * n
         buf = np.full(plan.new_chunks, fill, dtype=dtype)
+        starts = [
+            int(c) * n
+            for c, n in zip(np.unravel_index(lin, plan.grid), plan.new_chunks, strict=True)
+        ]
         for j in _sources_of(plan, lin):
             raw = by_old[j]
             if raw is None:
-                continue
-            jrow = int(np.unravel_index(j, old_grid)[0]) * c0
+                continue  # never written: the fill value is already there
             old = np.asarray(raw).view(dtype).reshape(plan.old_chunks)
-            lo, hi = max(row0, jrow), min(row0 + n, jrow + c0)
-            buf[lo - row0 : hi - row0] = old[lo - jrow : hi - jrow]
+            dst, src = [], []
+            for c, size, start, new, extent in zip(
+                np.unravel_index(j, old_grid),
+                plan.old_chunks,
+                starts,
+                plan.new_chunks,
+                shape,
+                strict=True,
+            ):
+                olo, ohi = _span(int(c), size, extent)
+                lo, hi = max(olo, start), min(ohi, start + new, extent)
+                dst.append(slice(lo - start, hi - start))
+                src.append(slice(lo - olo, hi - olo))
+            buf[tuple(dst)] = old[tuple(src)]
         result.append(buf.view(np.uint8).reshape(-1))
     return result
 
