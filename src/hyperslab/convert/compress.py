@@ -43,6 +43,7 @@ import math
 import os
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -320,7 +321,10 @@ def job_id(entry_value: str, options: CompressOptions, pack_bytes: int) -> str:
 
 # ------------------------------------------------------------------------ one pack
 
-_READERS: dict[tuple[str, str, str], EntryReader] = {}
+#: entries this process has open for compress tasks, most recent last (a dask worker
+#: serves many jobs: at most _READERS_KEPT maps stay in memory)
+_READERS: OrderedDict[tuple[str, str, str], EntryReader] = OrderedDict()
+_READERS_KEPT = 8
 _READERS_LOCK = threading.Lock()
 
 
@@ -333,6 +337,9 @@ def _reader(repo: Repository, entry: str, snapshot: str) -> EntryReader:
             found = _READERS[key] = open_reader(
                 repo, entry, snapshot=snapshot, cache=False, stats=False, memory_cache=False
             )
+            while len(_READERS) > _READERS_KEPT:
+                _READERS.popitem(last=False)[1].close()
+        _READERS.move_to_end(key)
         return found
 
 
