@@ -96,6 +96,14 @@ def _op(
 def _schemas() -> dict[str, Any]:
     obj, arr, s = "object", "array", {"type": "string"}
     catalog = {"type": obj, "description": "the entry's catalog record (searchable fields)"}
+    integer = {"type": "integer"}
+
+    def paged(rows: str, row: dict[str, Any], **more: Any) -> dict[str, Any]:
+        """A page of ``rows`` (each with properties ``row``) at offset/limit of a total."""
+        listed = {"type": arr, "items": {"type": obj, "properties": row}}
+        fields = {"snapshot": s, **more, "total": integer, "offset": integer, "limit": integer}
+        return {"type": obj, "properties": {**fields, rows: listed}}
+
     return {
         "Error": {
             "type": obj,
@@ -154,19 +162,7 @@ def _schemas() -> dict[str, Any]:
                 },
             },
         },
-        "Entries": {
-            "type": obj,
-            "properties": {
-                "snapshot": s,
-                "total": {"type": "integer"},
-                "offset": {"type": "integer"},
-                "limit": {"type": "integer"},
-                "entries": {
-                    "type": arr,
-                    "items": {"type": obj, "properties": {"name": s, "catalog": catalog}},
-                },
-            },
-        },
+        "Entries": paged("entries", {"name": s, "catalog": catalog}),
         "Entry": {
             "type": obj,
             "properties": {
@@ -202,20 +198,7 @@ def _schemas() -> dict[str, Any]:
                 },
             },
         },
-        "Search": {
-            "type": obj,
-            "properties": {
-                "snapshot": s,
-                "query": s,
-                "total": {"type": "integer"},
-                "offset": {"type": "integer"},
-                "limit": {"type": "integer"},
-                "hits": {
-                    "type": arr,
-                    "items": {"type": obj, "properties": {"entry": s, "catalog": catalog}},
-                },
-            },
-        },
+        "Search": paged("hits", {"entry": s, "catalog": catalog}, query=s),
         "Slice": {
             "type": obj,
             "description": "format=json: non-finite floats are the strings NaN, Infinity",
