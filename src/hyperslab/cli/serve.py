@@ -176,14 +176,12 @@ def serve(
         if ring is None and not allow_anonymous:
             raise BadInputError("give --keys FILE, --allow-anonymous, or both")
         from hyperslab.config import load_config
-        from hyperslab.reading.entry import replica_sites
+        from hyperslab.reading.entry import replica_specs
 
         config = load_config()
         opened = {name: Repository.open(spec, config=config) for name, spec in specs.items()}
         # a SITE:path repository is read at every configured site holding that path
-        routes = {
-            name: replica_sites(opened[name], spec, None, config)[0] for name, spec in specs.items()
-        }
+        routes = {name: replica_specs(spec, config) for name, spec in specs.items()}
         from hyperslab.serve.app import create_app
 
         try:

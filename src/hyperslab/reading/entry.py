@@ -35,7 +35,7 @@ from hyperslab.references.refmap_objects import decode_refmap, read_object_meta
 from hyperslab.references.repository import DEFAULT_BRANCH, Repository
 from hyperslab.storage import FileSite, Site, open_site
 
-__all__ = ["EntryAddress", "EntryView", "pinned_snapshot", "replica_sites"]
+__all__ = ["EntryAddress", "EntryView", "pinned_snapshot", "replica_sites", "replica_specs"]
 
 log = logging.getLogger(__name__)
 
@@ -226,7 +226,7 @@ def replica_sites(
     ``(specs, [(display, site)])``: ``sites`` as given; else, for ``SITE:path``, that
     path at every configured site in preference order; else none (the repository
     itself). The repository's own site is always among them."""
-    specs = list(sites) if sites else (_replica_specs(spec, config) if spec else [])
+    specs = list(sites) if sites else (replica_specs(spec, config) if spec else [])
     out: list[tuple[str, Site]] = []
     for s in specs:
         if s == spec:
@@ -240,8 +240,9 @@ def replica_sites(
     return specs, out
 
 
-def _replica_specs(repo: str, config: Config) -> list[str]:
-    """``SITE:path`` → the same path at every configured site, in preference order."""
+def replica_specs(repo: str, config: Config) -> list[str]:
+    """``SITE:path`` → the same path at every configured site, in preference order
+    (empty for any other repository spec)."""
     name, colon, path = repo.partition(":")
     if not colon or "/" in name or name not in config.sites:
         return []
