@@ -62,6 +62,7 @@ from hyperslab.errors import BadInputError, CorruptError, HyperslabError, NotFou
 from hyperslab.reading.decode import ChunkDecoder, v2_dtype
 from hyperslab.reading.reader import EntryReader, open_reader
 from hyperslab.reading.routing import ChunkRef
+from hyperslab.reading.values import zarr_fill_value
 from hyperslab.references.checksums import ALGORITHM, Checksums, pack_checksums
 from hyperslab.references.keys import (
     REFMAP_EXTENSIONS,
@@ -343,15 +344,6 @@ def _reader(repo: Repository, entry: str, snapshot: str) -> EntryReader:
         return found
 
 
-def _fill(zarray: dict[str, Any], dtype: np.dtype[Any]) -> Any:
-    fv = zarray.get("fill_value")
-    if fv is None:
-        return 0
-    if isinstance(fv, str):
-        return {"NaN": np.nan, "Infinity": np.inf, "-Infinity": -np.inf}.get(fv, 0)
-    return fv
-
-
 def _values(
     reader: EntryReader, arr: ArrayRefs, plan: ArrayPlan, lins: Sequence[int]
 ) -> list[np.ndarray]:
@@ -372,7 +364,7 @@ def _values(
             out.append(np.ascontiguousarray(raw).view(np.uint8).reshape(-1))  # no copy
         return out
     dtype = v2_dtype(plan.zarray["dtype"])
-    fill = _fill(plan.zarray, dtype)
+    fill = zarr_fill_value(plan.zarray, dtype)
     shape = [int(s) for s in plan.zarray["shape"]]
     old_grid = _old_grid(plan)
     result = []

@@ -41,6 +41,7 @@ from hyperslab.errors import (
     UnsafeNameError,
     UnsupportedFeatureError,
 )
+from hyperslab.reading.values import zarr_fill_value
 from hyperslab.references.refmap import ArrayRefs, InlineChunks, RefMap, copy_ranges
 
 #: attribute naming why an array's chunks (some or all) are carried in the map
@@ -729,7 +730,7 @@ def encode_block(
             raw = raw.view(plan.zarr_dtype).reshape(raw.shape)
         if any(p[1] for p in pad):
             full = np.empty(chunks, raw.dtype)
-            full[...] = _zarr_fill(zarray, raw.dtype)
+            full[...] = zarr_fill_value(zarray, raw.dtype)
             full[tuple(slice(0, s) for s in raw.shape)] = raw
             raw = full
         data: Any = raw.tobytes()
@@ -766,23 +767,6 @@ def _object_value(v: Any, plan: DtypePlan, h5file: h5py.File | None) -> Any:
         except Exception:
             return ""
     return json.dumps(attr_to_json(v), allow_nan=True)
-
-
-def _zarr_fill(zarray: dict[str, Any], dtype: np.dtype) -> Any:
-    import base64
-
-    fv = zarray["fill_value"]
-    if fv is None:
-        return np.zeros((), dtype)
-    if dtype.kind == "V" or dtype.fields is not None or dtype.kind == "S":
-        return np.frombuffer(base64.b64decode(fv), dtype=dtype)[0]
-    if isinstance(fv, str):
-        return {"NaN": np.nan, "Infinity": np.inf, "-Infinity": -np.inf}[fv]
-    if isinstance(fv, list):
-        special: dict[Any, float] = {"NaN": np.nan, "Infinity": np.inf, "-Infinity": -np.inf}
-        re, im = (special[x] if x in special else float(x) for x in fv)
-        return complex(re, im)
-    return fv
 
 
 def _fillvalue(dset: h5py.Dataset) -> Any:

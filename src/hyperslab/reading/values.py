@@ -41,6 +41,7 @@ __all__ = [
     "h5py_values",
     "needs_decoding",
     "value_dtype",
+    "zarr_fill_value",
 ]
 
 #: attribute recording the real numpy dtype of a ``|V`` array (or a vlen array's element type)
@@ -244,3 +245,23 @@ def _number(doc: Any) -> Any:
     if isinstance(doc, list) and len(doc) == 2:  # complex, as [real, imag]
         return complex(doc[0], doc[1])
     return 0 if doc is None else doc
+
+
+_SPECIAL_FLOATS: dict[Any, float] = {"NaN": np.nan, "Infinity": np.inf, "-Infinity": -np.inf}
+
+
+def zarr_fill_value(zarray: Mapping[str, Any], dtype: np.dtype[Any]) -> Any:
+    """The fill value a Zarr v2 ``.zarray`` gives for ``dtype``, as a value numpy fills
+    with: zero when there is none, the ``NaN``/``Infinity`` strings as floats, complex
+    ``[re, im]`` pairs, and base64 bytes for records and fixed strings."""
+    fv = zarray["fill_value"]
+    if fv is None:
+        return np.zeros((), dtype)
+    if dtype.kind == "V" or dtype.fields is not None or dtype.kind == "S":
+        return np.frombuffer(base64.b64decode(fv), dtype=dtype)[0]
+    if isinstance(fv, str):
+        return _SPECIAL_FLOATS[fv]
+    if isinstance(fv, list):
+        re, im = (_SPECIAL_FLOATS[x] if x in _SPECIAL_FLOATS else float(x) for x in fv)
+        return complex(re, im)
+    return fv
