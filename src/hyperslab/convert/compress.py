@@ -58,7 +58,7 @@ from numcodecs.compat import ensure_bytes
 from numcodecs.registry import get_codec
 
 from hyperslab.convert.codecs import BitshuffleH5, Blosc2H5
-from hyperslab.errors import BadInputError, CorruptError, HyperslabError, NotFoundError
+from hyperslab.errors import BadInputError, CorruptError, HyperslabError
 from hyperslab.reading.decode import ChunkDecoder, v2_dtype
 from hyperslab.reading.reader import EntryReader, open_reader
 from hyperslab.reading.routing import ChunkRef
@@ -612,6 +612,19 @@ def _new_entry(
     return record, summary
 
 
+@dataclass(frozen=True)
+class _Job:
+    """One entry's compression: what it reads, how its arrays change, its packs."""
+
+    name: str
+    value: dict[str, Any]  # the entry's tree value (record id, catalog)
+    record: dict[str, Any]
+    refmap: RefMap
+    plans: dict[str, ArrayPlan]
+    job: str  # job_id
+    tasks: list[PackTask]
+
+
 def compress(
     repo: Repository,
     entries: Sequence[str],
@@ -630,7 +643,8 @@ def compress(
 
     ``on_plan`` hears every pack to make (done ones included), ``on_pack`` each as it
     finishes. Without a client, chunks are encoded on ``threads`` threads (default:
-    one a core); with one, each worker encodes its pack on its own thread. An entry already compressed with these options is left as it is.
+    one a core); with one, each worker encodes its pack on its own thread. An entry
+    already compressed with these options is left as it is.
     Named errors: an unknown entry (NotFoundError), bad options (BadInputError), an
     entry changed on the branch meanwhile (EntryConflictError, at the commit)."""
     started = time.perf_counter()
@@ -640,20 +654,17 @@ def compress(
     repo.check_writable()
     head, _ = repo.branch_head(branch)
     snap = repo.snapshot(head)
-    jobs = []
+    jobs: list[_Job] = []
     result = CompressResult()
     for name in entries:
+        record = repo.entry(head, name)  # the named NotFoundError, with suggestions
         value = repo.tree.get(snap.tree, name)
-        if value is None:
-            repo.entry(head, name)  # the named NotFoundError, with suggestions
-            raise NotFoundError(f"no entry {name!r} on {branch}")  # pragma: no cover
-        record = repo.entry(head, name)
+        assert value is not None
         done = record.get("compressed")
         if isinstance(done, dict) and {k: done.get(k) for k in opts.to_json()} == opts.to_json():
             result.entries.append({"name": name, "unchanged": True, "codec": opts.codec})
             continue
-        reader = _reader(repo, name, head)
-        refmap = reader.view.refmap
+        refmap = _reader(repo, name, head).view.refmap
         plans = {p: pl for p, a in refmap.arrays.items() if (pl := array_plan(a, opts)) is not None}
         if not plans:
             raise BadInputError(
@@ -661,17 +672,17 @@ def compress(
             )
         job = job_id(value["id"], opts, pack_bytes)
         tasks = _tasks(refmap, plans, name, head, job, opts, pack_bytes)
-        jobs.append((name, value, record, refmap, plans, job, tasks))
-    all_tasks = [t for *_, tasks in jobs for t in tasks]
+        jobs.append(_Job(name, value, record, refmap, plans, job, tasks))
+    all_tasks = [t for j in jobs for t in j.tasks]
     if on_plan is not None:
         on_plan(all_tasks)
     records: dict[tuple[str, int], dict[str, Any]] = {}
     todo: list[PackTask] = []
-    for *_, job, tasks in jobs:
-        finished = _finished(repo, job)
-        for t in tasks:
+    for j in jobs:
+        finished = _finished(repo, j.job)
+        for t in j.tasks:
             if t.number in finished:
-                records[(job, t.number)] = finished[t.number]
+                records[(j.job, t.number)] = finished[t.number]
                 result.resumed += 1
                 if on_pack is not None:
                     on_pack(t)
@@ -693,12 +704,14 @@ def compress(
                 on_pack(t)
     result.packs = len(all_tasks)
     changes: dict[str, dict[str, Any]] = {}
-    for name, value, record, refmap, plans, job, tasks in jobs:
-        recs = [records[(job, t.number)] for t in tasks]
-        new_record, summary = _new_entry(repo, record, refmap, plans, recs, opts, value["id"])
+    for j in jobs:
+        recs = [records[(j.job, t.number)] for t in j.tasks]
+        new_record, summary = _new_entry(
+            repo, j.record, j.refmap, j.plans, recs, opts, j.value["id"]
+        )
         entry_id = repo.write_json("entry", new_record)
-        catalog = dict(value.get("catalog") or {}, compression=opts.codec)
-        changes[name] = {"id": entry_id, "catalog": catalog}
+        catalog = dict(j.value.get("catalog") or {}, compression=opts.codec)
+        changes[j.name] = {"id": entry_id, "catalog": catalog}
         result.entries.append(summary)
     if changes:
         what = ", ".join(sorted(changes)[:3]) + (" …" if len(changes) > 3 else "")
@@ -709,8 +722,8 @@ def compress(
             author=author,
             base=head,
         )
-        for *_, job, _done in jobs:
-            for key in list(repo.site.list(compress_job_prefix(job))):
+        for j in jobs:
+            for key in list(repo.site.list(compress_job_prefix(j.job))):
                 # what a failure leaves, gc removes after its grace period
                 with contextlib.suppress(HyperslabError):
                     repo.site.delete(key)
