@@ -145,3 +145,62 @@ def test_combine_along_existing_and_new_axis(tmp_path: Path) -> None:
         want = np.stack([h5py.File(p)["frames"][...] for p in files])
         np.testing.assert_array_equal(got.reshape(want.shape), want)
         assert len(combined.refmap.sources) == 3
+
+
+_MAP_OF = """
+import sys
+from hyperslab.convert.api import build_refmap
+from hyperslab.convert.hdf5 import ConvertOptions
+from hyperslab.references.refmap_objects import encode_refmap
+for f in sys.argv[1:]:
+    opts = ConvertOptions(allow_broken_links="dangling" in f)
+    data, _ = encode_refmap(build_refmap(f, options=opts).refmap, "json")
+    sys.stdout.write(f"{len(data)} {hash(data)}\\n")
+"""
+
+
+def test_maps_are_the_same_bytes_in_every_process(corpus: list[Path]) -> None:
+    """Re-ingesting an unchanged file must give the same objects. HDF5's conversion
+    of a fill value leaves memory garbage in the gaps of a compound and the padding
+    of a long double; those bytes must not reach the map (they did: the map of
+    corpus_dtypes changed with every run)."""
+    import os
+    import subprocess
+    import sys
+
+    files = [str(f) for f in _h5(corpus)]
+    env = dict(os.environ, PYTHONHASHSEED="0")
+    runs = {
+        subprocess.run(
+            [sys.executable, "-c", _MAP_OF, *files],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        for _ in range(3)
+    }
+    assert len(runs) == 1
+
+
+def test_fill_values_have_no_padding_garbage(corpus: list[Path]) -> None:
+    from hyperslab.convert.dtypes import value_bytes, value_bytes_mask
+
+    f = next(p for p in corpus if p.name == "corpus_dtypes.h5")
+    zarrays = build_refmap(f).refmap.arrays
+    # both fills are zero, zarr's default: null, not base64 of leftover memory
+    assert zarrays["compound/gaps"].zarray["fill_value"] is None
+    assert zarrays["numeric/longdouble"].zarray["fill_value"] is None
+    gaps = np.dtype(
+        {"names": ["a", "b"], "formats": ["<u2", "<f8"], "offsets": [0, 8], "itemsize": 24}
+    )
+    assert value_bytes_mask(gaps).tolist() == [True] * 2 + [False] * 6 + [True] * 8 + [False] * 8
+    item = np.frombuffer(bytes(range(1, 25)), gaps)[0]
+    assert value_bytes(item, gaps) == bytes([1, 2] + [0] * 6 + list(range(9, 17)) + [0] * 8)
+    nested = np.dtype([("x", gaps, (2,))])
+    assert value_bytes_mask(nested).tolist() == value_bytes_mask(gaps).tolist() * 2
+    if np.finfo(np.longdouble).nmant == 63:  # x87 80-bit in 16 bytes
+        mask = value_bytes_mask(np.dtype(np.longdouble))
+        assert mask.tolist() == [True] * 10 + [False] * 6
+        assert value_bytes_mask(np.dtype(np.clongdouble)).tolist() == mask.tolist() * 2
+    assert value_bytes_mask(np.dtype("<f8")).all()

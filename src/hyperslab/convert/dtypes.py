@@ -36,6 +36,8 @@ __all__ = [
     "dtype_to_json",
     "fill_value_json",
     "plan_dtype",
+    "value_bytes",
+    "value_bytes_mask",
 ]
 
 Kind = Literal["native", "void", "vlen-str", "vlen-bytes", "vlen-array", "reference", "json"]
@@ -264,6 +266,40 @@ def _plan_object(dset: h5py.Dataset, tid: h5py.h5t.TypeID, h5dt: np.dtype, why: 
 
 
 # --------------------------------------------------------------- fill value
+def value_bytes_mask(dt: np.dtype) -> np.ndarray:
+    """Which bytes of one ``dt`` item carry its value: not the gaps between a compound's
+    fields, nor the 6 padding bytes of an 80-bit x87 long double stored in 16. Those
+    hold whatever memory HDF5's type conversion left there, different on every run."""
+    mask = np.zeros(dt.itemsize, bool)
+    if dt.fields is not None:
+        for field_dt, offset, *_ in dt.fields.values():
+            mask[offset : offset + field_dt.itemsize] |= value_bytes_mask(field_dt)
+    elif dt.subdtype is not None:
+        base, shape = dt.subdtype
+        mask[:] = np.tile(value_bytes_mask(base), int(np.prod(shape)))
+    elif dt.kind in "fc" and dt.itemsize in (16, 32) and np.finfo(dt).nmant == 63:
+        part = dt.itemsize // (2 if dt.kind == "c" else 1)  # (real, imaginary)
+        for start in range(0, dt.itemsize, part):
+            sl = (
+                slice(start + part - 10, start + part)
+                if dt.byteorder == ">"
+                else slice(start, start + 10)
+            )
+            mask[sl] = True
+    else:
+        mask[:] = True
+    return mask
+
+
+def value_bytes(value: Any, dt: np.dtype) -> bytes:
+    """The bytes of ``value`` as ``dt`` items, with the bytes that carry no value
+    (:func:`value_bytes_mask`) zeroed: the same on every run."""
+    raw = np.frombuffer(np.asarray(value, dtype=dt).tobytes(), np.uint8).copy()
+    if dt.itemsize:
+        raw.reshape(-1, dt.itemsize)[:, ~value_bytes_mask(dt)] = 0
+    return raw.tobytes()
+
+
 def fill_value_json(value: Any, plan: DtypePlan) -> Any:
     """Zarr v2 ``fill_value`` for a Zarr dtype (NaN/Infinity as strings, bytes as base64)."""
     if plan.kind != "native" and plan.kind != "void":
@@ -271,21 +307,18 @@ def fill_value_json(value: Any, plan: DtypePlan) -> Any:
     dt = plan.zarr_dtype
     if value is None:
         return None
+    h5dt = plan.h5_dtype.base if plan.h5_dtype.subdtype else plan.h5_dtype
     try:
-        raw_bytes = np.asarray(
-            value, dtype=plan.h5_dtype.base if plan.h5_dtype.subdtype else plan.h5_dtype
-        )
-        if not any(raw_bytes.tobytes()):
-            # all-zero fill == zarr's default; null keeps xarray from masking real zeros as NaN
-            return None
+        raw = value_bytes(value, h5dt)
     except (TypeError, ValueError):
-        pass
+        raw = None
+    if raw is not None and not any(raw):
+        # all-zero fill == zarr's default; null keeps xarray from masking real zeros as NaN
+        return None
     arr = np.asarray(value)
     if plan.kind == "void" or dt.fields is not None or dt.kind in "SV":
-        raw = np.asarray(
-            value, dtype=plan.h5_dtype.base if plan.h5_dtype.subdtype else plan.h5_dtype
-        )
-        return base64.b64encode(raw.tobytes()[: dt.itemsize].ljust(dt.itemsize, b"\0")).decode()
+        raw = value_bytes(value, h5dt)
+        return base64.b64encode(raw[: dt.itemsize].ljust(dt.itemsize, b"\0")).decode()
     if dt.kind == "b":
         return bool(arr)
     if dt.kind in "iu":
