@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -51,3 +52,41 @@ def test_errors_are_named_and_per_file(tmp_path):
         with pytest.raises(SourceChangedError):
             h.result(p)
         assert h.result(q).size == 100
+
+
+def test_an_hdf5_source_is_read_once_for_its_hash_and_chunk_checksums(tmp_path, monkeypatch):
+    """The chunk index is walked first, so one read of each HDF5 file gives its sha256
+    and every chunk's CRC-32C (chunks are never read again for their checksums), and
+    the entries are the same as when the CRCs are taken in a second read."""
+    from hyperslab.convert.ingest import ingest
+    from hyperslab.references import checksums
+    from hyperslab.references.repository import Repository
+    from hyperslab.samples import write_samples
+
+    write_samples(tmp_path / "s", frames=4)
+    files = sorted(str(p) for p in (tmp_path / "s").glob("*.nxs"))
+    repo_ref = Repository.init(str(tmp_path / "ref"))
+    real = checksums.hash_and_checksum
+
+    def hash_only(path, offsets=None, lengths=None, **kw):  # the CRCs come from a 2nd read
+        return real(path, **kw)
+
+    monkeypatch.setattr("hyperslab.convert.source_hash.hash_and_checksum", hash_only)
+    expected = ingest(repo_ref, files).commit
+    monkeypatch.undo()
+
+    again: list[str] = []
+
+    def second_read(path, offsets, lengths):
+        again.append(Path(path).name)
+        return real_crc_ranges(path, offsets, lengths)
+
+    real_crc_ranges = checksums.crc_ranges
+    monkeypatch.setattr(checksums, "crc_ranges", second_read)
+    repo = Repository.init(str(tmp_path / "r"))
+    got = ingest(repo, files).commit
+    assert expected.snapshot is not None and got.snapshot is not None
+    assert got.snapshot.tree == expected.snapshot.tree
+    assert len(got.added) == len(files) == 3
+    # only a file reached through an external link is read again (hashed when met)
+    assert again == ["scan_0003_multi_data_000001.h5"]

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Callable, Generator, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
@@ -43,6 +43,9 @@ if TYPE_CHECKING:
 #: types of convert.ingest, which calls this module and hands it the work to do)
 Plan = Any
 Outcome = Any
+#: a batch's work: ``work(repo, plans, **kwargs)`` gives ``(plan, outcome)`` for each
+#: plan, in order (a module-level function, so that workers can import it)
+BatchWork = Callable[..., Iterable[tuple[Plan, Outcome]]]
 
 __all__ = ["connect", "dask_client", "ingest_on_cluster"]
 
@@ -112,14 +115,14 @@ MAX_BATCH = 64
 
 
 def _batch_task(
-    work: Callable[..., Outcome], repo_url: str, plans: Sequence[Plan], kwargs: dict[str, Any]
+    work: BatchWork, repo_url: str, plans: Sequence[Plan], kwargs: dict[str, Any]
 ) -> list[Outcome]:
-    """A few entries, on a worker, one after the other: the calls a serial ingest makes."""
+    """A batch of entries, on a worker, the way a serial ingest does them."""
     try:
         repo = _worker_repository(repo_url)
     except HyperslabError as exc:
         return [exc for _ in plans]
-    return [work(repo, plan, **kwargs) for plan in plans]
+    return [outcome for _, outcome in work(repo, plans, **kwargs)]
 
 
 #: repositories this worker process has opened (its clients and immutable objects
@@ -142,18 +145,18 @@ def ingest_on_cluster(
     client: Any,
     repo: Repository,
     plans: Sequence[Plan],
-    work: Callable[..., Outcome],
+    work: BatchWork,
     kwargs: dict[str, Any],
 ) -> Generator[tuple[Plan, Outcome], None, None]:
-    """``work(repo, plan, **kwargs)`` of each plan on ``client``'s workers (``work``
-    must be importable there: a module-level function); each plan's outcome as its
-    task finishes, in no particular order.
+    """``work(repo, batch, **kwargs)`` of batches of ``plans`` on ``client``'s workers;
+    each plan's outcome as its batch finishes, in no particular order.
 
     Plans go in batches, :data:`TASKS_PER_WORKER` tasks a worker (at most
     :data:`MAX_BATCH` plans a task): a task costs the scheduler and the worker a few
     milliseconds, as much as converting a small file, so 1,000 files as 1,000 tasks
     spent more time scheduling than working; several tasks a worker still balance the
-    load and keep what a dead worker's rerun costs small."""
+    load and keep what a dead worker's rerun costs small. Within a batch, ``work``
+    pipelines as a serial run does (ingest reads the next files while it stores)."""
     as_completed = distributed().as_completed
     workers = max(1, len(client.scheduler_info().get("workers", {})))
     size = max(1, min(MAX_BATCH, -(-len(plans) // (workers * TASKS_PER_WORKER))))

@@ -44,7 +44,7 @@ import os
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
@@ -84,6 +84,7 @@ __all__ = [
     "PackTask",
     "compress",
     "compress_task",
+    "compress_tasks",
 ]
 
 #: codecs ``compress`` writes, and the level each uses unless told
@@ -508,6 +509,14 @@ class CompressResult:
         }
 
 
+def compress_tasks(
+    repo: Repository, tasks: Sequence[PackTask]
+) -> Iterator[tuple[PackTask, dict[str, Any]]]:
+    """:func:`compress_task` of each task in turn, with its task (a cluster batch)."""
+    for task in tasks:
+        yield task, compress_task(repo, task)
+
+
 def _finished(repo: Repository, job: str) -> dict[int, dict[str, Any]]:
     """Records of the packs of ``job`` a previous run finished, whose pack is present."""
     out: dict[int, dict[str, Any]] = {}
@@ -698,7 +707,7 @@ def compress(
     else:
         from hyperslab.convert.cluster import ingest_on_cluster
 
-        for t, rec in ingest_on_cluster(client, repo, todo, compress_task, {}):
+        for t, rec in ingest_on_cluster(client, repo, todo, compress_tasks, {}):
             records[(t.job, t.number)] = rec
             if on_pack is not None:
                 on_pack(t)

@@ -1,23 +1,27 @@
 """``hyperslab ingest``: files → reference maps → one commit in a repository.
 
-For each entry: hash every source (size + sha256; the refmap names sources by
-hash, ``hyperslab-source:<sha256>``, so one map serves every site) on a few threads
-while headers are parsed (:mod:`hyperslab.convert.source_hash`; detector frames get
-their sha256 and chunk CRC-32Cs from one read of each file), build the refmap, store it content-addressed, optionally copy the sources into the
-repository's site (verified by re-reading), write the entry record, and finally
-commit all entries in one snapshot. Writes are bottom-up; the branch moves last.
+For each entry: walk each file's chunk index and build the refmap, naming each file
+by its path for now; read the file ONCE for its sha256 and the CRC-32C of every chunk
+it references, on a few threads while the next files are parsed
+(:mod:`hyperslab.convert.source_hash`); name the source by its hash
+(``hyperslab-source:<sha256>``, so one map serves every site); store the refmap
+content-addressed, optionally copy the sources into the repository's site
+(verified by re-reading), write the entry record, and finally commit all entries
+in one snapshot. Writes are bottom-up; the branch moves last.
 Re-ingesting unchanged files produces identical objects and no new snapshot.
 """
 
 from __future__ import annotations
 
 import os
+from collections import deque
 from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from hyperslab.convert.api import (
+    META_ATTR,
     ConversionResult,
     build_frames_refmap,
     build_refmap,
@@ -62,7 +66,7 @@ __all__ = [
     "Outcome",
     "SourceChangedError",
     "array_summary",
-    "entry_outcome",
+    "entry_outcomes",
     "hash_file",
     "ingest",
     "plan_entries",
@@ -146,7 +150,13 @@ def _series_name(sources: Sequence[str], files: Sequence[str]) -> str:
 
 class _Sources:
     """Hashes each file once (on ``hasher``'s threads) and remembers how the refmap
-    names it."""
+    names it.
+
+    An HDF5 file's map is built first under a provisional name (its path): the walk
+    of its chunk index gives the ranges whose CRC-32C to take, so its sha256 and
+    every chunk CRC come from ONE read (:meth:`read`), and :meth:`resolve` then names
+    it by its hash. Files reached through external links are hashed when the walk
+    meets them, and their chunks read again for their CRCs."""
 
     def __init__(self, hasher: SourceHasher) -> None:
         self.hasher = hasher
@@ -154,6 +164,7 @@ class _Sources:
         self.stat: dict[str, tuple[int, int]] = {}
         self.sums: dict[str, FileChecksums] = {}
         self._abs: dict[str, str] = {}
+        self._provisional: dict[str, None] = {}  # in the order the maps named them
 
     def _ap(self, path: str) -> str:
         """:func:`source_url` of ``path``, remembered (each call asks the OS for the cwd)."""
@@ -162,11 +173,38 @@ class _Sources:
             ap = self._abs[path] = source_url(path)
         return ap
 
-    def prefetch(self, path: str) -> None:
-        """Start hashing a local file now (its name will be wanted soon)."""
+    def provisional(self, path: str) -> str:
+        """How a map being built names ``path`` until :meth:`resolve`: its logical
+        name if already hashed, else its absolute path."""
         ap = self._ap(path)
-        if "://" not in ap and ap not in self.by_path:
+        if ap in self.by_path:
+            return logical_source(self.by_path[ap]["id"])
+        if "://" in ap:
+            raise BadInputError(f"ingest reads local files; {ap!r} is a URL")
+        self._provisional[ap] = None
+        return ap
+
+    def read(self, path: str, refmap: RefMap) -> None:
+        """Start the one read of ``path`` that gives its sha256 and the CRC-32C of every
+        chunk ``refmap`` references in it (under its provisional name)."""
+        ap = self._ap(path)
+        if ap not in self._provisional:
+            return
+        if ap in refmap.sources:
+            self.chunks(ap, *refmap.source_ranges(refmap.sources.index(ap)))
+        else:
             self.hasher.submit(ap)
+
+    def resolve(self, result: ConversionResult) -> None:
+        """Name the provisional sources of ``result``'s map by their hashes (waiting
+        for their reads)."""
+        names = {ap: self.url(ap) for ap in self._provisional}
+        result.refmap.rename_sources(names)
+        meta = result.refmap.groups.get("", {}).get(META_ATTR)
+        if isinstance(meta, dict) and "sources" in meta:
+            meta["sources"] = [{"url": u} for u in result.refmap.sources]
+        if result.url is not None:
+            result.url = names.get(result.url, result.url)
 
     def chunks(self, path: str, offsets: Any, lengths: Any) -> None:
         """Start the one read of a file that gives its sha256 and the CRC-32C of these
@@ -263,6 +301,31 @@ def _upload(repo: Repository, src: dict[str, Any]) -> bool:
     return True
 
 
+@dataclass
+class _Started:
+    """An entry whose maps are built and whose files are being read (hashed)."""
+
+    plan: EntryPlan
+    srcs: _Sources
+    results: list[ConversionResult]
+
+
+def _start_entry(plan: EntryPlan, hasher: SourceHasher, options: ConvertOptions | None) -> _Started:
+    """Build ``plan``'s maps and start reading its files on ``hasher`` (a frame series
+    reads each file as its header is parsed; HDF5 files once their chunk index is
+    walked, under a provisional name until :func:`_finish_entry`)."""
+    srcs = _Sources(hasher)
+    results: list[ConversionResult] = []
+    if is_frame_series(plan.files):
+        results.append(build_frames_refmap(plan.files, url_for=srcs.url, on_file=srcs.chunks))
+    else:
+        for f in plan.files:
+            res = build_refmap(f, options=options, url=srcs.provisional(f), url_for=srcs.url)
+            srcs.read(f, res.refmap)
+            results.append(res)
+    return _Started(plan, srcs, results)
+
+
 def ingest_entry(
     repo: Repository,
     plan: EntryPlan,
@@ -276,8 +339,8 @@ def ingest_entry(
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Store one entry's objects; returns ``(tree value, summary for the report)``.
 
-    ``hasher``: where the sources are hashed (one shared by several entries may
-    already be hashing this entry's files); by default one of its own."""
+    ``hasher``: where the sources are hashed (one shared by several entries); by
+    default one of its own."""
     if hasher is None:
         with SourceHasher() as own:
             return ingest_entry(
@@ -290,15 +353,30 @@ def ingest_entry(
                 refmap_format=refmap_format,
                 hasher=own,
             )
-    srcs = _Sources(hasher)
-    results: list[ConversionResult] = []
-    if is_frame_series(plan.files):
-        results.append(build_frames_refmap(plan.files, url_for=srcs.url, on_file=srcs.chunks))
-    else:
-        for f in plan.files:
-            srcs.prefetch(f)
-        for f in plan.files:
-            results.append(build_refmap(f, options=options, url=srcs.url(f), url_for=srcs.url))
+    return _finish_entry(
+        repo,
+        _start_entry(plan, hasher, options),
+        upload_sources=upload_sources,
+        dim=dim,
+        new_dim=new_dim,
+        refmap_format=refmap_format,
+    )
+
+
+def _finish_entry(
+    repo: Repository,
+    started: _Started,
+    *,
+    upload_sources: bool = False,
+    dim: int | None = None,
+    new_dim: str | None = None,
+    refmap_format: RefmapFormat | None = None,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Wait for a started entry's reads, name its sources by hash, and store its
+    objects (see :func:`ingest_entry`)."""
+    plan, srcs, results = started.plan, started.srcs, started.results
+    for r in results:
+        srcs.resolve(r)
     res = combine_refmaps(results, dim=dim, new_dim=new_dim) if len(results) > 1 else results[0]
     refmap = res.refmap
     sums = srcs.checksums(refmap)  # before the check: it covers these reads too
@@ -354,42 +432,50 @@ def ingest_entry(
 Outcome = tuple[dict[str, Any], dict[str, Any]] | HyperslabError
 
 
-def entry_outcome(repo: Repository, plan: EntryPlan, **kwargs: Any) -> Outcome:
-    """:func:`ingest_entry`, with a file's named error returned rather than raised (what
-    both a serial ingest and a cluster task report)."""
-    try:
-        return ingest_entry(repo, plan, **kwargs)
-    except HyperslabError as exc:
-        return exc
-
-
-#: files of the entries ahead whose hashing starts while an entry is converted
+#: files whose reads may run ahead of the entry being stored
 LOOKAHEAD_FILES = 8
 
 
-def _serial(
-    repo: Repository, plans: Sequence[EntryPlan], work: dict[str, Any]
+def entry_outcomes(
+    repo: Repository,
+    plans: Sequence[EntryPlan],
+    *,
+    options: ConvertOptions | None = None,
+    **store: Any,
 ) -> Generator[tuple[EntryPlan, Outcome], None, None]:
-    """Each entry's outcome in turn, in this process; the files of the next entries
-    (HDF5 files; a frame series hashes its files as it parses them) are hashed on the
-    hasher's threads meanwhile."""
+    """Each entry's outcome in the order of ``plans``, in this process: what a serial
+    ingest does, and what each cluster task does with its batch. A bad file's named
+    error is its outcome, so the rest go on.
+
+    Pipelined: the maps of the next entries (up to :data:`LOOKAHEAD_FILES` files) are
+    built while earlier files are still being read on the hasher's threads, so
+    several large files hash at once and headers are parsed meanwhile. ``store``:
+    the keywords of :func:`ingest_entry` for storing an entry."""
+    pending: deque[tuple[EntryPlan, _Started | HyperslabError]] = deque()
+    in_flight = 0
+
+    def finish() -> tuple[EntryPlan, Outcome]:
+        nonlocal in_flight
+        plan, started = pending.popleft()
+        in_flight -= len(plan.files)
+        if isinstance(started, HyperslabError):
+            return plan, started
+        try:
+            return plan, _finish_entry(repo, started, **store)
+        except HyperslabError as exc:
+            return plan, exc
+
     with SourceHasher() as hasher:
-        ahead = (
-            (f, i)
-            for i, plan in enumerate(plans)
-            if not is_frame_series(plan.files)
-            for f in plan.files
-        )
-        queued: list[int] = []  # the entry of each file being hashed ahead
-        for i, plan in enumerate(plans):
-            queued = [k for k in queued if k > i]
-            for f, k in ahead:
-                if k > i:
-                    hasher.submit(source_url(f))
-                    queued.append(k)
-                if len(queued) >= LOOKAHEAD_FILES:
-                    break
-            yield plan, entry_outcome(repo, plan, **work, hasher=hasher)
+        for plan in plans:
+            while pending and in_flight + len(plan.files) > LOOKAHEAD_FILES:
+                yield finish()
+            try:
+                pending.append((plan, _start_entry(plan, hasher, options)))
+            except HyperslabError as exc:
+                pending.append((plan, exc))
+            in_flight += len(plan.files)
+        while pending:
+            yield finish()
 
 
 def ingest(
@@ -413,9 +499,9 @@ def ingest(
 
     Entries that fail are reported (and skipped) unless ``fail_fast``; if none
     succeeds the first error is raised and nothing is committed. ``client``: a
-    ``dask.distributed.Client`` whose workers do the per-file work, one task per
-    entry (:mod:`hyperslab.convert.cluster`); this process makes the commit, and the
-    result is the same as without it.
+    ``dask.distributed.Client`` whose workers do the per-file work, a batch of
+    entries a task (:mod:`hyperslab.convert.cluster`); this process makes the
+    commit, and the result is the same as without it.
     """
     combine = dim is not None or new_dim is not None
     plans = plan_entries(list(sources), name, combine)
@@ -431,11 +517,13 @@ def ingest(
         "refmap_format": refmap_format,
     }
     if client is None:
-        outcomes: Generator[tuple[EntryPlan, Outcome], None, None] = _serial(repo, plans, work)
+        outcomes: Generator[tuple[EntryPlan, Outcome], None, None] = entry_outcomes(
+            repo, plans, **work
+        )
     else:
         from hyperslab.convert.cluster import ingest_on_cluster
 
-        outcomes = ingest_on_cluster(client, repo, plans, entry_outcome, work)
+        outcomes = ingest_on_cluster(client, repo, plans, entry_outcomes, work)
     by_name = {plan.name: i for i, plan in enumerate(plans)}
     by_files = {", ".join(plan.files): i for i, plan in enumerate(plans)}
     try:

@@ -3,11 +3,11 @@
 Ingest names every source by its sha256 and records the CRC-32C of every chunk it
 references (:mod:`hyperslab.references.checksums`). Both read every byte; hashlib
 (and the CRC-32C call used) release the GIL, so a :class:`SourceHasher` reads large
-files on a small thread pool while the caller goes on parsing. Where a file's chunk
-ranges are known before its name is needed (detector frames: each header gives them),
-:meth:`SourceHasher.submit` takes them and the sha256 and the chunk CRCs come from ONE
-read of the file; else the sha256 is taken alone and the CRCs later
-(:func:`~hyperslab.references.checksums.compute_checksums`).
+files on a small thread pool while the caller goes on parsing. Ingest knows a file's
+chunk ranges before it reads the file (an HDF5 file's chunk index is walked first;
+each frame's header gives its ranges), so :meth:`SourceHasher.submit` takes them and
+the sha256 and the chunk CRCs come from ONE read of the file. Ranges not given are
+read again later (:func:`~hyperslab.references.checksums.compute_checksums`).
 
 Files under 1 MiB are read in the calling thread when wanted: their hashing takes
 little longer than the Python around it, and a thread running that Python beside the

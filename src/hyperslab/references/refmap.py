@@ -355,6 +355,37 @@ class RefMap:
     def n_refs(self) -> int:
         return sum(a.n_refs for a in self.arrays.values())
 
+    def source_ranges(self, source: int) -> tuple[np.ndarray, np.ndarray]:
+        """``(offsets, lengths)`` of every chunk referenced in source ``source`` (an
+        index into :attr:`sources`), over all arrays, in no particular order."""
+        offs, lens = [], []
+        for arr in self.arrays.values():
+            mine = arr.source == source
+            offs.append(arr.offset[mine])
+            lens.append(arr.length[mine])
+        if not offs:
+            return np.zeros(0, np.int64), np.zeros(0, np.int64)
+        return np.concatenate(offs).astype(np.int64), np.concatenate(lens).astype(np.int64)
+
+    def rename_sources(self, names: Mapping[str, str]) -> None:
+        """Rename sources in place (``{old url: new url}``; others keep theirs). Two
+        sources renamed to one name become one source, at the first one's position,
+        so the map is the one that would have been built with the new names."""
+        renamed = [names.get(u, u) for u in self.sources]
+        first: dict[str, int] = {}
+        merged: list[str] = []
+        new_index = np.zeros(len(renamed), np.int64)
+        for i, url in enumerate(renamed):
+            if url not in first:
+                first[url] = len(merged)
+                merged.append(url)
+            new_index[i] = first[url]
+        if len(merged) != len(renamed):
+            for arr in self.arrays.values():
+                if arr.source.size:
+                    arr.source = new_index[arr.source].astype(arr.source.dtype)
+        self.sources = merged
+
     def metadata_items(self) -> Iterator[tuple[str, dict[str, Any]]]:
         """(key, JSON object) for every Zarr v2 metadata document."""
         for path in sorted(self.groups):
