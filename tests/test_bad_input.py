@@ -117,7 +117,7 @@ def cases(d: Path) -> Iterator[tuple[str, list[str]]]:
     yield "sample: unwritable", ["sample", "/proc/hyperslab-test"]
     yield "sample: no frames", ["sample", str(d / "s"), "--frames", "0"]
     # repositories
-    for cmd in (["log"], ["show"], ["fsck"], ["gc"], ["branch"], ["tag"]):
+    for cmd in (["log"], ["show"], ["fsck"], ["gc"], ["branch"], ["tag"], ["upgrade"]):
         yield f"{cmd[0]}: not a repository", [*cmd, str(d / "plain_dir")]
         yield f"{cmd[0]}: a file as repository", [*cmd, notes]
         yield f"{cmd[0]}: missing repository", [*cmd, str(d / "nowhere")]

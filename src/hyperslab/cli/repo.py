@@ -1,5 +1,5 @@
 """Repository commands of the ``hyperslab`` CLI: init, ingest, log, show, diff,
-branch, tag, fsck, gc, search. (Registered on :data:`hyperslab.cli.app.app`.)
+branch, tag, fsck, gc, upgrade, search. (Registered on :data:`hyperslab.cli.app.app`.)
 
 REPO is a URL (``file://``, ``s3://``, ``memory://``), a local path, or
 ``SITE:path`` with SITE a site in ``hyperslab.toml``.
@@ -588,6 +588,49 @@ def gc(
             f"{verb} {len(report.deleted)} object(s), {report.bytes_freed} bytes; kept "
             f"{report.reachable} reachable and {report.kept_young} younger than {older_than}"
         )
+
+
+@app.command()
+def upgrade(
+    repo: RepoArg,
+    dry_run: Annotated[
+        bool, typer.Option(help="Say which format the repository would move to; change nothing.")
+    ] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Move a repository to the newest format, in place (format 3: compressed tree
+    nodes, no catalog index for small leaves; commits send 3-4x fewer bytes).
+
+    Only repo.json changes, by compare-and-swap; nothing stored is rewritten, so
+    every snapshot, tag and log stays as it was. The next commit writes the new
+    format. Upgrade once every reader and writer runs a hyperslab that reads it:
+    older versions refuse the repository after. Running it again does nothing.
+
+    Examples:
+
+      hyperslab upgrade ./repo --dry-run
+
+      hyperslab upgrade beamline:repos/run42
+    """
+    from hyperslab.references.upgrade import upgrade as do_upgrade
+
+    with handle_errors(as_json):
+        r = _open(repo)
+        result = do_upgrade(r, dry_run=dry_run)
+        if as_json:
+            _emit({**result.to_json(), "dry_run": dry_run})
+        elif not result.changed:
+            out.print(f"{r.display} is already repository format {result.after}: nothing to do")
+        elif dry_run:
+            out.print(
+                f"would upgrade {r.display} from repository format {result.before} to "
+                f"{result.after}"
+            )
+        else:
+            out.print(
+                f"upgraded {r.display} from repository format {result.before} to "
+                f"{result.after}; snapshots, tags and logs are unchanged"
+            )
 
 
 @app.command()
