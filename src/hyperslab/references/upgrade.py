@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from hyperslab.errors import ConflictError, NotFoundError
@@ -76,7 +76,7 @@ def upgrade(repo: Repository, *, dry_run: bool = False) -> UpgradeResult:
         {
             "from": before,
             "to": FORMAT_VERSION,
-            "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "time": datetime.now(UTC).isoformat(timespec="seconds"),
         }
     )
     new = dict(info, version=FORMAT_VERSION, upgraded=history)
