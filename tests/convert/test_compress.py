@@ -387,3 +387,21 @@ def test_ingest_compress_option(tmp_path: Path, frames: dict[str, Any]) -> None:
     res = runner.invoke(app, ["ingest", str(folder), "-r", str(repo), "--compress", "rar"])
     assert res.exit_code == 2 and "unknown codec" in res.output
     assert Repository.open(str(repo)).branch_head("main")[0] == log[0].id  # nothing moved
+
+
+def test_blosc2_chunks_are_never_split_and_standard() -> None:
+    """compress --codec blosc2 writes one LZ4 stream a 64 KiB block, not one a byte
+    position: on sparse photon counts that is 10-35% fewer bytes than Blosc2's
+    default, and any Blosc2 decoder still reads the chunk."""
+    import imagecodecs
+
+    codec = CompressOptions("blosc2").checked().compressor(np.dtype("<i4"))
+    # a Pilatus 2M photon-counting frame: 0.05 counts a pixel, module gaps at -1
+    frame = np.random.default_rng(5).poisson(0.05, (1679, 1475)).astype("<i4")
+    frame[195::212, :] = -1
+    frame[:, 487::494] = -1
+    raw = frame.view(np.uint8).ravel()
+    ours = codec.encode(raw)
+    default = imagecodecs.blosc2_encode(raw.tobytes(), level=5, compressor=1, shuffle=2, typesize=4)
+    assert imagecodecs.blosc2_decode(ours) == raw.tobytes() == bytes(codec.decode(ours))
+    assert len(ours) < 0.9 * len(default)

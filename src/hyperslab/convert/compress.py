@@ -95,7 +95,7 @@ _LEVELS = {"zstd": (1, 22), "blosc2": (0, 9)}
 PACK_RAW_BYTES = 128 << 20
 #: and at most this many chunks a pack (its record stays small)
 MAX_PACK_CHUNKS = 4096
-_JOB_VERSION = 1
+_JOB_VERSION = 2  # 2: Blosc2 chunks never split, in 64 KiB blocks
 _BLOSC_BITSHUFFLE = 2
 _BLOSC_LZ4 = 1
 
