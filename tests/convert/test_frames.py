@@ -335,3 +335,38 @@ def test_verify_frames_against_an_hdf5_map_is_a_named_error(sample: Path, tmp_pa
     assert runner.invoke(app, ["refs", str(h5), "-o", str(out)]).exit_code == 0
     res = runner.invoke(app, ["verify", str(sample / "pilatus_tiff"), str(out)])
     assert res.exit_code == 2 and "not the map of a detector frame series" in res.output
+
+
+def test_frames_beside_hdf5_files_are_left_out_by_name(tmp_path: Path) -> None:
+    """A run folder with a NeXus file, TIFF frames at its top and CBF frames in a
+    subfolder: the HDF5 file is ingested (and mapped), and each folder of frames left
+    out is named, in text and JSON, with how to include it; given on its own, each is
+    a frame-series entry."""
+    import h5py
+
+    run = tmp_path / "run42"
+    tiffs = _frames(3, "<u2")
+    _write_tiffs(run, tiffs)
+    write_frame_series(tmp_path / "s", frames=4, shape=SHAPE)
+    shutil.copytree(tmp_path / "s" / "pilatus_cbf", run / "pilatus")
+    master = np.arange(12.0).reshape(3, 4)
+    with h5py.File(run / "master.nxs", "w") as f:
+        f.create_dataset("entry/sample/temperature", data=master)
+
+    repo = tmp_path / "repo"
+    assert runner.invoke(app, ["init", str(repo)]).exit_code == 0
+    res = runner.invoke(app, ["ingest", str(run), "-r", str(repo), "-n", "r42"])
+    assert res.exit_code == 0, res.output
+    assert "3 detector frames in " + str(run) + " left out" in res.output
+    assert "4 detector frames in " + str(run / "pilatus") + " left out" in res.output
+    res = runner.invoke(app, ["refs", str(run), "-o", str(tmp_path / "m.json"), "--json"])
+    doc = json.loads(res.output)
+    assert doc["frames_left_out"] == {str(run): 3, str(run / "pilatus"): 4}
+    assert len(doc["written"]) == 1 and doc["ok"]
+    got = open_array(str(repo), "r42", "entry/sample/temperature", cache=False)
+    np.testing.assert_array_equal(got[:], master)
+
+    _ingest(repo, str(run / "pilatus"), "r42-frames")  # the folder on its own
+    cbf = np.stack([fabio.open(str(p)).data for p in sorted((run / "pilatus").glob("*.cbf"))])
+    got = open_array(str(repo), "r42-frames", "entry/data/data", cache=False)[:]
+    np.testing.assert_array_equal(got, cbf)

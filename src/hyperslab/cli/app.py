@@ -165,6 +165,23 @@ def plural(n: int, word: str) -> str:
     return f"{n} {word}" if n == 1 else f"{n} {word}s"
 
 
+def note_frames_left_out(sources: list[str], as_json: bool) -> dict[str, int]:
+    """Say (on stderr, unless ``as_json``) which folders of detector frames were left
+    out because HDF5 files lie beside them, and how to include them; returns them
+    (``{folder: frame files}``) for a JSON report."""
+    from hyperslab.convert.api import frames_left_out
+
+    left = frames_left_out(sources)
+    if left and not as_json:
+        for folder, n in left.items():
+            err.print(
+                f"[yellow]note[/]: {plural(n, 'detector frame')} in {folder} left out (HDF5 "
+                f"files lie beside them); give that folder on its own for a frame-series entry",
+                highlight=False,
+            )
+    return left
+
+
 def describe_arrays(n: int, counts: dict[str, int]) -> str:
     """``39 arrays (23 virtual, 16 materialised)``: the words every report uses for a map's
     arrays by how they are stored (datasets skipped are not arrays of the map)."""

@@ -18,6 +18,7 @@ from hyperslab.cli.app import (
     describe_arrays,
     err,
     handle_errors,
+    note_frames_left_out,
     out,
     plural,
     progress_bar,
@@ -174,17 +175,14 @@ def refs(
             write_refmap(result.refmap, output, fmt)  # type: ignore[arg-type]
             # named as the user gave it, as maps written into a directory are
             written.append({"refs": str(output), **result.to_json()})
+        left = note_frames_left_out(sources, as_json)
         if as_json:
-            print(
-                json.dumps(
-                    {
-                        "ok": not failed,
-                        "written": written,
-                        "failed": [{"source": f, **e.to_json()} for f, e in failed],
-                    },
-                    default=str,
-                )
-            )
+            doc = {
+                "ok": not failed,
+                "written": written,
+                "failed": [{"source": f, **e.to_json()} for f, e in failed],
+            }
+            print(json.dumps({**doc, "frames_left_out": left} if left else doc, default=str))
         else:
             for w in written:
                 _print_refs_summary(w)

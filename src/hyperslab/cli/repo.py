@@ -24,6 +24,7 @@ from hyperslab.cli.app import (
     describe_arrays,
     err,
     handle_errors,
+    note_frames_left_out,
     out,
     plural,
     progress_bar,
@@ -229,6 +230,7 @@ def ingest(
                 client=client,
             )
         c = result.commit
+        left = note_frames_left_out(sources, as_json)
         squeezed = None
         if squeeze is not None and result.entries:
             from hyperslab.cli.compress import run_compress
@@ -246,6 +248,8 @@ def ingest(
             )
         if as_json:
             doc = {"ok": not result.failed, **result.to_json()}
+            if left:
+                doc["frames_left_out"] = left
             if squeezed is not None:
                 doc["compressed"] = squeezed.to_json()
             print(json.dumps(doc, default=str))

@@ -29,7 +29,9 @@ __all__ = [
     "build_frames_refmap",
     "build_refmap",
     "combine_refmaps",
+    "directory_contents",
     "expand_sources",
+    "frames_left_out",
     "is_frame_series",
     "source_url",
 ]
@@ -104,26 +106,34 @@ def source_url(source: str | Path) -> str:
     return os.path.abspath(s)
 
 
+def directory_contents(directory: str | Path) -> tuple[list[str], list[str]]:
+    """``(HDF5 files, detector frames)`` under ``directory`` (recursively), each sorted."""
+    files = [(str(f), f.suffix.lower()) for f in Path(directory).rglob("*") if f.is_file()]
+    return (
+        sorted(f for f, suffix in files if suffix in HDF5_SUFFIXES),
+        sorted(f for f, suffix in files if suffix in FRAME_SUFFIXES),
+    )
+
+
 def expand_sources(sources: Iterable[str | Path]) -> list[str]:
     """Files as given, directories expanded (recursively) to their HDF5-looking files, sorted.
 
-    A directory without HDF5 files gives its detector frames (TIFF, CBF) instead; a
-    glob pattern that names no existing file is expanded (sorted).
+    A directory without HDF5 files gives its detector frames (TIFF, CBF) instead (a
+    directory with both gives its HDF5 files: :func:`frames_left_out` says which
+    frames that leaves out); a glob pattern that names no existing file is expanded
+    (sorted).
     """
     out: list[str] = []
     for s in sources:
         p = Path(s)
         if "://" not in str(s) and p.is_dir():
-            files = [(str(f), f.suffix.lower()) for f in p.rglob("*") if f.is_file()]
-            found = sorted(f for f, suffix in files if suffix in HDF5_SUFFIXES) or sorted(
-                f for f, suffix in files if suffix in FRAME_SUFFIXES
-            )
-            if not found:
+            hdf5, frames = directory_contents(p)
+            if not hdf5 and not frames:
                 raise NotFoundError(
                     f"{p} contains no HDF5 files ({', '.join(HDF5_SUFFIXES)}) "
                     f"and no detector frames ({', '.join(FRAME_SUFFIXES)})"
                 )
-            out.extend(found)
+            out.extend(hdf5 or frames)
         elif is_glob(str(s)):
             matched = expand_glob(str(s))
             if not matched:
@@ -132,6 +142,21 @@ def expand_sources(sources: Iterable[str | Path]) -> list[str]:
         else:
             out.append(str(s))
     return out
+
+
+def frames_left_out(sources: Iterable[str | Path]) -> dict[str, int]:
+    """Folders of detector frames that :func:`expand_sources` leaves out because they lie
+    in a directory given with HDF5 files (``{folder: frame files}``, sorted): a run
+    folder with a NeXus master file beside its frames. Each such folder can be given
+    on its own (one frame-series entry)."""
+    out: dict[str, int] = {}
+    for s in sources:
+        if "://" not in str(s) and Path(s).is_dir():
+            hdf5, frames = directory_contents(s)
+            for f in frames if hdf5 else []:
+                folder = str(Path(f).parent)
+                out[folder] = out.get(folder, 0) + 1
+    return dict(sorted(out.items()))
 
 
 def is_frame_series(files: Sequence[str]) -> bool:
