@@ -2,7 +2,7 @@
 kerchunk's documented dask recipe, in the same run.
 
     .venv/bin/python benchmarks/ingest.py [--small 1000] [--large 4] [--large-frames 800]
-                                          [--repeats 3] [--only small|large]
+                                          [--repeats 3] [--only small|large] [--hashes]
 
 Two file sets, written once into ``bench-data/ingest/`` (git-ignored):
 
@@ -21,7 +21,10 @@ as a user would see it), on the page-cached files:
 * kerchunk 0.2.10's recipe (its docs, "Using Dask"): ``dask.bag.from_sequence(files)
   .map(SingleHdf5ToZarr(...).translate)`` on a LocalCluster of 1 and 2 worker
   processes, each file's references written to a JSON file. It reads the chunk
-  index only (no hashes, no checksums, no repository).
+  index only (no hashes, no checksums, no repository);
+* with ``--hashes``, also that recipe taking what hyperslab records of each file (its
+  sha256, read in 8 MiB blocks, and the CRC-32C of every referenced chunk, from a
+  memory map) and writing them with the references: the same guarantees, like for like.
 
 Sides alternate and rotate which runs first; medians of ``--repeats``. Prints
 files/s and chunks/s and the ratios: hyperslab against kerchunk at the same worker
@@ -58,6 +61,20 @@ def refs(path):
     from kerchunk.hdf import SingleHdf5ToZarr
     with fsspec.open(path, "rb") as f:
         out = SingleHdf5ToZarr(f, path, inline_threshold=500).translate()
+    if sys.argv[4] == "hashes":  # what hyperslab records too: the file's sha256, chunk CRCs
+        import hashlib, mmap
+        from google_crc32c import value
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            while block := f.read(8 << 20):
+                h.update(block)
+            with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+                out["crc32c"] = {
+                    k: value(mm[v[1] : v[1] + v[2]])
+                    for k, v in out["refs"].items()
+                    if isinstance(v, list) and len(v) == 3
+                }
+        out["sha256"] = h.hexdigest()
     target = Path(sys.argv[2]) / (Path(path).stem + ".json")
     target.write_text(json.dumps(out))
     return len(out["refs"])
@@ -166,15 +183,16 @@ def hyperslab_side(files: Path, work: Path, dask: str | None) -> float:
     return run(cmd)
 
 
-def kerchunk_side(files: Path, work: Path, workers: int) -> float:
+def kerchunk_side(files: Path, work: Path, workers: int, hashes: bool = False) -> float:
     out = work / "kerchunk"
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
-    return run([sys.executable, "-c", KERCHUNK, str(files), str(out), str(workers)])
+    what = "hashes" if hashes else "index"
+    return run([sys.executable, "-c", KERCHUNK, str(files), str(out), str(workers), what])
 
 
 def measure(
-    name: str, files: Path, chunks: int, repeats: int, work: Path
+    name: str, files: Path, chunks: int, repeats: int, work: Path, hashes: bool = False
 ) -> dict[str, list[float]]:
     n_files = len(list(files.iterdir()))
     sides = {
@@ -184,6 +202,9 @@ def measure(
         "kerchunk recipe, 1 worker": lambda: kerchunk_side(files, work, 1),
         "kerchunk recipe, 2 workers": lambda: kerchunk_side(files, work, 2),
     }
+    if hashes:
+        sides["recipe + hashes, 1 worker"] = lambda: kerchunk_side(files, work, 1, True)
+        sides["recipe + hashes, 2 workers"] = lambda: kerchunk_side(files, work, 2, True)
     times: dict[str, list[float]] = {k: [] for k in sides}
     order = list(sides)
     for r in range(repeats):
@@ -206,6 +227,14 @@ def measure(
         f"  scaling 1 -> 2 workers: hyperslab {med['hyperslab --dask local:1'] / med['hyperslab --dask local:2']:.2f}x, "
         f"kerchunk {med['kerchunk recipe, 1 worker'] / med['kerchunk recipe, 2 workers']:.2f}x"
     )
+    if hashes:
+        for w in (1, 2):
+            h = med[f"hyperslab --dask local:{w}"]
+            kk = med[f"recipe + hashes, {w} worker{'s' if w > 1 else ''}"]
+            print(
+                f"  {w} worker(s): hyperslab is {kk / h:.2f}x the recipe that also takes the "
+                "sha256 and chunk CRC-32Cs"
+            )
     return times
 
 
@@ -216,6 +245,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--large-frames", type=int, default=800)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--only", choices=["small", "large"])
+    ap.add_argument(
+        "--hashes",
+        action="store_true",
+        help="also run the recipe taking what hyperslab records: each file's sha256 and "
+        "every chunk's CRC-32C (like for like)",
+    )
     args = ap.parse_args(argv)
     os.environ.setdefault("HYPERSLAB_ACCESS_STATS", "0")
     work = DATA / "work"
@@ -224,13 +259,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"writing {args.small} small files (once) ...", flush=True)
         chunks = write_small(DATA / f"small-{args.small}", args.small)
         results["small"] = measure(
-            "small files", DATA / f"small-{args.small}", chunks, args.repeats, work
+            "small files", DATA / f"small-{args.small}", chunks, args.repeats, work, args.hashes
         )
     if args.only in (None, "large"):
         print(f"writing {args.large} large files (once) ...", flush=True)
         chunks = write_large(DATA / f"large-{args.large}", args.large, args.large_frames)
         results["large"] = measure(
-            "large files", DATA / f"large-{args.large}", chunks, args.repeats, work
+            "large files", DATA / f"large-{args.large}", chunks, args.repeats, work, args.hashes
         )
     (DATA / "results.json").write_text(json.dumps(results, indent=1))
     return 0
