@@ -90,3 +90,49 @@ def test_an_hdf5_source_is_read_once_for_its_hash_and_chunk_checksums(tmp_path, 
     assert len(got.added) == len(files) == 3
     # only a file reached through an external link is read again (hashed when met)
     assert again == ["scan_0003_multi_data_000001.h5"]
+
+
+def test_a_file_changed_between_its_walk_and_its_read_is_refused(tmp_path, monkeypatch):
+    """The chunk index is walked before the file is read for its hashes: a writer that
+    changes the file in between must not get offsets of the old file recorded with
+    checksums of the new one."""
+    import h5py
+
+    import hyperslab.convert.ingest as ingest_mod
+    from hyperslab.references.repository import Repository
+
+    path = tmp_path / "scan.h5"
+    with h5py.File(path, "w") as f:
+        f.create_dataset("data", data=np.arange(4000, dtype="<i4"), chunks=(500,))
+    real = ingest_mod.build_refmap
+
+    def walk_then_write(source, **kw):
+        res = real(source, **kw)
+        with open(source, "ab") as fh:  # the writer appends after the walk
+            fh.write(b"\0" * 4096)
+        return res
+
+    monkeypatch.setattr(ingest_mod, "build_refmap", walk_then_write)
+    repo = Repository.init(str(tmp_path / "r"))
+    with pytest.raises(SourceChangedError, match="changed while it was being ingested"):
+        ingest_mod.ingest(repo, [str(path)])
+
+
+def test_a_frame_changed_between_its_header_and_its_read_is_refused(tmp_path, monkeypatch):
+    import hyperslab.convert.ingest as ingest_mod
+    from hyperslab.references.repository import Repository
+    from hyperslab.samples import write_frame_series
+
+    write_frame_series(tmp_path, frames=3, shape=(16, 24))
+    real = ingest_mod._Sources.chunks
+
+    def parsed_then_rewritten(self, path, offsets, lengths):
+        real(self, path, offsets, lengths)
+        if path.endswith("00002.cbf"):
+            with open(path, "ab") as fh:  # rewritten after its header was read
+                fh.write(b"\0" * 64)
+
+    monkeypatch.setattr(ingest_mod._Sources, "chunks", parsed_then_rewritten)
+    repo = Repository.init(str(tmp_path / "r"))
+    with pytest.raises(SourceChangedError, match=r"00002\.cbf changed"):
+        ingest_mod.ingest(repo, [str(tmp_path / "pilatus_cbf")])

@@ -165,6 +165,8 @@ class _Sources:
         self.sums: dict[str, FileChecksums] = {}
         self._abs: dict[str, str] = {}
         self._provisional: dict[str, None] = {}  # in the order the maps named them
+        #: (size, mtime) of a file when its chunk index was walked or its header parsed
+        self.first_seen: dict[str, tuple[int, int]] = {}
 
     def _ap(self, path: str) -> str:
         """:func:`source_url` of ``path``, remembered (each call asks the OS for the cwd)."""
@@ -181,8 +183,18 @@ class _Sources:
             return logical_source(self.by_path[ap]["id"])
         if "://" in ap:
             raise BadInputError(f"ingest reads local files; {ap!r} is a URL")
+        self._seen(ap)  # before the walk: a change between the walk and the read is caught
         self._provisional[ap] = None
         return ap
+
+    def _seen(self, ap: str) -> None:
+        """Remember ``ap``'s (size, mtime) as first seen (see :meth:`check_unchanged`)."""
+        if ap not in self.first_seen:
+            try:
+                st = os.stat(ap)
+            except OSError:
+                return  # its named error comes from the walk or the read
+            self.first_seen[ap] = (st.st_size, st.st_mtime_ns)
 
     def read(self, path: str, refmap: RefMap) -> None:
         """Start the one read of ``path`` that gives its sha256 and the CRC-32C of every
@@ -211,6 +223,7 @@ class _Sources:
         chunk ranges (a frame's, once its header is parsed)."""
         ap = self._ap(path)
         if "://" not in ap and ap not in self.by_path:
+            self._seen(ap)  # as its header was parsed: caught if it changes before the read
             self.hasher.submit(ap, offsets, lengths)
 
     def url(self, path: str) -> str:
@@ -230,9 +243,12 @@ class _Sources:
         return logical_source(self.by_path[ap]["id"])
 
     def check_unchanged(self) -> None:
+        """SourceChangedError if a file's size or mtime moved since it was first looked
+        at (before the walk of its chunk index, or its read) until now."""
         for ap, (size, mtime) in self.stat.items():
             st = os.stat(ap)
-            if (st.st_size, st.st_mtime_ns) != (size, mtime):
+            first = self.first_seen.get(ap, (size, mtime))
+            if (st.st_size, st.st_mtime_ns) != (size, mtime) or first != (size, mtime):
                 raise SourceChangedError(
                     f"{ap} changed while it was being ingested (size or mtime differ); "
                     "ingest it once the writer has closed it",
