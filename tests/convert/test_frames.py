@@ -357,16 +357,24 @@ def test_frames_beside_hdf5_files_are_left_out_by_name(tmp_path: Path) -> None:
     assert runner.invoke(app, ["init", str(repo)]).exit_code == 0
     res = runner.invoke(app, ["ingest", str(run), "-r", str(repo), "-n", "r42"])
     assert res.exit_code == 0, res.output
-    assert "3 detector frames in " + str(run) + " left out" in res.output
-    assert "4 detector frames in " + str(run / "pilatus") + " left out" in res.output
+    # the frames beside the NeXus file need a glob; a folder of frames alone, itself
+    assert f"3 detector frames in {run} left out" in res.output
+    assert f"give {run}/*.tif on its own" in res.output
+    assert f"4 detector frames in {run / 'pilatus'} left out" in res.output
+    assert f"give {run / 'pilatus'} on its own" in res.output
     res = runner.invoke(app, ["refs", str(run), "-o", str(tmp_path / "m.json"), "--json"])
     doc = json.loads(res.output)
-    assert doc["frames_left_out"] == {str(run): 3, str(run / "pilatus"): 4}
+    assert doc["frames_left_out"] == {
+        str(run): {"frames": 3, "give": f"{run}/*.tif"},
+        str(run / "pilatus"): {"frames": 4, "give": str(run / "pilatus")},
+    }
     assert len(doc["written"]) == 1 and doc["ok"]
     got = open_array(str(repo), "r42", "entry/sample/temperature", cache=False)
     np.testing.assert_array_equal(got[:], master)
 
-    _ingest(repo, str(run / "pilatus"), "r42-frames")  # the folder on its own
+    _ingest(repo, f"{run}/*.tif", "r42-tiff")  # what the notes say to give
+    _check(repo, "r42-tiff", tiffs)
+    _ingest(repo, str(run / "pilatus"), "r42-frames")
     cbf = np.stack([fabio.open(str(p)).data for p in sorted((run / "pilatus").glob("*.cbf"))])
     got = open_array(str(repo), "r42-frames", "entry/data/data", cache=False)[:]
     np.testing.assert_array_equal(got, cbf)

@@ -116,6 +116,9 @@ def test_dry_run_changes_nothing(tmp_path: Path, samples: list[str]) -> None:
     res = runner.invoke(app, ["upgrade", str(path), "--dry-run"])
     assert res.exit_code == 0, res.output
     assert "would upgrade" in res.output
+    res = runner.invoke(app, ["upgrade", str(path), "--dry-run", "--json"])
+    doc = json.loads(res.output)
+    assert doc["changed"] is False and doc["dry_run"] is True and doc["from"] == 2
     assert (path / "repo.json").read_bytes() == raw
 
 

@@ -14,7 +14,7 @@ import json
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Annotated, NoReturn
+from typing import Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console, ConsoleDimensions
@@ -165,18 +165,19 @@ def plural(n: int, word: str) -> str:
     return f"{n} {word}" if n == 1 else f"{n} {word}s"
 
 
-def note_frames_left_out(sources: list[str], as_json: bool) -> dict[str, int]:
-    """Say (on stderr, unless ``as_json``) which folders of detector frames were left
-    out because HDF5 files lie beside them, and how to include them; returns them
-    (``{folder: frame files}``) for a JSON report."""
+def note_frames_left_out(sources: list[str], as_json: bool) -> dict[str, Any]:
+    """Say (on stderr, unless ``as_json``) which folders of detector frames a directory's
+    HDF5 files leave out, and what to give to include them; returns them for a JSON
+    report (see :func:`hyperslab.convert.api.frames_left_out`)."""
     from hyperslab.convert.api import frames_left_out
 
     left = frames_left_out(sources)
     if left and not as_json:
-        for folder, n in left.items():
+        for folder, got in left.items():
             err.print(
-                f"[yellow]note[/]: {plural(n, 'detector frame')} in {folder} left out (HDF5 "
-                f"files lie beside them); give that folder on its own for a frame-series entry",
+                f"[yellow]note[/]: {plural(got['frames'], 'detector frame')} in {folder} left "
+                f"out (HDF5 files lie beside them); give {got['give']} on its own for a "
+                "frame-series entry",
                 highlight=False,
             )
     return left

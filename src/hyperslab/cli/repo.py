@@ -205,6 +205,7 @@ def ingest(
         options = ConvertOptions(
             inline_threshold=inline_threshold, allow_broken_links=allow_broken_links
         )
+        left = note_frames_left_out(sources, as_json)  # said first: whatever happens next
         with progress_bar(show_progress(as_json, quiet)) as prog, dask_client(dask) as client:
             task = prog.add_task("ingesting", total=total, item="")
 
@@ -230,7 +231,6 @@ def ingest(
                 client=client,
             )
         c = result.commit
-        left = note_frames_left_out(sources, as_json)
         squeezed = None
         if squeeze is not None and result.entries:
             from hyperslab.cli.compress import run_compress
@@ -622,8 +622,8 @@ def upgrade(
         r = _open(repo)
         result = do_upgrade(r, dry_run=dry_run)
         if as_json:
-            _emit({**result.to_json(), "dry_run": dry_run})
-        elif not result.changed:
+            _emit(result.to_json())
+        elif not result.needed:
             out.print(f"{r.display} is already repository format {result.after}: nothing to do")
         elif dry_run:
             out.print(

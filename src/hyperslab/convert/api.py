@@ -144,18 +144,24 @@ def expand_sources(sources: Iterable[str | Path]) -> list[str]:
     return out
 
 
-def frames_left_out(sources: Iterable[str | Path]) -> dict[str, int]:
+def frames_left_out(sources: Iterable[str | Path]) -> dict[str, dict[str, Any]]:
     """Folders of detector frames that :func:`expand_sources` leaves out because they lie
-    in a directory given with HDF5 files (``{folder: frame files}``, sorted): a run
-    folder with a NeXus master file beside its frames. Each such folder can be given
-    on its own (one frame-series entry)."""
-    out: dict[str, int] = {}
+    in a directory given with HDF5 files (a run folder with a NeXus master file beside
+    its frames): ``{folder: {"frames": n, "give": what}}``, sorted, where ``what`` is
+    the source that makes them one frame-series entry (the folder; a glob of the frames'
+    suffix where the folder holds HDF5 files too)."""
+    out: dict[str, dict[str, Any]] = {}
     for s in sources:
         if "://" not in str(s) and Path(s).is_dir():
             hdf5, frames = directory_contents(s)
             for f in frames if hdf5 else []:
                 folder = str(Path(f).parent)
-                out[folder] = out.get(folder, 0) + 1
+                got = out.setdefault(folder, {"frames": 0, "suffix": Path(f).suffix})
+                got["frames"] += 1
+    for folder, got in out.items():
+        suffix = got.pop("suffix")
+        holds_hdf5 = bool(directory_contents(folder)[0])
+        got["give"] = f"{folder}/*{suffix}" if holds_hdf5 else folder
     return dict(sorted(out.items()))
 
 

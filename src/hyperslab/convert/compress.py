@@ -708,6 +708,8 @@ def compress(
         from hyperslab.convert.cluster import ingest_on_cluster
 
         for t, rec in ingest_on_cluster(client, repo, todo, compress_tasks, {}):
+            if isinstance(rec, HyperslabError):  # a worker could not open the repository
+                raise rec
             records[(t.job, t.number)] = rec
             if on_pack is not None:
                 on_pack(t)

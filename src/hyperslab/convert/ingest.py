@@ -155,8 +155,8 @@ class _Sources:
     An HDF5 file's map is built first under a provisional name (its path): the walk
     of its chunk index gives the ranges whose CRC-32C to take, so its sha256 and
     every chunk CRC come from ONE read (:meth:`read`), and :meth:`resolve` then names
-    it by its hash. Files reached through external links are hashed when the walk
-    meets them, and their chunks read again for their CRCs."""
+    it by its hash. Files reached through external links are named the same way, from
+    the moment the walk meets them."""
 
     def __init__(self, hasher: SourceHasher) -> None:
         self.hasher = hasher
@@ -197,15 +197,15 @@ class _Sources:
             self.first_seen[ap] = (st.st_size, st.st_mtime_ns)
 
     def read(self, path: str, refmap: RefMap) -> None:
-        """Start the one read of ``path`` that gives its sha256 and the CRC-32C of every
-        chunk ``refmap`` references in it (under its provisional name)."""
+        """Start the one read of ``path``, and of every file its map reached through an
+        external link, that gives each file's sha256 and the CRC-32C of every chunk
+        ``refmap`` references in it (files still under their provisional names)."""
         ap = self._ap(path)
-        if ap not in self._provisional:
-            return
-        if ap in refmap.sources:
-            self.chunks(ap, *refmap.source_ranges(refmap.sources.index(ap)))
-        else:
-            self.hasher.submit(ap)
+        for i, url in enumerate(refmap.sources):
+            if url in self._provisional:
+                self.chunks(url, *refmap.source_ranges(i))
+        if ap in self._provisional and ap not in refmap.sources:
+            self.hasher.submit(ap)  # every chunk of it materialised: its sha256 alone
 
     def resolve(self, result: ConversionResult) -> None:
         """Name the provisional sources of ``result``'s map by their hashes (waiting
@@ -246,7 +246,12 @@ class _Sources:
         """SourceChangedError if a file's size or mtime moved since it was first looked
         at (before the walk of its chunk index, or its read) until now."""
         for ap, (size, mtime) in self.stat.items():
-            st = os.stat(ap)
+            try:
+                st = os.stat(ap)
+            except OSError as exc:
+                raise SourceChangedError(
+                    f"{ap} went away while it was being ingested ({exc.strerror})", path=ap
+                ) from exc
             first = self.first_seen.get(ap, (size, mtime))
             if (st.st_size, st.st_mtime_ns) != (size, mtime) or first != (size, mtime):
                 raise SourceChangedError(
@@ -336,7 +341,9 @@ def _start_entry(plan: EntryPlan, hasher: SourceHasher, options: ConvertOptions 
         results.append(build_frames_refmap(plan.files, url_for=srcs.url, on_file=srcs.chunks))
     else:
         for f in plan.files:
-            res = build_refmap(f, options=options, url=srcs.provisional(f), url_for=srcs.url)
+            res = build_refmap(
+                f, options=options, url=srcs.provisional(f), url_for=srcs.provisional
+            )
             srcs.read(f, res.refmap)
             results.append(res)
     return _Started(plan, srcs, results)

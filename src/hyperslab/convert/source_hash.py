@@ -21,6 +21,7 @@ holds one read buffer (8 MiB at most, reused), a finished job only its digests.
 from __future__ import annotations
 
 import os
+from collections import OrderedDict
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from types import TracebackType
@@ -30,12 +31,14 @@ import numpy as np
 from hyperslab.errors import AccessDeniedError, NotFoundError
 from hyperslab.references.checksums import FileChecksums, hash_and_checksum
 
-__all__ = ["HASH_THREADS", "INLINE_BYTES", "HashedFile", "SourceHasher"]
+__all__ = ["HASH_THREADS", "INLINE_BYTES", "KEEP_DONE", "HashedFile", "SourceHasher"]
 
 #: threads hashing at once (each holds one read buffer)
 HASH_THREADS = max(1, min(4, os.cpu_count() or 1))
 #: files smaller than this are read in the calling thread, when wanted
 INLINE_BYTES = 1 << 20
+#: finished reads kept for other entries that name the same file (digests only)
+KEEP_DONE = 64
 
 
 @dataclass(frozen=True)
@@ -73,13 +76,14 @@ class SourceHasher:
         self._pool: ThreadPoolExecutor | None = None
         self._jobs: dict[str, Future[HashedFile]] = {}
         self._inline: dict[str, _Job] = {}
+        self._done: OrderedDict[str, HashedFile] = OrderedDict()
 
     def submit(
         self, path: str, offsets: np.ndarray | None = None, lengths: np.ndarray | None = None
     ) -> None:
         """Queue reading ``path`` (absolute) unless already queued; ``offsets`` and
         ``lengths``: byte ranges whose CRC-32C to take in the same read."""
-        if path in self._jobs or path in self._inline:
+        if path in self._jobs or path in self._inline or path in self._done:
             return
         try:
             size = os.stat(path).st_size
@@ -93,10 +97,21 @@ class SourceHasher:
         self._jobs[path] = self._pool.submit(_read, path, offsets, lengths)
 
     def result(self, path: str) -> HashedFile:
-        """The read of ``path``, waiting for it; its named error if it failed."""
+        """The read of ``path``, waiting for it; its named error if it failed. The last
+        :data:`KEEP_DONE` reads are kept, so that entries that share a file (a master
+        file's external link to another entry's data file) read it once."""
+        done = self._done.get(path)
+        if done is not None:
+            self._done.move_to_end(path)
+            return done
         if path in self._jobs:
-            return self._jobs.pop(path).result()
-        return _read(*self._inline.pop(path, (path, None, None)))
+            got = self._jobs.pop(path).result()
+        else:
+            got = _read(*self._inline.pop(path, (path, None, None)))
+        self._done[path] = got
+        while len(self._done) > KEEP_DONE:
+            self._done.popitem(last=False)
+        return got
 
     def close(self) -> None:
         if self._pool is not None:
@@ -104,6 +119,7 @@ class SourceHasher:
             self._pool = None
         self._jobs.clear()
         self._inline.clear()
+        self._done.clear()
 
     def __enter__(self) -> SourceHasher:
         return self

@@ -41,9 +41,16 @@ class UpgradeResult:
     repo: str
     before: int
     after: int
+    dry_run: bool = False
 
     @property
     def changed(self) -> bool:
+        """Whether ``repo.json`` was rewritten (never on a dry run)."""
+        return self.after != self.before and not self.dry_run
+
+    @property
+    def needed(self) -> bool:
+        """Whether the repository was (or, on a dry run, would be) below the newest format."""
         return self.after != self.before
 
     def to_json(self) -> dict[str, Any]:
@@ -52,6 +59,7 @@ class UpgradeResult:
             "from": self.before,
             "to": self.after,
             "changed": self.changed,
+            "dry_run": self.dry_run,
         }
 
 
@@ -70,7 +78,7 @@ def upgrade(repo: Repository, *, dry_run: bool = False) -> UpgradeResult:
     info = json.loads(raw)  # Repository.open checked it
     before = int(info.get("version", 1))
     if before >= FORMAT_VERSION or dry_run:
-        return UpgradeResult(repo.display, before, max(before, FORMAT_VERSION))
+        return UpgradeResult(repo.display, before, max(before, FORMAT_VERSION), dry_run)
     history = list(info.get("upgraded") or [])
     history.append(
         {
