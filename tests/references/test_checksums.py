@@ -111,3 +111,9 @@ def test_crc_extend_equals_google_crc32c():
     for a, b in ((0, 5000), (3, 4001), (7, 7), (4999, 5000)):
         assert crc_extend(0, data[a:b]) == crc32c(data[a:b].tobytes())
     assert crc_extend(crc_extend(0, data[:10]), data[10:100]) == crc32c(data[:100].tobytes())
+
+
+def test_crc_ranges_of_a_file_gone_is_a_named_error(tmp_path) -> None:
+    gone = tmp_path / "gone.h5"
+    with pytest.raises(SourceChangedError, match="went away while its chunks were read"):
+        crc_ranges(str(gone), np.array([0]), np.array([4]))

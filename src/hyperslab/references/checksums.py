@@ -110,12 +110,21 @@ def crc_ranges(path: str, offsets: np.ndarray, lengths: np.ndarray) -> np.ndarra
     if not offsets.size:
         return out
     end = int((offsets + lengths).max())
-    if end > os.path.getsize(path):
+    try:
+        size = os.path.getsize(path)
+        fh = open(path, "rb")  # noqa: SIM115 - closed by the with below
+    except OSError as exc:
+        raise SourceChangedError(
+            f"{path} went away while its chunks were read ({exc.strerror})", path=path
+        ) from exc
+    if end > size:
+        fh.close()
         raise SourceChangedError(f"{path} is shorter than its chunk index says", path=path)
     if end == 0:
+        fh.close()
         out[:] = crc32c(b"")
         return out
-    with open(path, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+    with fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mm:
         view = np.frombuffer(mm, np.uint8)  # crc32c takes arrays, not memoryviews
         try:
             for i, (o, n) in enumerate(zip(offsets.tolist(), lengths.tolist(), strict=True)):
