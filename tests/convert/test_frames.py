@@ -378,3 +378,87 @@ def test_frames_beside_hdf5_files_are_left_out_by_name(tmp_path: Path) -> None:
     cbf = np.stack([fabio.open(str(p)).data for p in sorted((run / "pilatus").glob("*.cbf"))])
     got = open_array(str(repo), "r42-frames", "entry/data/data", cache=False)[:]
     np.testing.assert_array_equal(got, cbf)
+
+
+def _same_page(a: Any, b: Any) -> None:
+    for name in a.__dataclass_fields__:
+        if name == "compression_name":  # only named for a compression without a codec
+            continue
+        x, y = getattr(a, name), getattr(b, name)
+        if isinstance(x, np.ndarray):
+            np.testing.assert_array_equal(x, y, err_msg=name)
+            assert x.dtype == y.dtype, name
+        else:
+            assert x == y, (name, x, y)
+
+
+PLAIN_CASES = [
+    (case, dtype)
+    for case in sorted(TIFF_CASES)
+    for dtype in ("<u1", "<u2", ">u2", "<i2", ">i4", "<u4", "<f4", ">f8")
+]
+
+
+@pytest.mark.parametrize(("case", "dtype"), PLAIN_CASES)
+def test_plain_tiff_reader_says_what_tifffile_says(tmp_path: Path, case: str, dtype: str) -> None:
+    """Single-page strip TIFFs are read from their one IFD without tifffile (most of the
+    time of scanning a small frame): for each encoding, sample type and byte order it
+    must give exactly tifffile's answer, metadata included, or step aside (tiles, the
+    floating-point predictor)."""
+    from hyperslab.convert.tiff import _plain_page, _tifffile_page
+
+    data = _frames(1, dtype)[0]
+    kwargs = dict(TIFF_CASES[case], byteorder=dtype[0])
+    p = tmp_path / "f.tif"
+    tifffile.imwrite(
+        p,
+        data,
+        datetime="2026:01:15 09:00:07",
+        description="# Exposure_time 0.0970000 s\r\n# Wavelength 0.97625 A\r\n",
+        resolution=(1 / 172e-4, 1 / 172e-4),
+        resolutionunit="CENTIMETER",
+        software="hyperslab test",
+        **kwargs,  # type: ignore[arg-type]
+    )
+    plain = _plain_page(str(p))
+    with tifffile.TiffFile(p) as tif:
+        expect = _tifffile_page(tif.byteorder, tif.pages[0])
+    if "tile" in kwargs or expect.predictor == 3:
+        assert plain is None  # tifffile reads tiled pages, and names predictor 3 unsupported
+        return
+    assert plain is not None
+    assert plain[0] == dtype[0]
+    _same_page(plain[1], expect)
+    assert plain[1].meta["exposure_time"] == 0.097 and "x_pixel_size" in plain[1].meta
+
+
+def test_plain_tiff_reader_steps_aside_for_what_it_does_not_read(tmp_path: Path) -> None:
+    from hyperslab.convert.tiff import _plain_page
+
+    frames = _frames(2, "<u2")
+    tifffile.imwrite(tmp_path / "multi.tif", frames, photometric="minisblack")
+    tifffile.imwrite(tmp_path / "big.tif", frames[0], bigtiff=True)
+    tifffile.imwrite(tmp_path / "rgb.tif", np.zeros((8, 8, 3), np.uint8), photometric="rgb")
+    (tmp_path / "short.tif").write_bytes((tmp_path / "big.tif").read_bytes()[:6])
+    for name in ("multi", "big", "rgb", "short"):
+        assert _plain_page(str(tmp_path / f"{name}.tif")) is None, name
+    # and the sample Pilatus frames, with their mini-header, take the plain path
+    write_frame_series(tmp_path / "s", frames=1)
+    tiff = next((tmp_path / "s" / "pilatus_tiff").glob("*.tif"))
+    assert _plain_page(str(tiff)) is not None
+
+
+def test_resolution_unit_none_gives_no_pixel_size(tmp_path: Path) -> None:
+    """tifffile writes ResolutionUnit NONE with a 1/1 resolution unless told otherwise:
+    no absolute unit, so no pixel size (it once came out as one inch a pixel)."""
+    from hyperslab.convert.tiff import _plain_page, _tifffile_page
+
+    p = tmp_path / "f.tif"
+    tifffile.imwrite(p, _frames(1, "<u2")[0])
+    plain = _plain_page(str(p))
+    with tifffile.TiffFile(p) as tif:
+        assert int(tif.pages[0].tags["ResolutionUnit"].value) == 1
+        expect = _tifffile_page(tif.byteorder, tif.pages[0])
+    assert plain is not None
+    _same_page(plain[1], expect)
+    assert "x_pixel_size" not in expect.meta and "y_pixel_size" not in expect.meta
