@@ -317,7 +317,8 @@ def fill_value_json(value: Any, plan: DtypePlan) -> Any:
         return None
     arr = np.asarray(value)
     if plan.kind == "void" or dt.fields is not None or dt.kind in "SV":
-        raw = value_bytes(value, h5dt)
+        if raw is None:  # (the named failure of the first try)
+            raw = value_bytes(value, h5dt)
         return base64.b64encode(raw[: dt.itemsize].ljust(dt.itemsize, b"\0")).decode()
     if dt.kind == "b":
         return bool(arr)
