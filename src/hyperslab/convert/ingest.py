@@ -207,16 +207,17 @@ class _Sources:
         if ap in self._provisional and ap not in refmap.sources:
             self.hasher.submit(ap)  # every chunk of it materialised: its sha256 alone
 
-    def resolve(self, result: ConversionResult) -> None:
-        """Name the provisional sources of ``result``'s map by their hashes (waiting
+    def resolve(self, results: Sequence[ConversionResult]) -> None:
+        """Name the provisional sources of ``results``' maps by their hashes (waiting
         for their reads)."""
         names = {ap: self.url(ap) for ap in self._provisional}
-        result.refmap.rename_sources(names)
-        meta = result.refmap.groups.get("", {}).get(META_ATTR)
-        if isinstance(meta, dict) and "sources" in meta:
-            meta["sources"] = [{"url": u} for u in result.refmap.sources]
-        if result.url is not None:
-            result.url = names.get(result.url, result.url)
+        for result in results:
+            result.refmap.rename_sources(names)
+            meta = result.refmap.groups.get("", {}).get(META_ATTR)
+            if isinstance(meta, dict) and "sources" in meta:
+                meta["sources"] = [{"url": u} for u in result.refmap.sources]
+            if result.url is not None:
+                result.url = names.get(result.url, result.url)
 
     def chunks(self, path: str, offsets: Any, lengths: Any) -> None:
         """Start the one read of a file that gives its sha256 and the CRC-32C of these
@@ -398,8 +399,7 @@ def _finish_entry(
     """Wait for a started entry's reads, name its sources by hash, and store its
     objects (see :func:`ingest_entry`)."""
     plan, srcs, results = started.plan, started.srcs, started.results
-    for r in results:
-        srcs.resolve(r)
+    srcs.resolve(results)
     res = combine_refmaps(results, dim=dim, new_dim=new_dim) if len(results) > 1 else results[0]
     refmap = res.refmap
     sums = srcs.checksums(refmap)  # before the check: it covers these reads too
