@@ -154,14 +154,17 @@ def frames_left_out(sources: Iterable[str | Path]) -> dict[str, dict[str, Any]]:
     for s in sources:
         if "://" not in str(s) and Path(s).is_dir():
             hdf5, frames = directory_contents(s)
+            found: dict[str, tuple[int, str]] = {}  # folder: (frames, their suffix)
             for f in frames if hdf5 else []:
                 folder = str(Path(f).parent)
-                got = out.setdefault(folder, {"frames": 0, "suffix": Path(f).suffix})
-                got["frames"] += 1
-    for folder, got in out.items():
-        suffix = got.pop("suffix")
-        holds_hdf5 = bool(directory_contents(folder)[0])
-        got["give"] = f"{folder}/*{suffix}" if holds_hdf5 else folder
+                n, suffix = found.get(folder, (0, Path(f).suffix))
+                found[folder] = (n + 1, suffix)
+            for folder, (n, suffix) in found.items():
+                # the folder holds HDF5 files too (at any depth): only a glob picks the frames
+                holds_hdf5 = any(h.startswith(folder + os.sep) for h in hdf5)
+                got = out.setdefault(folder, {"frames": 0})
+                got["frames"] += n
+                got["give"] = f"{folder}/*{suffix}" if holds_hdf5 else folder
     return dict(sorted(out.items()))
 
 
